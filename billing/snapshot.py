@@ -1,0 +1,30 @@
+"""The Stripe objects one customer's BillingContext is built from.
+
+The cold lookup (Stripe gateway), the webhook worker (Redis store) and backfill all produce a
+``CustomerData``; ``billing.builder.build_context`` turns it into a BillingContext. Objects are plain
+dicts in Stripe's current API shape (``StripeObject.to_dict()``), or slim projections of them that keep
+every field the builder reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+StripeDict = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CustomerData:
+    customer: StripeDict
+    # status=all, newest first; `discounts` expanded to discount dicts (coupon id in
+    # `discount.source.coupon`), items carrying their `price` dicts.
+    subscriptions: list[StripeDict] = field(default_factory=list)
+    # newest first
+    invoices: list[StripeDict] = field(default_factory=list)
+    charges: list[StripeDict] = field(default_factory=list)
+    disputes: list[StripeDict] = field(default_factory=list)
+    credit_notes: list[StripeDict] = field(default_factory=list)
+    # coupon id -> coupon; price id -> price with `tiers` expanded (only tiered prices need it)
+    coupons: dict[str, StripeDict] = field(default_factory=dict)
+    prices: dict[str, StripeDict] = field(default_factory=dict)
