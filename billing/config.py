@@ -25,7 +25,8 @@ class Settings(BaseSettings):
     allow_secret_key: bool = Field(default=False, alias="BILLING_ALLOW_SECRET_KEY")
     max_staleness_seconds: float = Field(default=24 * 3600, alias="BILLING_MAX_STALENESS")
     stripe_rate_limit: float | None = Field(
-        default=None, alias="BILLING_STRIPE_RATE", description="client-side requests/s; default 20 test, 90 live"
+        # client-side requests/s; default 20 with a test key, 90 with a live key
+        default=None, alias="BILLING_STRIPE_RATE"
     )
     stripe_timeout_seconds: float = Field(default=10.0, alias="BILLING_STRIPE_TIMEOUT")
     stripe_max_retries: int = Field(default=3, alias="BILLING_STRIPE_RETRIES")

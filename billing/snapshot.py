@@ -28,3 +28,5 @@ class CustomerData:
     # coupon id -> coupon; price id -> price with `tiers` expanded (only tiered prices need it)
     coupons: dict[str, StripeDict] = field(default_factory=dict)
     prices: dict[str, StripeDict] = field(default_factory=dict)
+    # product id -> product (its `name` names the plan when the price has no nickname)
+    products: dict[str, StripeDict] = field(default_factory=dict)

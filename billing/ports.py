@@ -1,0 +1,104 @@
+"""The seams between the billing core and its I/O: Stripe reader, context store, notifier.
+
+``BillingService`` depends on these protocols; ``billing.stripe_api.StripeGateway``,
+``billing.store.RedisStore`` and the notifiers implement them. Tests swap the network under them
+(the Stripe sandbox, a real Redis), never the logic above them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from billing.models import BillingContext
+from billing.snapshot import CustomerData, StripeDict
+
+ListableResource = Literal[
+    "customers", "subscriptions", "invoices", "charges", "disputes", "credit_notes",
+    "prices", "products", "coupons", "events",
+]
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """Which Stripe account and mode the data belongs to; part of every Redis key."""
+
+    account_id: str
+    livemode: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.account_id}:{'live' if self.livemode else 'test'}"
+
+
+class StripeReader(Protocol):
+    """Read-only access to Stripe (implemented by ``billing.stripe_api.StripeGateway``)."""
+
+    async def tenant(self) -> Tenant: ...
+
+    async def list_customers_by_email(self, email: str) -> list[StripeDict]:
+        """Exact, case-sensitive ``customers.list(email=…)``; each with ``subscriptions`` expanded."""
+
+    async def search_customers_by_email(self, email: str) -> list[StripeDict]:
+        """Search API fallback, post-filtered to case-insensitive exact matches."""
+
+    async def retrieve_customer(self, customer_id: str) -> StripeDict | None:
+        """The customer, or None when it does not exist or is deleted."""
+
+    async def fetch_customer_data(self, customer: StripeDict) -> CustomerData:
+        """Everything a BillingContext needs, fetched concurrently (≤ 3 requests for a typical customer)."""
+
+    async def retrieve(self, resource: ListableResource, object_id: str) -> StripeDict | None:
+        """One object by id (None when missing), e.g. to settle an event ordering tie."""
+
+    def iter_objects(
+        self, resource: ListableResource, params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[StripeDict]:
+        """Every object of a list endpoint (cursor pagination, rate-limited, retried)."""
+        ...
+
+    async def price_with_tiers(self, price_id: str) -> StripeDict: ...
+
+    async def coupon(self, coupon_id: str) -> StripeDict | None: ...
+
+
+class ContextStore(Protocol):
+    """The cache the lookup path reads first (implemented by ``billing.store.RedisStore``)."""
+
+    async def get_context(self, customer_id: str) -> BillingContext | None: ...
+
+    async def customer_ids_for_email(self, email: str) -> list[str]:
+        """Customer ids whose lower-cased email equals ``email.lower()``."""
+
+    async def linked_customer(self, key: str) -> str | None:
+        """A manual link (e.g. a Slack user or an email) to a customer id, set by ``link``."""
+
+    async def save_customer(self, data: CustomerData, context: BillingContext) -> None:
+        """Store slim projections of ``data``, the context and the email index, atomically per customer."""
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A change worth telling people about, found by comparing old and new contexts."""
+
+    name: Literal[
+        "subscription.past_due",
+        "subscription.recovered",
+        "subscription.canceled",
+        "subscription.trial_will_end",
+        "invoice.payment_failed",
+    ]
+    customer_id: str
+    object_id: str
+    event_id: str
+    context: BillingContext
+
+    @property
+    def dedup_key(self) -> str:
+        """Same transition of the same object from the same cause: alert exactly once."""
+        return f"{self.name}:{self.object_id}:{self.event_id}"
+
+
+class Notifier(Protocol):
+    async def notify(self, transition: Transition) -> None: ...

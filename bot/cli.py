@@ -1,0 +1,24 @@
+"""The ``billing`` command line. Each command module registers itself; nothing runs at import."""
+
+from __future__ import annotations
+
+import typer
+
+from bot import cli_lookup, cli_rules, cli_sync
+
+
+def build_cli() -> typer.Typer:
+    app = typer.Typer(
+        name="billing",
+        help="Billing Lens: a customer's Stripe billing context for support.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    for module in (cli_lookup, cli_rules, cli_sync):
+        module.register(app)
+    return app
+
+
+def main() -> None:
+    build_cli()()
