@@ -1,0 +1,649 @@
+"""The Stripe gateway: read-only, rate-limited, retried access to Stripe through one async StripeClient.
+
+Implements ``billing.ports.StripeReader``. Objects leave this module as plain dicts
+(``StripeObject.to_dict()``) in Stripe's current API shape. The API key never appears in a message or
+a log line: Stripe's own error messages can quote part of it, so they are never passed on for 401/403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import stripe
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from billing.config import Settings
+from billing.errors import ConfigurationError, StripeUnavailableError
+from billing.ports import ListableResource, Tenant
+from billing.snapshot import CustomerData, StripeDict
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+LIST_LIMIT = 100
+TEST_RATE = 20.0  # requests/s; Stripe allows 25/s in test mode, keep headroom for other clients
+LIVE_RATE = 90.0  # of 100/s in live mode
+
+# The read permission (as Stripe names it in a 403) each resource needs.
+PERMISSIONS: dict[ListableResource, str] = {
+    "customers": "rak_customer_read",
+    "subscriptions": "rak_subscription_read",
+    "invoices": "rak_invoice_read",
+    "charges": "rak_charge_read",
+    "prices": "rak_plan_read",
+    "products": "rak_product_read",
+    "coupons": "rak_coupon_read",
+    "events": "rak_event_read",
+    "disputes": "rak_dispute_read",
+    "credit_notes": "rak_credit_note_read",
+}
+_PERMISSION_IN_MESSAGE = re.compile(r"\brak_[a-z_]+_read\b")
+_KEY_SHAPE = re.compile(r"(rk|sk)_(live|test)_[A-Za-z0-9]+")
+
+_NO_KEY = "STRIPE_API_KEY is not set; give a restricted key (rk_test_… or rk_live_…)."
+_BAD_KEY_401 = "Stripe refused the API key (401): check STRIPE_API_KEY."
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def check_api_key(key: str | None, *, allow_secret_key: bool = False) -> str:
+    """The key when it is a usable restricted key (or an allowed secret key), else ConfigurationError."""
+    if key is None or not key.strip():
+        raise ConfigurationError(_NO_KEY)
+    key = key.strip()
+    if key.startswith(("pk_live_", "pk_test_")):
+        raise ConfigurationError(
+            "STRIPE_API_KEY is a publishable key (pk_…), which cannot read billing data; "
+            "give a restricted key (rk_test_… or rk_live_…)."
+        )
+    if not _KEY_SHAPE.fullmatch(key):
+        raise ConfigurationError(
+            "STRIPE_API_KEY does not look like a Stripe API key; "
+            "give a restricted key (rk_test_… or rk_live_…)."
+        )
+    if key.startswith("sk_") and not allow_secret_key:
+        raise ConfigurationError(
+            "STRIPE_API_KEY is a full secret key (sk_…), which can write to your account; give a "
+            "read-only restricted key (rk_test_… or rk_live_…) or set BILLING_ALLOW_SECRET_KEY=1."
+        )
+    return key
+
+
+def check_key(settings: Settings) -> str:
+    """The Stripe key from settings, checked as in ``check_api_key``."""
+    secret = settings.stripe_api_key
+    return check_api_key(
+        secret.get_secret_value() if secret is not None else None,
+        allow_secret_key=settings.allow_secret_key,
+    )
+
+
+def key_livemode(key: str) -> bool:
+    return key.startswith(("rk_live_", "sk_live_"))
+
+
+def key_account_id(key: str) -> str:
+    """A stable stand-in account id when the key may not read ``/v1/account``."""
+    return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _permission_sentence(missing: Iterable[str], resources: Iterable[str]) -> str:
+    names = sorted(set(missing))
+    what = ", ".join(sorted({r.replace("_", " ") for r in resources}))
+    noun = "permission" if len(names) == 1 else "permissions"
+    return (
+        f"The Stripe key is missing the {', '.join(names)} {noun} (403); "
+        f"give the restricted key read access to {what}."
+    )
+
+
+def _missing_permission(err: stripe.PermissionError, resource: ListableResource) -> str:
+    found = _PERMISSION_IN_MESSAGE.search(str(err))
+    return found.group(0) if found else PERMISSIONS[resource]
+
+
+# --- rate limiting and caching -------------------------------------------------------------------
+
+
+class TokenBucket:
+    """Client-side rate limit: ``rate`` requests per second on average, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        if rate <= 0:
+            raise ConfigurationError(f"BILLING_STRIPE_RATE must be above 0 requests/s, not {rate}.")
+        self.rate = rate
+        self.capacity = burst if burst is not None else max(1.0, rate)
+        self._tokens = self.capacity
+        self._updated = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await asyncio.sleep((1 - self._tokens) / self.rate)
+
+
+class TTLCache(Generic[K, V]):
+    """Bounded in-process cache whose entries expire; the oldest entry goes first when full."""
+
+    def __init__(self, maxsize: int, ttl: float) -> None:
+        self.maxsize = maxsize
+        self.ttl = ttl
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        entry = self._items.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires < time.monotonic():
+            del self._items[key]
+            return None
+        self._items.move_to_end(key)
+        return value
+
+    def set(self, key: K, value: V) -> None:
+        self._items[key] = (time.monotonic() + self.ttl, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.maxsize:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# --- retry policy --------------------------------------------------------------------------------
+
+
+def is_transient(err: BaseException) -> bool:
+    """429, 5xx and connection failures/timeouts are worth another try; nothing else is."""
+    if isinstance(err, stripe.RateLimitError | stripe.APIConnectionError):
+        return True
+    return isinstance(err, stripe.APIError) and (err.http_status or 0) >= 500
+
+
+def _reason(err: BaseException) -> str:
+    if isinstance(err, stripe.RateLimitError):
+        return "rate limited (429)"
+    if isinstance(err, stripe.APIConnectionError):
+        return "could not connect or timed out"
+    if isinstance(err, stripe.StripeError) and err.http_status:
+        return f"HTTP {err.http_status}"
+    return type(err).__name__
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: attempt n waits uniformly in [0, min(cap, base·2ⁿ)]."""
+
+    attempts: int = 4
+    base_seconds: float = 0.25
+    cap_seconds: float = 4.0
+
+
+def _to_dict(obj: Any) -> StripeDict:
+    result: StripeDict = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+    return result
+
+
+def _coupon_ref(discount: Any) -> tuple[str | None, StripeDict | None]:
+    """The coupon id (and the coupon itself when already expanded) a discount dict refers to."""
+    if not isinstance(discount, dict):
+        return None, None
+    source = discount.get("source")
+    coupon = source.get("coupon") if isinstance(source, dict) else None
+    if coupon is None:
+        coupon = discount.get("coupon")  # API versions before 2025-09-30.clover
+    if isinstance(coupon, str):
+        return coupon, None
+    if isinstance(coupon, dict) and isinstance(coupon.get("id"), str):
+        return coupon["id"], coupon
+    return None, None
+
+
+async def _concurrently(*calls: Awaitable[T]) -> list[T]:
+    """Run calls concurrently; on the first failure cancel the rest and raise that failure as is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_as_coroutine(call)) for call in calls]
+    except BaseExceptionGroup as group_error:
+        raise _first_leaf(group_error) from None
+    return [task.result() for task in tasks]
+
+
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Two calls of different types concurrently, with ``_concurrently``'s failure handling."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            task_a = group.create_task(_as_coroutine(first))
+            task_b = group.create_task(_as_coroutine(second))
+    except BaseExceptionGroup as group_error:
+        raise _first_leaf(group_error) from None
+    return task_a.result(), task_b.result()
+
+
+async def _as_coroutine(call: Awaitable[T]) -> T:
+    return await call
+
+
+def _first_leaf(error: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = error.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _id_of(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return str(value["id"])
+    return None
+
+
+# --- the gateway ---------------------------------------------------------------------------------
+
+
+class StripeGateway:
+    """Read-only Stripe access for one API key; build once, share, and ``await aclose()`` at the end."""
+
+    def __init__(
+        self,
+        api_key: str | None,
+        *,
+        api_base: str | None = None,
+        allow_secret_key: bool = False,
+        rate_limit: float | None = None,
+        timeout_seconds: float = 10.0,
+        retry: RetryPolicy | None = None,
+        cache_ttl_seconds: float = 600.0,
+        cache_size: int = 2048,
+    ) -> None:
+        self._key = check_api_key(api_key, allow_secret_key=allow_secret_key)
+        self.livemode = key_livemode(self._key)
+        self._retry = retry or RetryPolicy()
+        self._limiter = TokenBucket(rate_limit or (LIVE_RATE if self.livemode else TEST_RATE))
+        self._http = stripe.HTTPXClient(timeout=timeout_seconds)
+        # Our retry policy (full jitter, 429 included) is the only one: the SDK's would multiply it.
+        self._client = stripe.StripeClient(
+            self._key,
+            base_addresses={"api": api_base.rstrip("/")} if api_base else None,
+            max_network_retries=0,
+            http_client=self._http,
+        )
+        self._prices: TTLCache[str, StripeDict] = TTLCache(cache_size, cache_ttl_seconds)
+        self._coupons: TTLCache[str, StripeDict] = TTLCache(cache_size, cache_ttl_seconds)
+        self._products: TTLCache[str, StripeDict] = TTLCache(cache_size, cache_ttl_seconds)
+        self._products_listed_at: float | None = None
+        self._products_lock = asyncio.Lock()
+        self._cache_ttl = cache_ttl_seconds
+        self._tenant: Tenant | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> StripeGateway:
+        secret = settings.stripe_api_key
+        options: dict[str, Any] = {
+            "api_base": settings.stripe_api_base,
+            "allow_secret_key": settings.allow_secret_key,
+            "rate_limit": settings.stripe_rate_limit,
+            "timeout_seconds": settings.stripe_timeout_seconds,
+            "retry": RetryPolicy(attempts=max(1, settings.stripe_max_retries + 1)),
+        }
+        options.update(overrides)
+        return cls(secret.get_secret_value() if secret is not None else None, **options)
+
+    async def aclose(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    async def __aenter__(self) -> StripeGateway:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"StripeGateway(livemode={self.livemode})"
+
+    # -- the one way a request goes out -----------------------------------------------------------
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Rate-limit, retry transient failures, and turn failures into one clear sentence."""
+
+        def log_retry(state: RetryCallState) -> None:
+            err = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "Stripe %s failed (%s), attempt %d of %d; retrying",
+                what, _reason(err) if err else "?", state.attempt_number, self._retry.attempts,
+            )
+
+        async def attempt() -> T:
+            await self._limiter.acquire()
+            return await call()
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._retry.attempts),
+            wait=wait_random_exponential(multiplier=self._retry.base_seconds, max=self._retry.cap_seconds),
+            retry=retry_if_exception(is_transient),
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        try:
+            return await retrying(attempt)
+        except stripe.AuthenticationError:
+            raise ConfigurationError(_BAD_KEY_401) from None
+        except stripe.StripeError as err:
+            if is_transient(err):
+                raise StripeUnavailableError(
+                    f"Stripe did not answer {what} after {self._retry.attempts} attempts "
+                    f"({_reason(err)}); try again shortly."
+                ) from None
+            raise
+
+    def _service(self, resource: ListableResource) -> Any:
+        return getattr(self._client.v1, resource)
+
+    async def _list_page(self, resource: ListableResource, params: Mapping[str, Any]) -> Any:
+        service = self._service(resource)
+        try:
+            return await self._call(f"listing {resource}", lambda: service.list_async(params=dict(params)))
+        except stripe.PermissionError as err:
+            missing = _missing_permission(err, resource)
+            raise ConfigurationError(_permission_sentence([missing], [resource])) from None
+
+    async def iter_objects(
+        self, resource: ListableResource, params: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[StripeDict]:
+        """Every object of a list endpoint, page by page (cursor pagination, rate-limited, retried)."""
+        query = {"limit": LIST_LIMIT, **(params or {})}
+        while True:
+            page = await self._list_page(resource, query)
+            data = [_to_dict(obj) for obj in page.data]
+            for obj in data:
+                yield obj
+            if not page.has_more or not data:
+                return
+            query = {**query, "starting_after": data[-1]["id"]}
+
+    async def _list_all(
+        self, resource: ListableResource, params: Mapping[str, Any], *, max_pages: int | None = None
+    ) -> list[StripeDict]:
+        out: list[StripeDict] = []
+        query = {"limit": LIST_LIMIT, **params}
+        pages = 0
+        while True:
+            page = await self._list_page(resource, query)
+            pages += 1
+            data = [_to_dict(obj) for obj in page.data]
+            out.extend(data)
+            if not page.has_more or not data or (max_pages is not None and pages >= max_pages):
+                return out
+            query = {**query, "starting_after": data[-1]["id"]}
+
+    async def retrieve(self, resource: ListableResource, object_id: str) -> StripeDict | None:
+        """One object by id; None when Stripe has no such object. A deleted object keeps ``deleted``."""
+        service = self._service(resource)
+        try:
+            obj = await self._call(
+                f"retrieving {resource}", lambda: service.retrieve_async(object_id)
+            )
+        except stripe.InvalidRequestError as err:
+            if err.http_status == 404:
+                return None
+            raise
+        except stripe.PermissionError as err:
+            raise ConfigurationError(
+                _permission_sentence([_missing_permission(err, resource)], [resource])
+            ) from None
+        return _to_dict(obj)
+
+    # -- account and key checks ----------------------------------------------------------------
+
+    async def tenant(self) -> Tenant:
+        """The account the key belongs to; a key-derived id when the key may not read the account."""
+        if self._tenant is None:
+            account_id = key_account_id(self._key)
+            try:
+                account = await self._call(
+                    "reading the account", lambda: self._client.v1.accounts.retrieve_current_async()
+                )
+                account_id = str(account.id)
+            except stripe.PermissionError:
+                log.info("The key may not read /v1/account; using a key-derived tenant id")
+            except stripe.InvalidRequestError:
+                log.info("Stripe has no /v1/account for this key; using a key-derived tenant id")
+            self._tenant = Tenant(account_id=account_id, livemode=self.livemode)
+        return self._tenant
+
+    async def verify_permissions(self) -> None:
+        """One ``limit=1`` read per needed resource, concurrently; a missing permission is one sentence."""
+
+        async def probe(resource: ListableResource) -> str | None:
+            service = self._service(resource)
+            try:
+                await self._call(
+                    f"checking {resource}", lambda: service.list_async(params={"limit": 1})
+                )
+            except stripe.PermissionError as err:
+                return _missing_permission(err, resource)
+            return None
+
+        resources = list(PERMISSIONS)
+        results = await asyncio.gather(*(probe(r) for r in resources), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, stripe.StripeError):
+                raise result
+        missing = {r: result for r, result in zip(resources, results, strict=True) if isinstance(result, str)}
+        if missing:
+            raise ConfigurationError(_permission_sentence(missing.values(), missing.keys()))
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    # -- finding customers ----------------------------------------------------------------------
+
+    async def list_customers_by_email(self, email: str) -> list[StripeDict]:
+        """Exact, case-sensitive ``customers.list(email=…)``, each with ``subscriptions`` expanded."""
+        found = await self._list_all(
+            "customers", {"email": email, "expand": ["data.subscriptions"]}, max_pages=1
+        )
+        return [c for c in found if not c.get("deleted")]
+
+    async def search_customers_by_email(self, email: str) -> list[StripeDict]:
+        """Search API fallback (eventually consistent), kept to case-insensitive exact matches."""
+        quoted = email.replace("\\", "\\\\").replace("'", "\\'")
+        params: Any = {"query": f"email:'{quoted}'", "limit": LIST_LIMIT, "expand": ["data.subscriptions"]}
+        try:
+            result = await self._call(
+                "searching customers", lambda: self._client.v1.customers.search_async(params=params)
+            )
+        except stripe.PermissionError as err:
+            raise ConfigurationError(
+                _permission_sentence([_missing_permission(err, "customers")], ["customers"])
+            ) from None
+        except stripe.InvalidRequestError as err:
+            # Search is unavailable to some accounts (e.g. merchants in India): no fallback, no match.
+            log.info("Stripe customer search unavailable (HTTP %s)", err.http_status)
+            return []
+        wanted = email.lower()
+        customers = [_to_dict(obj) for obj in result.data]
+        return [
+            c for c in customers
+            if not c.get("deleted") and str(c.get("email") or "").lower() == wanted
+        ]
+
+    async def retrieve_customer(self, customer_id: str) -> StripeDict | None:
+        """The customer with ``subscriptions`` expanded, or None when missing or deleted."""
+        try:
+            obj = await self._call(
+                "retrieving a customer",
+                lambda: self._client.v1.customers.retrieve_async(
+                    customer_id, params={"expand": ["subscriptions"]}
+                ),
+            )
+        except stripe.InvalidRequestError as err:
+            if err.http_status == 404:
+                return None
+            raise
+        except stripe.PermissionError as err:
+            raise ConfigurationError(
+                _permission_sentence([_missing_permission(err, "customers")], ["customers"])
+            ) from None
+        customer = _to_dict(obj)
+        return None if customer.get("deleted") else customer
+
+    # -- reference data (cached) ----------------------------------------------------------------
+
+    async def price_with_tiers(self, price_id: str) -> StripeDict:
+        cached = self._prices.get(price_id)
+        if cached is not None:
+            return cached
+        service = self._client.v1.prices
+        price = _to_dict(
+            await self._call(
+                "retrieving a price",
+                lambda: service.retrieve_async(price_id, params={"expand": ["tiers"]}),
+            )
+        )
+        self._prices.set(price_id, price)
+        return price
+
+    async def coupon(self, coupon_id: str) -> StripeDict | None:
+        cached = self._coupons.get(coupon_id)
+        if cached is not None:
+            return cached
+        found = await self.retrieve("coupons", coupon_id)
+        if found is not None:
+            self._coupons.set(coupon_id, found)
+        return found
+
+    async def product(self, product_id: str) -> StripeDict | None:
+        """Products are few: list them all once per cache period, then fetch stragglers by id."""
+        async with self._products_lock:
+            listed = self._products_listed_at
+            if listed is None or time.monotonic() - listed > self._cache_ttl:
+                async for product in self.iter_objects("products", {}):
+                    self._products.set(product["id"], product)
+                self._products_listed_at = time.monotonic()
+        cached = self._products.get(product_id)
+        if cached is not None:
+            return cached
+        found = await self.retrieve("products", product_id)
+        if found is not None:
+            self._products.set(product_id, found)
+        return found
+
+    # -- one customer's data --------------------------------------------------------------------
+
+    async def fetch_customer_data(self, customer: StripeDict) -> CustomerData:
+        """Subscriptions, invoices and charges concurrently; then only the extras this customer needs."""
+        customer_id = str(customer["id"])
+        subscriptions, invoices, charges = await _concurrently(
+            self._list_all("subscriptions", {
+                "customer": customer_id,
+                "status": "all",
+                "expand": ["data.discounts", "data.items.data.discounts"],
+            }),
+            self._list_all("invoices", {"customer": customer_id}, max_pages=1),
+            self._list_all("charges", {"customer": customer_id}),
+        )
+        disputed = [str(c["id"]) for c in charges if c.get("disputed")]
+        credited = any(
+            (inv.get("post_payment_credit_notes_amount") or 0) > 0
+            or (inv.get("pre_payment_credit_notes_amount") or 0) > 0
+            for inv in invoices
+        )
+
+        async def disputes() -> list[StripeDict]:
+            pages = await _concurrently(*(self._list_all("disputes", {"charge": c}) for c in disputed))
+            return [d for page in pages for d in page]
+
+        async def credit_notes() -> list[StripeDict]:
+            return await self._list_all("credit_notes", {"customer": customer_id}) if credited else []
+
+        (dispute_list, note_list), (coupons, prices, products) = await _both(
+            _both(disputes(), credit_notes()),
+            self._reference_data(customer, subscriptions),
+        )
+        return CustomerData(
+            customer=customer,
+            subscriptions=subscriptions,
+            invoices=invoices,
+            charges=charges,
+            disputes=dispute_list,
+            credit_notes=note_list,
+            coupons=coupons,
+            prices=prices,
+            products=products,
+        )
+
+    async def _reference_data(
+        self, customer: StripeDict, subscriptions: list[StripeDict]
+    ) -> tuple[dict[str, StripeDict], dict[str, StripeDict], dict[str, StripeDict]]:
+        """Coupons behind every discount, tiered prices with tiers, and every product, via the caches."""
+        discounts: list[Any] = [customer.get("discount")]
+        prices: dict[str, StripeDict] = {}
+        tiered: set[str] = set()
+        product_ids: set[str] = set()
+        for sub in subscriptions:
+            discounts.extend(sub.get("discounts") or [])
+            for item in (sub.get("items") or {}).get("data") or []:
+                discounts.extend(item.get("discounts") or [])
+                price = item.get("price") or item.get("plan")
+                if not isinstance(price, dict) or not isinstance(price.get("id"), str):
+                    continue
+                prices[price["id"]] = price
+                if price.get("billing_scheme") == "tiered" and not price.get("tiers"):
+                    tiered.add(price["id"])
+                product_id = _id_of(price.get("product"))
+                if product_id:
+                    product_ids.add(product_id)
+
+        coupons: dict[str, StripeDict] = {}
+        coupon_ids: set[str] = set()
+        for discount in discounts:
+            coupon_id, expanded = _coupon_ref(discount)
+            if coupon_id and expanded is not None:
+                coupons[coupon_id] = expanded
+            elif coupon_id:
+                coupon_ids.add(coupon_id)
+        coupon_ids -= coupons.keys()
+
+        async def fetch(kind: str, object_id: str) -> tuple[str, str, StripeDict | None]:
+            if kind == "coupon":
+                return kind, object_id, await self.coupon(object_id)
+            if kind == "price":
+                return kind, object_id, await self.price_with_tiers(object_id)
+            return kind, object_id, await self.product(object_id)
+
+        wanted = (
+            [("coupon", c) for c in sorted(coupon_ids)]
+            + [("price", p) for p in sorted(tiered)]
+            + [("product", p) for p in sorted(product_ids)]
+        )
+        products: dict[str, StripeDict] = {}
+        by_kind = {"coupon": coupons, "price": prices, "product": products}
+        for kind, object_id, found in await _concurrently(*(fetch(k, i) for k, i in wanted)):
+            if found is not None:
+                by_kind[kind][object_id] = found
+        return coupons, prices, products
