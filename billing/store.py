@@ -1,0 +1,431 @@
+"""The Redis store: contexts, slim Stripe objects with versions, email index, links, event stream,
+dedup markers, transition outbox and the sync-health record.
+
+Key layout (``p`` = ``{key_prefix}:{account_id}:{live|test}``)::
+
+    p:{cus_1}:ctx       string  the BillingContext JSON
+    p:{cus_1}:objs      hash    object id -> slim JSON with "_v": [event created, event id]
+    p:{cus_1}:outbox    list    transitions found but not yet notified
+    p:{cus_1}:sent:<k>  string  a transition already notified (7 days)
+    p:prices|products|coupons   hash  object id -> slim JSON with "_v" (shared by customers)
+    p:refs:<price|coupon id>    set   customers whose subscriptions use it
+    p:email:<lower email>       set   customer ids
+    p:link:<key>                string  manual link -> customer id
+    p:customers                 set   cached customer ids
+    p:events / p:events:dead    streams (webhook events / dead letters)
+    p:evt:<event id>            string  event applied (7 days)
+    p:health                    hash  sync-health record
+
+One customer's keys share the hash tag ``{cus_…}``, so a customer update is one slot (one MULTI) on a
+cluster as on a single server; index keys live in their own slots and are written in separate calls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from redis.exceptions import RedisError, WatchError
+
+from billing.errors import StoreUnavailableError
+from billing.models import BillingContext
+from billing.ports import Tenant
+from billing.redis_conn import RedisClient, open_redis
+from billing.slim import (
+    VERSION_FIELD,
+    Version,
+    coupon_ids_of_discount,
+    join_prices,
+    prices_of_subscription,
+    referenced_ids,
+    slim,
+    version_of,
+    with_version,
+    without_version,
+)
+from billing.snapshot import CustomerData, StripeDict
+
+DEDUP_TTL_SECONDS = 7 * 24 * 3600
+SNAPSHOT_EVENT_ID = "snapshot"
+MAX_STORED_INVOICES = 12
+TenantKind = Literal["prices", "products", "coupons"]
+_TENANT_KIND_OF = {"price": "prices", "plan": "prices", "product": "products", "coupon": "coupons"}
+
+Decision = Literal["apply", "skip", "refetch"]
+
+
+def decide(stored: Version | None, incoming: Version) -> Decision:
+    """Whether an incoming object version replaces the stored one.
+
+    Newer second wins, older loses, the same event is a duplicate; two different events of the same
+    second cannot be ordered (``created`` has one-second resolution), so the object is re-fetched.
+    """
+    if stored is None:
+        return "apply"
+    if incoming[0] > stored[0]:
+        return "apply"
+    if incoming[0] < stored[0] or incoming[1] == stored[1]:
+        return "skip"
+    return "refetch"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class SyncHealth:
+    """What ``billing status`` and ``/healthz`` show about keeping the cache current."""
+
+    tenant: str
+    customers_cached: int
+    last_webhook_at: float | None
+    last_event_at: float | None
+    last_event_id: str | None
+    backfill_started_at: float | None
+    backfill_finished_at: float | None
+    stream_length: int
+    stream_lag: int | None
+    pending: int
+    dead_letters: int
+
+    def to_dict(self) -> dict[str, Any]:
+        def iso(ts: float | None) -> str | None:
+            if ts is None:
+                return None
+            return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        return {
+            "tenant": self.tenant,
+            "customers_cached": self.customers_cached,
+            "last_webhook_at": iso(self.last_webhook_at),
+            "last_event_at": iso(self.last_event_at),
+            "last_event_id": self.last_event_id,
+            "backfill_started_at": iso(self.backfill_started_at),
+            "backfill_finished_at": iso(self.backfill_finished_at),
+            "stream_length": self.stream_length,
+            "stream_lag": self.stream_lag,
+            "pending": self.pending,
+            "dead_letters": self.dead_letters,
+        }
+
+
+class RedisStore:
+    """Implements ``billing.ports.ContextStore`` plus what the webhook, the worker and backfill need."""
+
+    GROUP = "workers"
+
+    def __init__(self, client: RedisClient, tenant: Tenant, *, prefix: str = "bl") -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the key prefix must not contain braces (they select Redis Cluster slots)")
+        self.client = client
+        self.tenant = tenant
+        self.prefix = f"{prefix}:{tenant.key}"
+
+    # ---- keys -------------------------------------------------------------------------------
+    def customer_key(self, customer_id: str, part: str) -> str:
+        return f"{self.prefix}:{{{customer_id}}}:{part}"
+
+    def tenant_key(self, part: str) -> str:
+        return f"{self.prefix}:{part}"
+
+    @property
+    def stream_key(self) -> str:
+        return self.tenant_key("events")
+
+    @property
+    def dead_letter_key(self) -> str:
+        return self.tenant_key("events:dead")
+
+    def email_key(self, email: str) -> str:
+        return self.tenant_key(f"email:{email.strip().lower()}")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # ---- ContextStore ----------------------------------------------------------------------
+    async def get_context(self, customer_id: str) -> BillingContext | None:
+        raw = await self.client.get(self.customer_key(customer_id, "ctx"))
+        if raw is None:
+            return None
+        context = BillingContext.model_validate_json(raw)
+        return context.model_copy(update={"source": "cache"})
+
+    async def get_context_raw(self, customer_id: str) -> bytes | None:
+        raw = await self.client.get(self.customer_key(customer_id, "ctx"))
+        return raw.encode() if isinstance(raw, str) else raw
+
+    async def customer_ids_for_email(self, email: str) -> list[str]:
+        members = await self.client.smembers(self.email_key(email))
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def linked_customer(self, key: str) -> str | None:
+        return _text(await self.client.get(self.tenant_key(f"link:{key}")))
+
+    async def link(self, key: str, customer_id: str) -> None:
+        await self.client.set(self.tenant_key(f"link:{key}"), customer_id)
+
+    async def unlink(self, key: str) -> bool:
+        return bool(await self.client.delete(self.tenant_key(f"link:{key}")))
+
+    async def save_customer(self, data: CustomerData, context: BillingContext) -> None:
+        await self.save_customers([(data, context)])
+
+    async def save_customers(self, items: Sequence[tuple[CustomerData, BillingContext]]) -> None:
+        """Store many customers in pipelined round trips (backfill writes batches of them).
+
+        Objects carry the version ``(as_of, "snapshot")``: events older than the snapshot are ignored,
+        events of the same second are settled by re-fetching.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for data, context in items:
+            customer_id = str(data.customer["id"])
+            as_of = context.as_of or datetime.now(UTC)
+            version: Version = (int(as_of.timestamp()), SNAPSHOT_EVENT_ID)
+            objects = _customer_objects(data)
+            objs_key = self.customer_key(customer_id, "objs")
+            pipe.delete(objs_key)
+            if objects:
+                pipe.hset(objs_key, mapping={
+                    str(o["id"]): _dumps(with_version(o, version)) for o in objects
+                })
+            pipe.set(self.customer_key(customer_id, "ctx"), context.model_dump_json())
+            self._queue_indexes(pipe, customer_id, data.customer.get("email"), None)
+            tenant_objects: dict[TenantKind, list[StripeDict]] = {"prices": [], "products": [], "coupons": []}
+            tenant_objects["prices"] += [slim({**p, "object": "price"}) for p in data.prices.values()]
+            for sub in data.subscriptions:
+                tenant_objects["prices"] += prices_of_subscription(sub)
+            tenant_objects["products"] += [slim({**p, "object": "product"}) for p in data.products.values()]
+            tenant_objects["coupons"] += [slim({**c, "object": "coupon"}) for c in data.coupons.values()]
+            for kind, objs in tenant_objects.items():
+                if objs:
+                    # A price's tiers only come when expanded: never replace an expanded one.
+                    pipe.hset(self.tenant_key(kind), mapping={
+                        str(o["id"]): _dumps(with_version(o, version)) for o in _prefer_tiers(objs)
+                    })
+            self._queue_refs(pipe, customer_id, objects)
+        await pipe.execute()
+
+    def _queue_indexes(self, pipe: Any, customer_id: str, email: Any, old_email: Any) -> None:
+        if isinstance(old_email, str) and old_email and old_email.lower() != str(email or "").lower():
+            pipe.srem(self.email_key(old_email), customer_id)
+        if isinstance(email, str) and email:
+            pipe.sadd(self.email_key(email), customer_id)
+        pipe.sadd(self.tenant_key("customers"), customer_id)
+
+    def _queue_refs(self, pipe: Any, customer_id: str, objects: Iterable[StripeDict]) -> None:
+        for obj in objects:
+            ids: set[str] = set()
+            if obj.get("object") == "subscription":
+                prices, coupons = referenced_ids(obj)
+                ids = prices | coupons
+            elif obj.get("object") == "customer":
+                ids = coupon_ids_of_discount(obj.get("discount"))
+            for ref in ids:
+                pipe.sadd(self.tenant_key(f"refs:{ref}"), customer_id)
+
+    # ---- per-customer objects ----------------------------------------------------------------
+    async def get_objects(self, customer_id: str) -> dict[str, StripeDict]:
+        raw = await self.client.hgetall(self.customer_key(customer_id, "objs"))
+        return {_text(k) or "": json.loads(v) for k, v in raw.items()}
+
+    async def get_tenant_objects(self, kind: TenantKind, ids: Iterable[str]) -> dict[str, StripeDict]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        values = await self.client.hmget(self.tenant_key(kind), wanted)
+        return {i: json.loads(v) for i, v in zip(wanted, values, strict=True) if v is not None}
+
+    async def put_tenant_object(self, obj: StripeDict, version: Version) -> Decision:
+        """Store a price, product or coupon if it is newer than the stored one (optimistic, retried)."""
+        kind: TenantKind = _TENANT_KIND_OF[str(obj["object"])]  # type: ignore[assignment]
+        key = self.tenant_key(kind)
+        object_id = str(obj["id"])
+        while True:
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, object_id)
+                    stored = json.loads(raw) if raw is not None else None
+                    decision = decide(version_of(stored), version)
+                    if decision != "apply":
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return decision
+                    if stored and stored.get("tiers") and not obj.get("tiers"):
+                        obj = {**obj, "tiers": stored["tiers"]}
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, object_id, _dumps(with_version(obj, version)))
+                    await pipe.execute()
+                    return "apply"
+                except WatchError:
+                    continue
+
+    async def put_tenant_objects_if_missing(self, objects: Sequence[StripeDict], version: Version) -> None:
+        """Prices carried inside a subscription event: stored only when the tenant has none yet."""
+        pipe = self.client.pipeline(transaction=False)
+        for obj in objects:
+            kind = _TENANT_KIND_OF[str(obj["object"])]
+            pipe.hsetnx(self.tenant_key(kind), str(obj["id"]), _dumps(with_version(obj, version)))
+        await pipe.execute()
+
+    async def customers_referring_to(self, object_id: str) -> list[str]:
+        members = await self.client.smembers(self.tenant_key(f"refs:{object_id}"))
+        return sorted(_text(m) or "" for m in members)
+
+    async def load_customer_data(
+        self, customer_id: str, objects: Mapping[str, StripeDict] | None = None
+    ) -> CustomerData | None:
+        """The stored slim objects of a customer joined with the tenant's prices, products and coupons."""
+        if objects is None:
+            objects = await self.get_objects(customer_id)
+        plain = [without_version(o) for o in objects.values()]
+        customers = [o for o in plain if o.get("object") == "customer"]
+        if not customers or customers[0].get("deleted"):
+            return None
+
+        def of(kind: str) -> list[StripeDict]:
+            return sorted(
+                (o for o in plain if o.get("object") == kind),
+                key=lambda o: (o.get("created") or 0, str(o.get("id"))), reverse=True,
+            )
+
+        subscriptions = of("subscription")
+        price_ids: set[str] = set()
+        coupon_ids: set[str] = coupon_ids_of_discount(customers[0].get("discount"))
+        for sub in subscriptions:
+            sub_prices, sub_coupons = referenced_ids(sub)
+            price_ids |= sub_prices
+            coupon_ids |= sub_coupons
+        prices = _plain(await self.get_tenant_objects("prices", price_ids))
+        product_ids = {str(p["product"]) for p in prices.values() if isinstance(p.get("product"), str)}
+        products = _plain(await self.get_tenant_objects("products", product_ids))
+        coupons = _plain(await self.get_tenant_objects("coupons", coupon_ids))
+        return CustomerData(
+            customer=customers[0],
+            subscriptions=[join_prices(s, prices) for s in subscriptions],
+            invoices=of("invoice"),
+            charges=of("charge"),
+            disputes=of("dispute"),
+            credit_notes=of("credit_note"),
+            coupons=coupons,
+            prices=prices,
+            products=products,
+        )
+
+    async def delete_customer(self, customer_id: str, email: str | None) -> None:
+        await self.client.delete(
+            self.customer_key(customer_id, "ctx"), self.customer_key(customer_id, "objs"),
+        )
+        pipe = self.client.pipeline(transaction=False)
+        if email:
+            pipe.srem(self.email_key(email), customer_id)
+        pipe.srem(self.tenant_key("customers"), customer_id)
+        await pipe.execute()
+
+    # ---- dedup -------------------------------------------------------------------------------
+    def event_key(self, event_id: str) -> str:
+        return self.tenant_key(f"evt:{event_id}")
+
+    async def events_done(self, event_ids: Sequence[str]) -> list[bool]:
+        pipe = self.client.pipeline(transaction=False)
+        for event_id in event_ids:
+            pipe.exists(self.event_key(event_id))
+        return [bool(x) for x in await pipe.execute()]
+
+    # ---- health ------------------------------------------------------------------------------
+    async def record(self, **fields: float | str) -> None:
+        """Update sync-health fields (``last_webhook_at``, ``backfill_started_at`` …)."""
+        await self.client.hset(self.tenant_key("health"), mapping=dict(fields))  # type: ignore[arg-type]
+
+    async def health(self) -> SyncHealth:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.tenant_key("health"))
+        pipe.scard(self.tenant_key("customers"))
+        pipe.xlen(self.stream_key)
+        pipe.xlen(self.dead_letter_key)
+        record, customers, length, dead = await pipe.execute()
+        fields = {_text(k): _text(v) for k, v in record.items()}
+        lag: int | None = None
+        pending = 0
+        try:
+            for group in await self.client.xinfo_groups(self.stream_key):
+                name = _text(group.get("name"))
+                if name == self.GROUP:
+                    pending = int(group.get("pending") or 0)
+                    raw_lag = group.get("lag")
+                    lag = int(raw_lag) if raw_lag is not None else None
+        except RedisError:
+            pass  # no stream yet
+
+        def num(name: str) -> float | None:
+            value = fields.get(name)
+            return float(value) if value else None
+
+        return SyncHealth(
+            tenant=self.tenant.key,
+            customers_cached=int(customers),
+            last_webhook_at=num("last_webhook_at"),
+            last_event_at=num("last_event_at"),
+            last_event_id=fields.get("last_event_id"),
+            backfill_started_at=num("backfill_started_at"),
+            backfill_finished_at=num("backfill_finished_at"),
+            stream_length=int(length),
+            stream_lag=lag,
+            pending=pending,
+            dead_letters=int(dead),
+        )
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+
+def _customer_objects(data: CustomerData) -> list[StripeDict]:
+    objects: list[StripeDict] = [slim({**data.customer, "object": "customer"})]
+    objects += [slim({**s, "object": "subscription"}) for s in data.subscriptions]
+    objects += [slim({**i, "object": "invoice"}) for i in data.invoices[:MAX_STORED_INVOICES]]
+    objects += [slim({**c, "object": "charge"}) for c in data.charges]
+    objects += [slim({**d, "object": "dispute"}) for d in data.disputes]
+    objects += [slim({**n, "object": "credit_note"}) for n in data.credit_notes]
+    return objects
+
+
+def _plain(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
+    return {k: without_version(v) for k, v in objects.items()}
+
+
+def _prefer_tiers(objs: list[StripeDict]) -> list[StripeDict]:
+    best: dict[str, StripeDict] = {}
+    for obj in objs:
+        current = best.get(str(obj["id"]))
+        if current is None or (obj.get("tiers") and not current.get("tiers")):
+            best[str(obj["id"])] = obj
+    return list(best.values())
+
+
+async def open_store(url: str, tenant: Tenant, *, prefix: str = "bl") -> RedisStore:
+    """A store on a fresh client for ``url`` (``redis://``, ``rediss://``, ``memory://``)."""
+    client = await open_redis(url)
+    return RedisStore(client, tenant, prefix=prefix)
+
+
+def now_ts() -> float:
+    return time.time()
+
+
+__all__ = [
+    "DEDUP_TTL_SECONDS", "VERSION_FIELD", "RedisStore", "StoreUnavailableError", "SyncHealth", "decide",
+    "open_store",
+]
