@@ -1,0 +1,199 @@
+"""The rules file as pydantic models (the YAML shape is the contract in ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Literal, get_args
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SkipValidation,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from billing.money import exponent, to_minor
+from rules.conditions import (
+    ALWAYS,
+    Condition,
+    FieldTest,
+    Path,
+    Problem,
+    field_tests,
+    parse_currency,
+    parse_when,
+)
+from rules.fields import FIELDS, Kind
+
+Priority = Literal["low", "normal", "high", "urgent"]
+PRIORITIES: tuple[Priority, ...] = get_args(Priority)
+TransitionName = Literal[
+    "subscription.past_due",
+    "subscription.recovered",
+    "subscription.canceled",
+    "subscription.trial_will_end",
+    "invoice.payment_failed",
+]
+TRANSITIONS: tuple[str, ...] = get_args(TransitionName)
+
+
+def problems_error(problems: list[Problem]) -> PydanticCustomError:
+    """Carry several located problems through one pydantic error (the loader unpacks ``problems``)."""
+    return PydanticCustomError("rules_problems", "{message}",
+                               {"message": problems[0].message, "problems": problems})
+
+
+def _currency(raw: object) -> str:
+    code = parse_currency(raw)
+    if code is None:
+        raise PydanticCustomError("currency", "{value} is not a three-letter currency code such as usd",
+                                  {"value": repr(raw)})
+    return code
+
+
+Currency = Annotated[str, BeforeValidator(_currency)]
+
+
+def _word_list(raw: object) -> object:
+    return [raw] if isinstance(raw, str) else raw
+
+
+def _priority(raw: object) -> object:
+    if raw not in PRIORITIES:
+        raise PydanticCustomError("priority", "bad priority {value} (priorities: {accepted})",
+                                  {"value": repr(raw), "accepted": ", ".join(PRIORITIES)})
+    return raw
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Actions(_Model):
+    """What a matching rule does. ``tags`` and ``notify`` take one word or a list."""
+
+    assign: NonEmpty | None = None
+    priority: Annotated[Priority | None, BeforeValidator(_priority)] = None
+    tags: Annotated[list[NonEmpty], BeforeValidator(_word_list)] = Field(default_factory=list)
+    notify: Annotated[list[NonEmpty], BeforeValidator(_word_list)] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Actions:
+        if self.assign is None and self.priority is None and not self.tags and not self.notify:
+            raise PydanticCustomError("no_actions", "no action (actions: assign, priority, tags, notify)")
+        return self
+
+
+def _parse_condition(raw: object, info: ValidationInfo, label: str) -> Condition:
+    name = info.data.get("name") or info.data.get("on")
+    where = f" in {label} {name!r}" if name else ""
+    condition, problems = parse_when(raw, where)
+    if problems:
+        raise problems_error(problems)
+    return condition
+
+
+class Rule(_Model):
+    name: NonEmpty
+    description: str | None = None
+    when: SkipValidation[Condition]
+    then: Actions
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when(cls, raw: object, info: ValidationInfo) -> Condition:
+        return _parse_condition(raw, info, "rule")
+
+
+def _transition(raw: object) -> object:
+    if raw not in TRANSITIONS:
+        raise PydanticCustomError("transition", "unknown transition {value} (transitions: {accepted})",
+                                  {"value": repr(raw), "accepted": ", ".join(TRANSITIONS)})
+    return raw
+
+
+class Alert(_Model):
+    """Post to ``channel`` when transition ``on`` happens to a customer for whom ``when`` holds."""
+
+    on: Annotated[TransitionName, BeforeValidator(_transition)]
+    name: NonEmpty | None = None
+    when: SkipValidation[Condition] = ALWAYS
+    channel: NonEmpty
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when(cls, raw: object, info: ValidationInfo) -> Condition:
+        return _parse_condition(raw, info, "alert")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.on
+
+
+class ExchangeRates(_Model):
+    """``rates[c]`` is the value of one unit of ``c`` in ``base``: ``{base: usd, rates: {eur: 1.08}}``
+    reads "1 EUR = 1.08 USD". Conversions between two non-base currencies go through ``base``."""
+
+    base: Currency
+    rates: dict[Currency, Annotated[Decimal, Field(gt=0, allow_inf_nan=False)]]
+
+    def rate(self, source: str, target: str) -> Decimal | None:
+        """How many ``target`` one ``source`` is worth, or None when the table cannot say."""
+        in_base = {self.base: Decimal(1), **self.rates}
+        if source not in in_base or target not in in_base:
+            return None
+        return in_base[source] / in_base[target]
+
+
+class RulesFile(_Model):
+    version: Literal[1]
+    default_currency: Currency | None = None
+    exchange_rates: ExchangeRates | None = None
+    rules: list[Rule] = Field(default_factory=list)
+    alerts: list[Alert] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RulesFile:
+        problems: list[Problem] = []
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                problems.append(Problem(("rules", i, "name"), f"duplicate rule name {rule.name!r}"))
+            seen.add(rule.name)
+            problems += self._money_problems(rule.when, ("rules", i, "when"), f" in rule {rule.name!r}")
+        for i, alert in enumerate(self.alerts):
+            problems += self._money_problems(alert.when, ("alerts", i, "when"), f" in alert {alert.label!r}")
+        if problems:
+            raise problems_error(problems)
+        return self
+
+    def _money_problems(self, condition: Condition, at: Path, where: str) -> list[Problem]:
+        problems: list[Problem] = []
+        for test in field_tests(condition):
+            spec = FIELDS.get(test.field)
+            if spec is None or spec.kind is not Kind.MONEY or test.op == "exists":
+                continue
+            currency = test.currency or self.default_currency
+            path = (*at, *test.path)
+            if currency is None:
+                problems.append(Problem(path, f"{test.field!r}{where} needs a currency: write "
+                                        f"{{gt: 1000, currency: usd}} or set default_currency at the top"))
+            elif isinstance(test.value, Decimal) and to_minor(test.value, currency) % 1:
+                problems.append(Problem(path, f"{test.value} {currency.upper()}{where} is finer than "
+                                        f"{currency.upper()} allows ({exponent(currency)} decimal places)"))
+        return problems
+
+    def money_currency(self, test: FieldTest) -> str:
+        """The currency a money test compares in (its own, else the file's default)."""
+        currency = test.currency or self.default_currency
+        assert currency is not None, "validated at load"
+        return currency
+
