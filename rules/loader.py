@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rules.conditions import Path, Problem
+from rules.conditions import Path, Problem, parse_currency
 from rules.schema import Actions, Alert, ExchangeRates, Rule, RulesFile
 
 DEFAULT_RULES_FILE = "default_rules.yml"
@@ -88,14 +88,19 @@ def load_rules_text(text: str, source: str = "<string>", env: Mapping[str, str] 
         raise RulesError([f"{source}:1: malformed YAML: {err}"]) from None
     finally:
         loader.dispose()
-    if problems:
-        raise RulesError([f"{source}:{line}: {reason}" for line, reason in problems])
     if not isinstance(data, dict):
         raise RulesError([f"{source}:1: the rules file must be a mapping with 'version: 1' and 'rules:'"])
     try:
-        return RulesFile.model_validate(data)
+        # The default currency is passed down so money tests are checked alongside every other problem.
+        context = {"default_currency": parse_currency(data.get("default_currency"))}
+        rules = RulesFile.model_validate(data, context=context)
     except ValidationError as err:
-        raise RulesError(_error_lines(err, data, lines, source)) from None
+        problems += _error_problems(err, data, lines)
+    if problems:
+        # Report everything at once, in file order.
+        ordered = sorted(dict.fromkeys(problems), key=lambda item: item[0])
+        raise RulesError([f"{source}:{line}: {reason}" for line, reason in ordered])
+    return rules
 
 
 def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], problems: list[tuple[int, str]],
@@ -167,9 +172,9 @@ def _model_at(loc: Path) -> type[BaseModel]:
     return models.get(shape, RulesFile)
 
 
-def _error_lines(
-    err: ValidationError, data: dict[str, Any], lines: dict[Path, int], source: str
-) -> list[str]:
+def _error_problems(
+    err: ValidationError, data: dict[str, Any], lines: dict[Path, int]
+) -> list[tuple[int, str]]:
     found: list[tuple[int, str]] = []
     for error in err.errors():
         loc: Path = tuple(error["loc"])
@@ -192,6 +197,4 @@ def _error_lines(
             field = next((str(p) for p in reversed(loc) if isinstance(p, str)), "file")
             reason = f"{field}{where}: {error['msg']}"
         found.append((_line_of(loc, lines), reason))
-    # Keep file order and drop repeats (a union type can report one problem twice).
-    unique = sorted(set(found), key=lambda item: (item[0], found.index(item)))
-    return [f"{source}:{line}: {reason}" for line, reason in unique]
+    return found

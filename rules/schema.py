@@ -92,10 +92,33 @@ class Actions(_Model):
         return self
 
 
+def money_problems(condition: Condition, default_currency: str | None, where: str) -> list[Problem]:
+    """Money tests without a currency (and no file default), or finer than their currency allows."""
+    problems: list[Problem] = []
+    for test in field_tests(condition):
+        spec = FIELDS.get(test.field)
+        if spec is None or spec.kind is not Kind.MONEY or test.op == "exists":
+            continue
+        currency = test.currency or default_currency
+        if currency is None:
+            problems.append(Problem(test.path, f"{test.field!r}{where} needs a currency: write "
+                                    f"{{gt: 1000, currency: usd}} or set default_currency at the top"))
+        elif isinstance(test.value, Decimal) and to_minor(test.value, currency) % 1:
+            problems.append(Problem(test.path, f"{test.value} {currency.upper()}{where} is finer than "
+                                    f"{currency.upper()} allows ({exponent(currency)} decimal places)"))
+    return problems
+
+
+def _located(at: Path, problems: list[Problem]) -> list[Problem]:
+    return [Problem((*at, *p.path), p.message) for p in problems]
+
+
 def _parse_condition(raw: object, info: ValidationInfo, label: str) -> Condition:
     name = info.data.get("name") or info.data.get("on")
     where = f" in {label} {name!r}" if name else ""
     condition, problems = parse_when(raw, where)
+    if isinstance(info.context, dict) and "default_currency" in info.context:
+        problems += money_problems(condition, info.context["default_currency"], where)
     if problems:
         raise problems_error(problems)
     return condition
@@ -168,28 +191,14 @@ class RulesFile(_Model):
             if rule.name in seen:
                 problems.append(Problem(("rules", i, "name"), f"duplicate rule name {rule.name!r}"))
             seen.add(rule.name)
-            problems += self._money_problems(rule.when, ("rules", i, "when"), f" in rule {rule.name!r}")
+            problems += _located(("rules", i, "when"), money_problems(
+                rule.when, self.default_currency, f" in rule {rule.name!r}"))
         for i, alert in enumerate(self.alerts):
-            problems += self._money_problems(alert.when, ("alerts", i, "when"), f" in alert {alert.label!r}")
+            problems += _located(("alerts", i, "when"), money_problems(
+                alert.when, self.default_currency, f" in alert {alert.label!r}"))
         if problems:
             raise problems_error(problems)
         return self
-
-    def _money_problems(self, condition: Condition, at: Path, where: str) -> list[Problem]:
-        problems: list[Problem] = []
-        for test in field_tests(condition):
-            spec = FIELDS.get(test.field)
-            if spec is None or spec.kind is not Kind.MONEY or test.op == "exists":
-                continue
-            currency = test.currency or self.default_currency
-            path = (*at, *test.path)
-            if currency is None:
-                problems.append(Problem(path, f"{test.field!r}{where} needs a currency: write "
-                                        f"{{gt: 1000, currency: usd}} or set default_currency at the top"))
-            elif isinstance(test.value, Decimal) and to_minor(test.value, currency) % 1:
-                problems.append(Problem(path, f"{test.value} {currency.upper()}{where} is finer than "
-                                        f"{currency.upper()} allows ({exponent(currency)} decimal places)"))
-        return problems
 
     def money_currency(self, test: FieldTest) -> str:
         """The currency a money test compares in (its own, else the file's default)."""
