@@ -1,9 +1,96 @@
-"""`billing` CLI commands: lookup."""
+"""`billing` CLI commands: lookup, sandbox, demo."""
 
 from __future__ import annotations
 
+import json
+from typing import Annotated
+
 import typer
+from rich.console import Console
+
+from billing.config import Settings
+from billing.matching import parse_query
+from billing.models import BillingContext
+from bot.cli_support import EXIT_NOT_FOUND, EXIT_OK, handles_errors, run_async
+from bot.runtime import load_settings, open_service
+from bot.terminal_card import render_context
+
+DEMO_KEY = "rk_test_billinglensdemo"
+DEMO_QUERIES = (
+    ("jane@acme.com", "past due: the last invoice failed"),
+    ("bigco@example.com", "high MRR: route to a senior agent"),
+    ("trial@startup.io", "trialing: not paying yet"),
+)
+
+
+async def _lookup(settings: Settings, query: str, refresh: bool) -> BillingContext:
+    async with open_service(settings) as service:
+        return await service.lookup(query, refresh=refresh)
+
+
+@handles_errors
+def lookup(
+    query: Annotated[str, typer.Argument(help="An email, <mailto:a@b.com|a@b.com>, or a cus_… id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the BillingContext contract JSON.")] = False,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Skip the cache; read Stripe.")] = False,
+) -> None:
+    """Show a customer's billing context (exit 1 when no customer matches)."""
+    parse_query(query)  # bad input is exit 2 before any setting or network is needed
+    context = run_async(_lookup(load_settings(), query, refresh))
+    if as_json:
+        typer.echo(json.dumps(context.to_json_dict(), indent=2, ensure_ascii=False))
+    else:
+        Console().print(render_context(context))
+    raise typer.Exit(EXIT_OK if context.found else EXIT_NOT_FOUND)
+
+
+@handles_errors
+def sandbox(
+    port: Annotated[int, typer.Option(help="Loopback port to listen on.")] = 12111,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    dataset: Annotated[str, typer.Option(help="Data to start with: demo or empty.")] = "demo",
+) -> None:
+    """Run the Stripe-compatible sandbox API in the foreground (Ctrl-C stops it)."""
+    from sandbox.server import serve  # the sandbox is a dev tool: load it only when asked for
+
+    typer.echo(
+        f"Stripe sandbox ({dataset}) on http://{host}:{port}; use STRIPE_API_BASE=http://{host}:{port} "
+        f"and any key such as STRIPE_API_KEY={DEMO_KEY}.",
+        err=True,
+    )
+    serve(host, port, dataset)
+
+
+async def _demo_contexts(settings: Settings) -> list[BillingContext]:
+    async with open_service(settings) as service:
+        return [await service.lookup(query) for query, _ in DEMO_QUERIES]
+
+
+@handles_errors
+def demo() -> None:
+    """Three customers' cards from a built-in sandbox: no Stripe account, no Redis needed."""
+    from sandbox.server import SandboxServer
+
+    server = SandboxServer(dataset="demo").start()
+    try:
+        settings = load_settings(
+            STRIPE_API_KEY=DEMO_KEY, STRIPE_API_BASE=server.url, REDIS_URL="memory://"
+        )
+        contexts = run_async(_demo_contexts(settings))
+    finally:
+        server.stop()
+    console = Console()
+    console.print(
+        "Billing Lens demo: what a support agent sees for three customers of a sample Stripe account "
+        "(a built-in Stripe sandbox): plan, status, MRR, LTV, payment health and recent invoices."
+    )
+    for (query, why), context in zip(DEMO_QUERIES, contexts, strict=True):
+        console.print(f"\n[bold]{query}[/bold] — {why}")
+        console.print(render_context(context))
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root CLI."""
+    app.command("lookup")(lookup)
+    app.command("sandbox")(sandbox)
+    app.command("demo")(demo)

@@ -1,0 +1,219 @@
+"""``BillingService``: the one façade every surface (Slack, LLM tools, CLI) asks for a BillingContext.
+
+Lookup order (ARCHITECTURE.md "Lookup"): the store first, then Stripe (manual link → email exact →
+lower-cased exact → Search API), then build, save and return. A store that fails is a cache that
+missed; Stripe that fails is survivable only when a cached answer exists.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from billing.builder import build_context, other_customer
+from billing.errors import StoreUnavailableError, StripeUnavailableError
+from billing.lifecycle import most_urgent_status
+from billing.matching import Query, parse_query, rank_customers
+from billing.models import BillingContext, Match, OtherCustomer
+from billing.ports import ContextStore, StripeReader
+from billing.snapshot import StripeDict
+
+log = logging.getLogger(__name__)
+
+# A broken cache must never break a lookup: these mean "treat it as a miss" / "answer anyway".
+_STORE_FAILURES = (StoreUnavailableError, RedisError, OSError)
+
+EXACT = Match(method="email", confidence="exact")
+LOWERCASE = Match(method="email_lowercase", confidence="case_insensitive")
+SEARCH = Match(method="search", confidence="case_insensitive")
+BY_ID = Match(method="customer_id", confidence="exact")
+LINKED = Match(method="manual_link", confidence="manual")
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _subscriptions_of(customer: StripeDict) -> list[StripeDict]:
+    subs: Any = customer.get("subscriptions")
+    if isinstance(subs, dict):
+        subs = subs.get("data")
+    return [s for s in subs if isinstance(s, dict)] if isinstance(subs, list) else []
+
+
+def _status_of(customer: StripeDict) -> str | None:
+    urgent = most_urgent_status(_subscriptions_of(customer))
+    return urgent[0] if urgent else None
+
+
+def _as_ranking_dict(context: BillingContext) -> StripeDict:
+    """What ``rank_customers`` reads, taken from a cached context."""
+    assert context.customer is not None
+    return {
+        "id": context.customer.id,
+        "livemode": context.customer.livemode,
+        "created": int(context.customer.created.timestamp()),
+        "subscriptions": {"data": [{"status": s.status} for s in context.subscriptions]},
+    }
+
+
+def _as_other(context: BillingContext) -> OtherCustomer:
+    assert context.customer is not None
+    customer = context.customer
+    return OtherCustomer(
+        id=customer.id, email=customer.email, name=customer.name, livemode=customer.livemode,
+        created=customer.created, status=context.status, dashboard_url=customer.dashboard_url,
+    )
+
+
+class BillingService:
+    """Looks customers up (cache first), and builds contexts fresh from Stripe on demand."""
+
+    def __init__(
+        self,
+        gateway: StripeReader,
+        store: ContextStore | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        max_staleness: timedelta = timedelta(hours=24),
+    ) -> None:
+        self.gateway = gateway
+        self.store = store
+        self._clock = clock or _utcnow
+        self.max_staleness = max_staleness
+
+    async def lookup(self, query: str, *, refresh: bool = False) -> BillingContext:
+        """The customer's BillingContext, or ``BillingContext.not_found``; raises BadQueryError first."""
+        parsed = parse_query(query)
+        link = await self._manual_link(parsed)
+        cached = None if refresh else await self._from_store(parsed, link)
+        if cached is not None and not self._is_stale(cached):
+            return cached
+        try:
+            return await self._from_stripe(parsed, link)
+        except StripeUnavailableError:
+            if cached is None:
+                raise
+            log.warning("Stripe unavailable; serving a cached context older than %s", self.max_staleness)
+            return cached.model_copy(update={"stale": True})
+
+    async def context_for_customer(self, customer_id: str) -> BillingContext | None:
+        """A fresh context straight from Stripe (not saved); None when the customer is gone."""
+        customer = await self.gateway.retrieve_customer(customer_id)
+        if customer is None:
+            return None
+        return await self._build(customer, query=customer_id, match=BY_ID, others=[])
+
+    # -- store side -----------------------------------------------------------------------------
+
+    def _is_stale(self, context: BillingContext) -> bool:
+        return context.as_of is None or self._clock() - context.as_of > self.max_staleness
+
+    async def _manual_link(self, parsed: Query) -> str | None:
+        if self.store is None or parsed.kind != "email":
+            return None
+        try:
+            for key in dict.fromkeys((parsed.value, parsed.value.lower())):
+                linked = await self.store.linked_customer(key)
+                if linked:
+                    return linked
+        except _STORE_FAILURES as err:
+            log.warning("Store unavailable for manual links (%s); asking Stripe", type(err).__name__)
+        return None
+
+    async def _from_store(self, parsed: Query, link: str | None) -> BillingContext | None:
+        if self.store is None:
+            return None
+        try:
+            return await self._read_store(self.store, parsed, link)
+        except _STORE_FAILURES as err:
+            log.warning("Store unavailable (%s); asking Stripe", type(err).__name__)
+            return None
+
+    async def _read_store(
+        self, store: ContextStore, parsed: Query, link: str | None
+    ) -> BillingContext | None:
+        if link is not None or parsed.kind == "customer_id":
+            customer_id = link if link is not None else parsed.value
+            context = await store.get_context(customer_id)
+            if context is None or not context.found:
+                return None
+            match = LINKED if link is not None else BY_ID
+            return context.model_copy(update={"query": parsed.value, "match": match, "source": "cache"})
+
+        contexts: list[BillingContext] = []
+        for customer_id in await store.customer_ids_for_email(parsed.value):
+            context = await store.get_context(customer_id)
+            if context is not None and context.found and context.customer is not None:
+                contexts.append(context)
+        if not contexts:
+            return None
+        by_id = {c.customer.id: c for c in contexts if c.customer is not None}
+        ranked = [by_id[d["id"]] for d in rank_customers([_as_ranking_dict(c) for c in contexts])]
+        primary, others = ranked[0], ranked[1:]
+        assert primary.customer is not None
+        match = EXACT if primary.customer.email == parsed.value else LOWERCASE
+        return primary.model_copy(update={
+            "query": parsed.value,
+            "match": match,
+            "source": "cache",
+            "other_customers": [_as_other(c) for c in others],
+        })
+
+    async def _save(self, data: Any, context: BillingContext) -> None:
+        if self.store is None:
+            return
+        try:
+            await self.store.save_customer(data, context)
+        except _STORE_FAILURES as err:
+            log.warning("Could not save %s to the store (%s)", context.customer.id if context.customer
+                        else "?", type(err).__name__)
+
+    # -- Stripe side ----------------------------------------------------------------------------
+
+    async def _candidates(self, parsed: Query, link: str | None) -> tuple[list[StripeDict], Match]:
+        if link is not None:
+            linked = await self.gateway.retrieve_customer(link)
+            if linked is not None:
+                return [linked], LINKED
+        if parsed.kind == "customer_id":
+            customer = await self.gateway.retrieve_customer(parsed.value)
+            return ([customer] if customer is not None else []), BY_ID
+        found = await self.gateway.list_customers_by_email(parsed.value)
+        if found:
+            return found, EXACT
+        lowered = parsed.value.lower()
+        if lowered != parsed.value:
+            found = await self.gateway.list_customers_by_email(lowered)
+            if found:
+                return found, LOWERCASE
+        return await self.gateway.search_customers_by_email(parsed.value), SEARCH
+
+    async def _from_stripe(self, parsed: Query, link: str | None) -> BillingContext:
+        candidates, match = await self._candidates(parsed, link)
+        if not candidates:
+            return BillingContext.not_found(parsed.value)
+        ranked = rank_customers(candidates)
+        others = [other_customer(c, _status_of(c)) for c in ranked[1:]]
+        return await self._build(ranked[0], query=parsed.value, match=match, others=others, save=True)
+
+    async def _build(
+        self,
+        customer: StripeDict,
+        *,
+        query: str,
+        match: Match,
+        others: Sequence[OtherCustomer],
+        save: bool = False,
+    ) -> BillingContext:
+        data = await self.gateway.fetch_customer_data(customer)
+        context = build_context(
+            data, query=query, match=match, now=self._clock(), source="stripe", other_customers=others
+        )
+        if save:
+            await self._save(data, context)
+        return context

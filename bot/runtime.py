@@ -1,0 +1,66 @@
+"""Composition root for one process: settings in, a ready ``BillingService`` out, closed on exit."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from billing.config import Settings
+from billing.errors import ConfigurationError
+from billing.ports import ContextStore
+from billing.service import BillingService
+from billing.stripe_api import StripeGateway, check_key
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (``overrides`` by env name win); a bad value is one sentence."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = ".".join(str(part) for part in first["loc"]) or "a setting"
+        # The offending value is not repeated: it may be a key or a token.
+        reason = str(first["msg"]).split(",")[0].rstrip(".")
+        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise ConfigurationError(f"{name} is invalid: {reason}{more}.") from None
+
+
+def _check_api_base(settings: Settings) -> None:
+    base = settings.stripe_api_base
+    if base and not base.startswith(("http://", "https://")):
+        raise ConfigurationError(
+            f"STRIPE_API_BASE must be an http(s) URL such as http://127.0.0.1:12111, not {base!r}."
+        )
+
+
+async def _open_store(settings: Settings, gateway: StripeGateway) -> ContextStore | None:
+    """The one place the Redis context store is plugged in (``billing.store.RedisStore``).
+
+    Until it is wired up every lookup goes to Stripe, which is correct, only slower.
+    """
+    return None
+
+
+@asynccontextmanager
+async def open_service(
+    settings: Settings, *, verify_permissions: bool = False
+) -> AsyncIterator[BillingService]:
+    """A BillingService over a checked key; its Stripe HTTP client is closed when the block ends."""
+    check_key(settings)
+    _check_api_base(settings)
+    gateway = StripeGateway.from_settings(settings)
+    try:
+        if verify_permissions:
+            await gateway.verify_permissions()
+        store = await _open_store(settings, gateway)
+        yield BillingService(
+            gateway,
+            store,
+            max_staleness=timedelta(seconds=settings.max_staleness_seconds),
+        )
+    finally:
+        await gateway.aclose()

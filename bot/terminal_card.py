@@ -1,0 +1,141 @@
+"""A BillingContext as a rich card for the terminal. Pure: context in, renderable out, no I/O."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from billing.models import BillingContext, Money
+from billing.money import format_money
+
+STATUS_STYLE = {
+    "active": "green",
+    "trialing": "cyan",
+    "past_due": "bold red",
+    "unpaid": "bold red",
+    "incomplete": "yellow",
+    "incomplete_expired": "dim",
+    "paused": "yellow",
+    "canceled": "dim",
+}
+PAYMENT_STYLE = {"ok": "green", "failed": "bold red", "action_required": "yellow", "none": "dim"}
+
+
+def money_text(amounts: Money) -> str:
+    """``{"usd": 2900, "eur": 100}`` -> ``29.00 USD + 1.00 EUR``; empty -> ``—``."""
+    if not amounts:
+        return "—"
+    return " + ".join(format_money(amount, currency) for currency, amount in sorted(amounts.items()))
+
+
+def date_text(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d") if value is not None else "—"
+
+
+def _status(status: str | None) -> Text:
+    return Text(status or "none", style=STATUS_STYLE.get(status or "", "dim"))
+
+
+def _facts(context: BillingContext) -> Table:
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("Plan", context.plan or "—")
+    facts.add_row("Status", _status(context.status))
+    facts.add_row("Payment", Text(context.payment_status, style=PAYMENT_STYLE[context.payment_status]))
+    mrr = money_text(context.mrr)
+    if context.mrr_detail.scheduled_cancel:
+        mrr += "  (cancellation scheduled)"
+    if context.mrr_detail.has_metered_items:
+        mrr += "  (+ metered usage)"
+    facts.add_row("MRR", mrr)
+    if context.mrr_detail.with_temporary_discounts != context.mrr:
+        facts.add_row("MRR with temporary discounts", money_text(context.mrr_detail.with_temporary_discounts))
+    if context.mrr_detail.excluded_trialing:
+        facts.add_row("MRR once trial converts", money_text(context.mrr_detail.excluded_trialing))
+    facts.add_row("LTV (paid so far)", money_text(context.ltv))
+    facts.add_row("Renews", date_text(context.renewal_date))
+    if context.trial_end is not None:
+        facts.add_row("Trial ends", date_text(context.trial_end))
+    if context.past_due_since is not None:
+        facts.add_row("Past due since", date_text(context.past_due_since))
+    facts.add_row("Lifecycle", context.lifecycle_stage)
+    facts.add_row("Segments", ", ".join(context.segments) or "—")
+    return facts
+
+
+def _subscriptions(context: BillingContext) -> Table:
+    table = Table(title="Subscriptions", title_justify="left", expand=True, show_edge=False)
+    for column in ("id", "plan", "status", "MRR", "period end", "note"):
+        table.add_column(column)
+    for sub in context.subscriptions:
+        notes = []
+        if sub.cancel_at_period_end or sub.cancel_at is not None:
+            notes.append(f"cancels {date_text(sub.cancel_at or sub.current_period_end)}")
+        if sub.paused:
+            notes.append("collection paused")
+        if sub.trial_end is not None and sub.status == "trialing":
+            notes.append(f"trial until {date_text(sub.trial_end)}")
+        table.add_row(
+            sub.id, sub.plan or "—", _status(sub.status), money_text(sub.mrr),
+            date_text(sub.current_period_end), "; ".join(notes),
+        )
+    return table
+
+
+def _invoices(context: BillingContext, limit: int = 3) -> Table:
+    table = Table(title="Recent invoices", title_justify="left", expand=True, show_edge=False)
+    for column in ("number", "status", "due", "paid", "created", "attempts"):
+        table.add_column(column)
+    for inv in context.recent_invoices[:limit]:
+        table.add_row(
+            inv.number or inv.id,
+            inv.status or "—",
+            format_money(inv.amount_due, inv.currency),
+            format_money(inv.amount_paid, inv.currency),
+            date_text(inv.created),
+            str(inv.attempt_count),
+        )
+    return table
+
+
+def render_context(context: BillingContext) -> RenderableType:
+    """The card: who, what they pay, how payment is going, and where the data came from."""
+    if not context.found or context.customer is None:
+        return render_not_found(context.query)
+    customer = context.customer
+    title = Text(customer.name or customer.email or customer.id, style="bold")
+    if customer.email and customer.name:
+        title.append(f"  <{customer.email}>", style="")
+    if customer.livemode:
+        title.append("  LIVE", style="bold")
+    else:
+        title.append("  test mode", style="dim")
+
+    parts: list[RenderableType] = [_facts(context)]
+    if context.subscriptions:
+        parts.append(_subscriptions(context))
+    if context.recent_invoices:
+        parts.append(_invoices(context))
+    if context.other_customers:
+        others = ", ".join(
+            f"{o.id} ({o.status or 'no subscription'}, {'live' if o.livemode else 'test'})"
+            for o in context.other_customers
+        )
+        parts.append(Text(f"Other customers with this email: {others}", style="yellow"))
+    parts.append(Text(customer.dashboard_url, style="link " + customer.dashboard_url))
+
+    match = f"{context.match.method}/{context.match.confidence}" if context.match else "—"
+    as_of = context.as_of.strftime("%Y-%m-%d %H:%M:%SZ") if context.as_of else "—"
+    subtitle = f"{customer.id} · matched by {match} · {context.source} as of {as_of}"
+    if context.stale:
+        subtitle += " · STALE (Stripe unreachable)"
+    return Panel(Group(*parts), title=title, subtitle=subtitle, title_align="left", subtitle_align="left")
+
+
+def render_not_found(query: str) -> RenderableType:
+    return Text(f"No Stripe customer matches {query}.", style="yellow")
