@@ -58,17 +58,19 @@ _TENANT_KIND_OF = {"price": "prices", "plan": "prices", "product": "products", "
 Decision = Literal["apply", "skip", "refetch"]
 
 
-def decide(stored: Version | None, incoming: Version) -> Decision:
+def decide(stored: Version | None, incoming: Version, seen: Iterable[str] = ()) -> Decision:
     """Whether an incoming object version replaces the stored one.
 
     Newer second wins, older loses, the same event is a duplicate; two different events of the same
     second cannot be ordered (``created`` has one-second resolution), so the object is re-fetched.
+    ``seen`` holds the events of the stored second already settled by a re-fetch (duplicates of them
+    need no second re-fetch).
     """
     if stored is None:
         return "apply"
     if incoming[0] > stored[0]:
         return "apply"
-    if incoming[0] < stored[0] or incoming[1] == stored[1]:
+    if incoming[0] < stored[0] or incoming[1] == stored[1] or incoming[1] in seen:
         return "skip"
     return "refetch"
 

@@ -1,0 +1,509 @@
+"""The event worker: a Redis Streams consumer group that keeps cached contexts current.
+
+For each batch: skip events already applied (dedup markers), group the rest by customer, and per
+customer, in one optimistic transaction (WATCH the customer's keys, all in one slot): apply each
+event's object if its version is newer (re-fetching from Stripe on a tie or a missing object), rebuild
+the context, compare it with the old one and put the transitions in the customer's outbox together
+with the new context. Then notify from the outbox (a ``SET NX`` per transition makes it exactly once
+across duplicate deliveries and workers), mark the events applied, ``XACK``.
+
+A crash anywhere before ``XACK`` re-delivers the entry (claimed by another worker after
+``claim_idle_ms``); re-applying is harmless because every write is version-checked and every
+notification is claimed first. An entry that fails ``max_deliveries`` times goes to the dead-letter
+stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError, WatchError
+
+from billing.models import BillingContext, Match
+from billing.ports import ListableResource, Notifier, StripeReader, Transition
+from billing.slim import TENANT_OBJECTS, Version, slim, version_of, with_version
+from billing.snapshot import CustomerData, StripeDict
+from billing.store import DEDUP_TTL_SECONDS, MAX_STORED_INVOICES, RedisStore, decide
+from billing.transitions import diff_contexts
+
+log = logging.getLogger("billing.worker")
+
+ContextBuilder = Callable[..., BillingContext]
+"""``billing.builder.build_context(data, *, query, match, now, source, other_customers)``."""
+
+SEEN_FIELD = "_s"
+_RESOURCES: dict[str, ListableResource] = {
+    "subscription": "subscriptions", "invoice": "invoices", "charge": "charges",
+    "dispute": "disputes", "credit_note": "credit_notes", "price": "prices", "plan": "prices",
+    "product": "products", "coupon": "coupons",
+}
+_CUSTOMER_OBJECTS = frozenset({"customer", "subscription", "invoice", "charge", "dispute", "credit_note"})
+_MAX_CAS_ATTEMPTS = 20
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _default_builder() -> ContextBuilder:
+    from billing.builder import build_context  # the builder module is owned by the core work
+
+    return build_context
+
+
+@dataclass
+class WorkerStats:
+    applied: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    refetched: int = 0
+    notified: int = 0
+
+
+@dataclass(frozen=True)
+class _Entry:
+    entry_id: str
+    raw: bytes
+    event: StripeDict
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _id_of(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return str(value["id"])
+    return None
+
+
+def _event_object(event: Mapping[str, Any]) -> StripeDict:
+    obj = (event.get("data") or {}).get("object")
+    return obj if isinstance(obj, dict) else {}
+
+
+def _version(event: Mapping[str, Any]) -> Version:
+    return int(event.get("created") or 0), str(event.get("id"))
+
+
+@dataclass
+class EventWorker:
+    store: RedisStore
+    gateway: StripeReader
+    notifier: Notifier
+    consumer: str = field(default_factory=default_consumer_name)
+    batch_size: int = 200
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+    max_deliveries: int = 5
+    build: ContextBuilder | None = None
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    last_batch_at: float | None = None
+    _last_claim: float = 0.0
+
+    # ---- the loop -------------------------------------------------------------------------
+    async def ensure_group(self) -> None:
+        try:
+            await self.store.client.xgroup_create(
+                self.store.stream_key, self.store.GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set; Redis outages are waited out, never fatal."""
+        stop = stop or asyncio.Event()
+        backoff = 0.1
+        group_ready = False
+        while not stop.is_set():
+            try:
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
+                await self.run_once()
+                backoff = 0.1
+            except (RedisError, OSError) as exc:
+                log.warning("worker waiting for Redis: %s", type(exc).__name__)
+                group_ready = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def run_once(self, block_ms: int | None = None) -> int:
+        """Claim idle entries of dead consumers, then read and process one batch; returns entries seen."""
+        handled = 0
+        now = time.monotonic()
+        if (now - self._last_claim) * 1000 >= min(self.claim_idle_ms, 5000):
+            self._last_claim = now
+            handled += await self.claim_idle()
+        response: Any = await self.store.client.xreadgroup(
+            self.store.GROUP, self.consumer, {self.store.stream_key: ">"},
+            count=self.batch_size, block=self.block_ms if block_ms is None else block_ms,
+        )
+        for _stream, entries in response or []:
+            await self.process(entries)
+            handled += len(entries)
+        self.last_batch_at = time.time()
+        return handled
+
+    async def claim_idle(self) -> int:
+        """Take over entries idle for longer than ``claim_idle_ms`` (a dead or failing consumer's)."""
+        total = 0
+        start = "0-0"
+        while True:
+            result = await self.store.client.xautoclaim(
+                self.store.stream_key, self.store.GROUP, self.consumer,
+                min_idle_time=self.claim_idle_ms, start_id=start, count=self.batch_size,
+            )
+            next_start, entries = _text(result[0]), [e for e in result[1] if e and e[1]]
+            if entries:
+                await self.process(entries)
+                total += len(entries)
+            if next_start == "0-0":
+                return total
+            start = next_start
+
+    # ---- one batch ------------------------------------------------------------------------
+    async def process(self, entries: Sequence[Any]) -> None:
+        parsed: list[_Entry] = []
+        done_ids: list[str] = []
+        for entry_id, fields in entries:
+            raw = fields.get(b"e", fields.get("e"))
+            try:
+                event = json.loads(raw)
+                if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+                    raise ValueError("not a Stripe event")
+            except (TypeError, ValueError) as exc:
+                await self._dead_letter(_text(entry_id), raw or b"", f"unreadable entry: {exc}")
+                continue
+            body = raw if isinstance(raw, bytes) else str(raw).encode()
+            parsed.append(_Entry(_text(entry_id), body, event))
+        if not parsed:
+            return
+        already = await self.store.events_done([e.event["id"] for e in parsed])
+        fresh = [e for e, done in zip(parsed, already, strict=True) if not done]
+        done_ids += [e.entry_id for e, done in zip(parsed, already, strict=True) if done]
+        self.stats.duplicates += len(parsed) - len(fresh)
+
+        by_customer: dict[str, list[_Entry]] = {}
+        applied: list[_Entry] = []
+        failed: list[tuple[_Entry, BaseException]] = []
+        for entry in fresh:
+            try:
+                targets = await self._route(entry)
+            except Exception as exc:
+                failed.append((entry, exc))
+                continue
+            if not targets:
+                applied.append(entry)
+            for customer_id in targets:
+                by_customer.setdefault(customer_id, []).append(entry)
+
+        customers = list(by_customer)
+        results = await asyncio.gather(
+            *(self._apply_customer(c, by_customer[c]) for c in customers), return_exceptions=True
+        )
+        outcome: dict[str, BaseException | None] = {}
+        for customer_id, result in zip(customers, results, strict=True):
+            for entry in by_customer[customer_id]:
+                error = result if isinstance(result, BaseException) else None
+                if outcome.get(entry.entry_id) is None:
+                    outcome[entry.entry_id] = error
+        for entry in fresh:
+            if entry.entry_id in outcome:
+                error = outcome[entry.entry_id]
+                if error is None:
+                    applied.append(entry)
+                else:
+                    failed.append((entry, error))
+        await self._finish(applied, done_ids)
+        for entry, error in failed:
+            await self._failed(entry, error)
+
+    async def _finish(self, applied: Sequence[_Entry], done_ids: Sequence[str]) -> None:
+        if not applied and not done_ids:
+            return
+        pipe = self.store.client.pipeline(transaction=False)
+        for entry in applied:
+            pipe.set(self.store.event_key(entry.event["id"]), 1, ex=DEDUP_TTL_SECONDS)
+        ids = [e.entry_id for e in applied] + list(done_ids)
+        pipe.xack(self.store.stream_key, self.store.GROUP, *ids)
+        pipe.xdel(self.store.stream_key, *ids)
+        if applied:
+            last = max(applied, key=lambda e: int(e.event.get("created") or 0))
+            pipe.hset(self.store.tenant_key("health"), mapping={
+                "last_event_at": time.time(), "last_event_id": last.event["id"],
+            })
+        await pipe.execute()
+        self.stats.applied += len(applied)
+
+    async def _failed(self, entry: _Entry, error: BaseException) -> None:
+        self.stats.failed += 1
+        log.warning("event %s failed: %s", entry.event.get("id"), error)
+        pending = await self.store.client.xpending_range(
+            self.store.stream_key, self.store.GROUP, min=entry.entry_id, max=entry.entry_id, count=1
+        )
+        deliveries = int(pending[0]["times_delivered"]) if pending else self.max_deliveries
+        if deliveries >= self.max_deliveries:
+            await self._dead_letter(entry.entry_id, entry.raw, f"{type(error).__name__}: {error}")
+
+    async def _dead_letter(self, entry_id: str, raw: bytes | str, reason: str) -> None:
+        self.stats.dead_lettered += 1
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.xadd(self.store.dead_letter_key, {"e": raw, "error": reason[:500], "entry": entry_id})
+        pipe.xack(self.store.stream_key, self.store.GROUP, entry_id)
+        pipe.xdel(self.store.stream_key, entry_id)
+        await pipe.execute()
+
+    # ---- routing --------------------------------------------------------------------------
+    async def _route(self, entry: _Entry) -> list[str]:
+        """The customers an event affects (none for events this product does not use)."""
+        obj = _event_object(entry.event)
+        kind = obj.get("object")
+        if kind in TENANT_OBJECTS:
+            await self._apply_tenant_object(entry.event, obj)
+            object_id = str(obj.get("id"))
+            return await self.store.customers_referring_to(object_id)
+        if kind == "customer":
+            return [str(obj["id"])]
+        if kind == "dispute":
+            charge_id = _id_of(obj.get("charge"))
+            if charge_id is None:
+                return []
+            charge = await self.gateway.retrieve("charges", charge_id)
+            owner = _id_of((charge or {}).get("customer"))
+            return [owner] if owner else []
+        if kind in _CUSTOMER_OBJECTS:
+            owner = _id_of(obj.get("customer"))
+            return [owner] if owner else []
+        return []
+
+    async def _apply_tenant_object(self, event: StripeDict, obj: StripeDict) -> None:
+        kind = str(obj["object"])
+        candidate = slim(obj)
+        if kind in {"price", "plan"} and candidate.get("billing_scheme") == "tiered" and not obj.get("tiers"):
+            candidate = slim({**await self.gateway.price_with_tiers(str(obj["id"])), "object": kind})
+        decision = await self.store.put_tenant_object(candidate, _version(event))
+        if decision == "refetch":
+            fresh = await self.gateway.retrieve(_RESOURCES[kind], str(obj["id"]))
+            if fresh is not None:
+                self.stats.refetched += 1
+                # Same second as the stored version: the fetched state is at least as new as both.
+                await self.store.put_tenant_object(
+                    slim({**fresh, "object": kind}), (_version(event)[0], f"~{event['id']}")
+                )
+
+    # ---- one customer ---------------------------------------------------------------------
+    async def _apply_customer(self, customer_id: str, entries: Sequence[_Entry]) -> None:
+        await self._flush_outbox(customer_id)
+        events = sorted((e.event for e in entries), key=lambda ev: _version(ev))
+        if any(ev.get("type") == "customer.deleted" for ev in events):
+            stored = await self.store.get_objects(customer_id)
+            email = (stored.get(customer_id) or {}).get("email")
+            await self.store.delete_customer(customer_id, email if isinstance(email, str) else None)
+            return
+        fetched: dict[str, StripeDict | None] = {}
+        objs_key = self.store.customer_key(customer_id, "objs")
+        ctx_key = self.store.customer_key(customer_id, "ctx")
+        outbox_key = self.store.customer_key(customer_id, "outbox")
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            async with self.store.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(objs_key, ctx_key)
+                    raw_objs = await pipe.hgetall(objs_key)
+                    old_raw = await pipe.get(ctx_key)
+                    stored = {_text(k): json.loads(v) for k, v in raw_objs.items()}
+                    updates = await self._merge(customer_id, events, stored, fetched)
+                    merged = {**stored, **updates}
+                    rebuild = bool(updates) or any(
+                        _event_object(ev).get("object") in TENANT_OBJECTS
+                        or ev.get("type") == "customer.subscription.trial_will_end"
+                        for ev in events
+                    )
+                    if not rebuild:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return
+                    data = await self.store.load_customer_data(customer_id, merged)
+                    if data is None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return  # nothing known about the customer object itself yet
+                    old = BillingContext.model_validate_json(old_raw) if old_raw else None
+                    new = self._build(data, old)
+                    versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
+                    transitions = diff_contexts(old, new, events[-1], versions=versions)
+                    for ev in events[:-1]:
+                        if ev.get("type") == "customer.subscription.trial_will_end":
+                            transitions += diff_contexts(None, new, ev)
+                    stale_invoices = _invoices_beyond_limit(merged)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if updates:
+                        pipe.hset(objs_key, mapping={k: _dumps(v) for k, v in updates.items()})
+                    if stale_invoices:
+                        pipe.hdel(objs_key, *stale_invoices)
+                    pipe.set(ctx_key, new.model_dump_json())
+                    for transition in transitions:
+                        pipe.rpush(outbox_key, _dumps(_transition_to_dict(transition)))
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            await self._after_save(customer_id, stored, updates, data)
+            await self._flush_outbox(customer_id)
+            return
+        raise RuntimeError(f"customer {customer_id} kept changing under the worker")
+
+    def _build(self, data: CustomerData, old: BillingContext | None) -> BillingContext:
+        build = self.build or _default_builder()
+        return build(
+            data,
+            query=old.query if old else str(data.customer["id"]),
+            match=old.match if old and old.match else Match(method="customer_id", confidence="exact"),
+            now=datetime.now(UTC),
+            source="stripe",
+            other_customers=old.other_customers if old else (),
+        )
+
+    async def _merge(
+        self, customer_id: str, events: Sequence[StripeDict], stored: dict[str, StripeDict],
+        fetched: dict[str, StripeDict | None],
+    ) -> dict[str, StripeDict]:
+        """The stored objects that the events change (version-checked), keyed by object id."""
+        updates: dict[str, StripeDict] = {}
+        for event in events:
+            obj = _event_object(event)
+            kind = obj.get("object")
+            object_id = obj.get("id")
+            if kind not in _CUSTOMER_OBJECTS or not isinstance(object_id, str):
+                continue
+            current = updates.get(object_id) or stored.get(object_id)
+            version = _version(event)
+            seen = current.get(SEEN_FIELD, []) if current else []
+            decision = decide(version_of(current), version, seen)
+            event_type = str(event.get("type", ""))
+            if current is None and event_type.endswith(".updated") and kind != "customer":
+                decision = "refetch"  # an update of an object we never saw: take Stripe's current state
+            if decision == "skip":
+                continue
+            if decision == "refetch":
+                if object_id not in fetched:
+                    fetched[object_id] = await self._retrieve(str(kind), object_id)
+                    self.stats.refetched += 1
+                fresh = fetched[object_id]
+                if fresh is None:
+                    continue
+                obj = fresh
+                stored_version = version_of(current)
+                if stored_version and stored_version[0] == version[0]:
+                    seen = [*seen, stored_version[1], version[1]]
+                else:
+                    seen = [version[1]]
+            else:
+                seen = []
+            if kind == "subscription":
+                obj = await self._with_discounts(obj, current)
+            entry = with_version(slim({**obj, "object": kind}), version)
+            if seen:
+                entry[SEEN_FIELD] = sorted(set(seen))
+            updates[object_id] = entry
+        return updates
+
+    async def _retrieve(self, kind: str, object_id: str) -> StripeDict | None:
+        if kind == "customer":
+            return await self.gateway.retrieve_customer(object_id)
+        return await self.gateway.retrieve(_RESOURCES[kind], object_id)
+
+    async def _with_discounts(self, sub: StripeDict, current: StripeDict | None) -> StripeDict:
+        """Event payloads carry discount ids; the builder needs discount dicts (coupon inside)."""
+        discounts = sub.get("discounts") or []
+        if all(isinstance(d, dict) for d in discounts):
+            return sub
+        known = {d.get("id"): d for d in (current or {}).get("discounts") or [] if isinstance(d, dict)}
+        resolved = [known.get(d, d) if isinstance(d, str) else d for d in discounts]
+        if all(isinstance(d, dict) for d in resolved):
+            return {**sub, "discounts": resolved}
+        fresh = await self.gateway.retrieve("subscriptions", str(sub["id"]))
+        if fresh is not None and all(isinstance(d, dict) for d in fresh.get("discounts") or []):
+            return {**sub, "discounts": fresh.get("discounts") or []}
+        log.warning("subscription %s: discounts could not be expanded", sub.get("id"))
+        return {**sub, "discounts": [d for d in resolved if isinstance(d, dict)]}
+
+    async def _after_save(
+        self, customer_id: str, stored: Mapping[str, StripeDict], updates: Mapping[str, StripeDict],
+        data: CustomerData,
+    ) -> None:
+        """Index writes in other slots: email index, customers set, prices carried by subscriptions."""
+        old_email = (stored.get(customer_id) or {}).get("email")
+        pipe = self.store.client.pipeline(transaction=False)
+        self.store._queue_indexes(pipe, customer_id, data.customer.get("email"), old_email)
+        self.store._queue_refs(pipe, customer_id, updates.values())
+        await pipe.execute()
+        missing = [
+            pid for obj in updates.values() if obj.get("object") == "subscription"
+            for pid in (i.get("price") for i in obj.get("items", {}).get("data", []))
+            if isinstance(pid, str) and pid not in data.prices
+        ]
+        if missing:
+            await self._store_missing_prices(missing)
+
+    async def _store_missing_prices(self, price_ids: Sequence[str]) -> None:
+        """Prices first seen in a subscription: fetched (with tiers) so the next rebuild can price it."""
+        objects = []
+        for price_id in sorted(set(price_ids)):
+            price = await self.gateway.price_with_tiers(price_id)
+            objects.append(slim({**price, "object": "price"}))
+        await self.store.put_tenant_objects_if_missing(objects, (int(time.time()), "fetched"))
+
+    async def _flush_outbox(self, customer_id: str) -> None:
+        outbox_key = self.store.customer_key(customer_id, "outbox")
+        for raw in await self.store.client.lrange(outbox_key, 0, -1):
+            transition = _transition_from_dict(json.loads(raw))
+            sent_key = self.store.customer_key(customer_id, f"sent:{transition.dedup_key}")
+            if await self.store.client.set(sent_key, 1, nx=True, ex=DEDUP_TTL_SECONDS):
+                try:
+                    await self.notifier.notify(transition)
+                except BaseException:
+                    await self.store.client.delete(sent_key)
+                    raise
+                self.stats.notified += 1
+            await self.store.client.lrem(outbox_key, 1, _text(raw))
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _invoices_beyond_limit(objects: Mapping[str, StripeDict]) -> list[str]:
+    invoices = sorted(
+        (o for o in objects.values() if o.get("object") == "invoice"),
+        key=lambda o: (o.get("created") or 0, str(o.get("id"))), reverse=True,
+    )
+    return [str(o["id"]) for o in invoices[MAX_STORED_INVOICES:]]
+
+
+def _transition_to_dict(t: Transition) -> dict[str, Any]:
+    return {
+        "name": t.name, "customer_id": t.customer_id, "object_id": t.object_id, "event_id": t.event_id,
+        "context": t.context.model_dump(mode="json"),
+    }
+
+
+def _transition_from_dict(d: Mapping[str, Any]) -> Transition:
+    return Transition(
+        name=d["name"], customer_id=d["customer_id"], object_id=d["object_id"], event_id=d["event_id"],
+        context=BillingContext.model_validate(d["context"]),
+    )
+
