@@ -271,7 +271,7 @@ def build_context(
             excluded_paused=mrr.excluded_paused,
         ),
         ltv=compute_ltv(data.charges, disputes=data.disputes, credit_notes=data.credit_notes),
-        renewal_date=renewal_date(subscriptions),
+        renewal_date=renewal_date(subscriptions, prices=data.prices),
         trial_end=_trial_end(subscriptions, now),
         payment_status=payment_status(subscriptions, invoices),
         recent_invoices=[_invoice_info(inv) for inv in invoices[:RECENT_INVOICES]],

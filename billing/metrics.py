@@ -198,21 +198,22 @@ def _tiers(value: Any) -> list[StripeDict] | None:
 
 def price_terms(item: StripeDict, prices: Mapping[str, StripeDict] = _EMPTY) -> PriceTerms | None:
     """The item's price terms: ``price`` (preferring the tiers-expanded copy in ``prices``), else ``plan``."""
-    price = item.get("price")
-    if isinstance(price, str):
-        price = prices.get(price)
-    if isinstance(price, dict):
-        expanded = prices.get(price.get("id") or "")
-        if expanded is not None and price.get("tiers") is None and expanded.get("tiers") is not None:
-            price = {**price, "tiers": expanded["tiers"]}
-        return _terms_from_price(price)
-    plan = _dict(item.get("plan"))
-    if plan is not None:
-        expanded = prices.get(plan.get("id") or "")
-        if expanded is not None:
-            return _terms_from_price(expanded)
-        return _terms_from_plan(plan)
+    for key in ("price", "plan"):
+        found = item.get(key)
+        if isinstance(found, str):
+            found = prices.get(found)
+        if not isinstance(found, dict):
+            continue
+        expanded = prices.get(found.get("id") or "")
+        if expanded is not None and found.get("tiers") is None and expanded.get("tiers") is not None:
+            found = {**found, "tiers": expanded["tiers"]}
+        return _terms_from_plan(found) if _is_plan(found) else _terms_from_price(found)
     return None
+
+
+def _is_plan(obj: StripeDict) -> bool:
+    """A legacy plan (even one stored under ``price`` by a projection): interval at the top level."""
+    return obj.get("object") == "plan" or ("recurring" not in obj and "interval" in obj)
 
 
 def is_licensed(terms: PriceTerms | None) -> bool:
@@ -553,21 +554,26 @@ def compute_ltv(
     return {currency: amount for currency, amount in sorted(totals.items()) if amount > 0}
 
 
-def counted_items(subscriptions: Iterable[StripeDict]) -> Iterable[tuple[StripeDict, StripeDict]]:
+def counted_items(
+    subscriptions: Iterable[StripeDict], prices: Mapping[str, StripeDict] | None = None
+) -> Iterable[tuple[StripeDict, StripeDict]]:
     """(subscription, item) for licensed items of subscriptions that count towards MRR."""
     for subscription in subscriptions:
         if subscription.get("status") not in COUNTED_STATUSES or subscription.get("pause_collection"):
             continue
         for item in items_of(subscription):
-            if is_licensed(price_terms(item)):
+            if is_licensed(price_terms(item, prices or _EMPTY)):
                 yield subscription, item
 
 
-def renewal_date(subscriptions: Sequence[StripeDict]) -> datetime | None:
-    """Earliest ``current_period_end`` among counted items of counted subscriptions."""
+def renewal_date(
+    subscriptions: Sequence[StripeDict], *, prices: Mapping[str, StripeDict] | None = None
+) -> datetime | None:
+    """Earliest ``current_period_end`` among counted items of counted subscriptions
+    (``prices`` resolves items whose price is only an id)."""
     ends = [
         end
-        for subscription, item in counted_items(subscriptions)
+        for subscription, item in counted_items(subscriptions, prices)
         # before API 2025-03-31.basil the period lived on the subscription
         if (end := _ts(item.get("current_period_end")) or _ts(subscription.get("current_period_end")))
     ]

@@ -506,3 +506,18 @@ def test_per_unit_mrr_scales_linearly_with_quantity(unit: int, quantity: int) ->
     one = mrr_of(subscription(item(price(unit), 1)))["usd"]
     many = mrr_of(subscription(item(price(unit), quantity)))["usd"]
     assert many == one * quantity
+
+
+def test_plan_stored_under_price_key_is_read_as_a_plan() -> None:
+    plan = {"id": "plan_old", "object": "plan", "amount": 1200, "currency": "usd", "interval": "year",
+            "interval_count": 1, "usage_type": "licensed"}
+    joined = {"id": "si_old", "price": plan, "plan": plan, "quantity": 1}
+    assert mrr_of(subscription(joined)) == {"usd": 100}
+
+
+def test_price_given_by_id_is_resolved_through_prices() -> None:
+    full = price(2500, price_id="price_by_id")
+    sub = subscription(item("price_by_id"))  # type: ignore[arg-type]
+    assert compute_mrr([sub], prices={"price_by_id": full}, as_of=AS_OF).mrr == {"usd": 2500}
+    assert renewal_date([sub]) is None  # unknown price: not known to be licensed
+    assert renewal_date([sub], prices={"price_by_id": full}) is not None
