@@ -42,16 +42,17 @@ COUPON: Spec = {
     "currency_options": None, "duration": None, "duration_in_months": None, "applies_to": None,
     "valid": None, "livemode": None,
 }
+TAX_RATE: Spec = {"id": None, "percentage": None, "inclusive": None}
 ITEM: Spec = {
     "id": None, "object": None, "quantity": None, "price": None, "plan": None,
-    "current_period_start": None, "current_period_end": None, "discounts": None, "tax_rates": None,
+    "current_period_start": None, "current_period_end": None, "discounts": None, "tax_rates": [TAX_RATE],
 }
 SUBSCRIPTION: Spec = {
     "id": None, "object": None, "customer": None, "status": None, "created": None, "start_date": None,
     "currency": None, "livemode": None, "cancel_at_period_end": None, "cancel_at": None,
     "canceled_at": None, "ended_at": None, "trial_start": None, "trial_end": None,
     "pause_collection": None, "discounts": None, "items": {"data": [ITEM]}, "latest_invoice": None,
-    "metadata": None, "default_tax_rates": None,
+    "metadata": None, "default_tax_rates": [TAX_RATE], "current_period_end": None,
 }
 INVOICE: Spec = {
     "id": None, "object": None, "customer": None, "number": None, "status": None, "amount_due": None,
@@ -60,11 +61,13 @@ INVOICE: Spec = {
     "due_date": None, "billing_reason": None, "collection_method": None, "livemode": None,
     "parent": {"type": None, "subscription_details": {"subscription": None}},
     "period_start": None, "period_end": None, "total": None,
+    # read by billing.lifecycle (past_due_since, payment_status)
+    "status_transitions": {"finalized_at": None}, "requires_action": None,
 }
 CHARGE: Spec = {
     "id": None, "object": None, "customer": None, "amount": None, "amount_captured": None,
     "amount_refunded": None, "currency": None, "status": None, "created": None, "captured": None,
-    "paid": None, "refunded": None, "disputed": None, "livemode": None, "payment_intent": None,
+    "refunded": None, "disputed": None, "livemode": None,
 }
 DISPUTE: Spec = {
     "id": None, "object": None, "charge": None, "amount": None, "currency": None, "status": None,
