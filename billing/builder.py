@@ -234,6 +234,8 @@ def build_context(
     """The BillingContext of ``data.customer`` as of ``now``."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
+    if not isinstance(data.customer.get("id"), str):
+        raise ValueError("A customer object needs an 'id' (a cus_… string) to build its billing context.")
     customer = _customer_info(data.customer)
     # a subscription without an id or a known status cannot be shown or linked
     subscriptions = sorted(

@@ -228,6 +228,12 @@ def _quantity(item: StripeDict) -> int:
     return 1
 
 
+def _up_to(tier: StripeDict) -> int | None:
+    """A tier's upper bound; None for the last tier (Stripe returns null, request params say "inf")."""
+    up_to = tier.get("up_to")
+    return up_to if isinstance(up_to, int) and not isinstance(up_to, bool) else None
+
+
 def _tier_parts(tier: StripeDict) -> tuple[Fraction, Fraction]:
     unit = _fraction(tier.get("unit_amount_decimal"))
     if unit is None:
@@ -246,7 +252,7 @@ def period_amount(terms: PriceTerms, quantity: int) -> Fraction | None:
             return None
         if terms.tiers_mode == "volume":
             for tier in terms.tiers:
-                up_to = tier.get("up_to")
+                up_to = _up_to(tier)
                 if up_to is None or quantity <= up_to:
                     unit, flat = _tier_parts(tier)
                     return quantity * unit + flat
@@ -256,7 +262,7 @@ def period_amount(terms: PriceTerms, quantity: int) -> Fraction | None:
         for tier in terms.tiers:
             if quantity <= floor:
                 break
-            up_to = tier.get("up_to")
+            up_to = _up_to(tier)
             ceiling = quantity if up_to is None else min(quantity, up_to)
             unit, flat = _tier_parts(tier)
             total += (ceiling - floor) * unit + flat

@@ -259,3 +259,8 @@ def test_stripe_sample_objects_build() -> None:
     assert ctx.subscriptions[0].plan == "price_1PgafmB7WZ01zgkW6dKueIc5"
     assert ctx.renewal_date == datetime.fromtimestamp(NOW + 5 * DAY, UTC)
     assert ctx.recent_invoices[0].subscription_id == "subscription"
+
+
+def test_customer_without_id_is_refused_with_one_sentence() -> None:
+    with pytest.raises(ValueError, match="needs an 'id'"):
+        build(CustomerData(customer={"email": "jane@acme.com"}))

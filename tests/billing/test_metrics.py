@@ -521,3 +521,8 @@ def test_price_given_by_id_is_resolved_through_prices() -> None:
     assert compute_mrr([sub], prices={"price_by_id": full}, as_of=AS_OF).mrr == {"usd": 2500}
     assert renewal_date([sub]) is None  # unknown price: not known to be licensed
     assert renewal_date([sub], prices={"price_by_id": full}) is not None
+
+
+def test_last_tier_given_as_inf_is_unbounded() -> None:
+    tiers = [{**GRADUATED[0]}, {**GRADUATED[2], "up_to": "inf"}]
+    assert mrr_of(subscription(item(_tiered_price("graduated", tiers), 7))) == {"usd": 3500 + 1200}
