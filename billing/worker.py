@@ -415,6 +415,8 @@ class EventWorker:
                 seen = []
             if kind == "subscription":
                 obj = await self._with_discounts(obj, current)
+            if kind == "invoice":
+                obj = _with_action_flag(obj, current, event_type)
             entry = with_version(slim({**obj, "object": kind}), version)
             if seen:
                 entry[SEEN_FIELD] = sorted(set(seen))
@@ -484,6 +486,15 @@ class EventWorker:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _with_action_flag(invoice: StripeDict, current: StripeDict | None, event_type: str) -> StripeDict:
+    """``requires_action``: set by ``invoice.payment_action_required``, kept while the invoice is open."""
+    if event_type == "invoice.payment_action_required":
+        return {**invoice, "requires_action": True}
+    if current and current.get("requires_action") and invoice.get("status") == "open":
+        return {**invoice, "requires_action": True}
+    return invoice
 
 
 def _invoices_beyond_limit(objects: Mapping[str, StripeDict]) -> list[str]:

@@ -14,11 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def free_port(below: int = 65536) -> int:
+    """A free loopback port; cluster nodes need one ≤ 55535 (their bus port is port + 10000)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port < below and port + 10000 < 65536:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as bus:
+                try:
+                    bus.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free loopback port for a Redis Cluster node")
 
 
 def _wait_for_ping(port: int, timeout: float = 10.0) -> None:
@@ -89,7 +98,7 @@ class RedisCluster:
 
     def start(self) -> None:
         for i in range(3):
-            port = free_port()
+            port = free_port(below=55536)
             node = RedisServer(
                 self.workdir / f"node-{i}",
                 port=port,

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from billing.builder import build_context
+from billing.models import Match
+from billing.ports import Tenant
+from billing.snapshot import CustomerData
+from billing.store import RedisStore, decide, open_store
+from tests.billing import stripe_factory as sf
+
+
+def _data() -> CustomerData:
+    return CustomerData(
+        customer=sf.customer(), subscriptions=[sf.subscription()], invoices=[sf.invoice()],
+        charges=[sf.charge()], products={"prod_pro": {"id": "prod_pro", "object": "product", "name": "Pro"}},
+    )
+
+
+def _context(data: CustomerData) -> object:
+    return build_context(
+        data, query="jane@acme.com", match=Match(method="email", confidence="exact"),
+        now=datetime.fromtimestamp(sf.T0, UTC),
+    )
+
+
+async def test_saved_customer_is_served_from_cache_with_its_email_index(store: RedisStore) -> None:
+    data = _data()
+    context = _context(data)
+    await store.save_customer(data, context)  # type: ignore[arg-type]
+
+    cached = await store.get_context("cus_A")
+    assert cached is not None
+    assert cached.source == "cache"
+    assert cached.status == "active"
+    assert cached.mrr == {"usd": 2900}
+    assert await store.customer_ids_for_email("JANE@acme.COM") == ["cus_A"]
+    assert await store.customer_ids_for_email("other@acme.com") == []
+    assert (await store.health()).customers_cached == 1
+
+
+async def test_stored_objects_are_slim_and_rebuild_the_same_context(store: RedisStore) -> None:
+    data = _data()
+    context = _context(data)
+    await store.save_customer(data, context)  # type: ignore[arg-type]
+
+    objs = await store.get_objects("cus_A")
+    assert "address" not in objs["cus_A"] and "lines" not in objs["in_A"]
+    assert "billing_details" not in objs["ch_A"]
+    assert objs["sub_A"]["items"]["data"][0]["price"] == "price_pro"  # price stored once per tenant
+    assert objs["sub_A"]["_v"] == [sf.T0, "snapshot"]
+    loaded = await store.load_customer_data("cus_A")
+    assert loaded is not None
+    rebuilt = build_context(
+        loaded, query="jane@acme.com", match=Match(method="email", confidence="exact"),
+        now=datetime.fromtimestamp(sf.T0, UTC),
+    )
+    assert rebuilt == context
+
+
+async def test_a_cached_customer_fits_in_4_kib(store: RedisStore) -> None:
+    data = _data()
+    await store.save_customer(data, _context(data))  # type: ignore[arg-type]
+    total = 0
+    for part in ("ctx", "objs"):
+        total += await store.client.memory_usage(store.customer_key("cus_A", part)) or 0
+    assert total <= 4096
+
+
+async def test_links_are_set_and_removed(store: RedisStore) -> None:
+    assert await store.linked_customer("U123") is None
+    await store.link("U123", "cus_A")
+    assert await store.linked_customer("U123") == "cus_A"
+    assert await store.unlink("U123") is True
+    assert await store.linked_customer("U123") is None
+
+
+async def test_keys_carry_the_tenant_and_one_hash_tag_per_customer(store: RedisStore) -> None:
+    key = store.customer_key("cus_123", "ctx")
+    assert key == f"{store.prefix}:{{cus_123}}:ctx"
+    assert ":acct_test123:test:" in key
+    with pytest.raises(ValueError, match="braces"):
+        RedisStore(store.client, store.tenant, prefix="a{b}")
+
+
+def test_versions_decide_newer_older_duplicate_and_tie() -> None:
+    assert decide(None, (5, "evt_b")) == "apply"
+    assert decide((5, "evt_a"), (6, "evt_b")) == "apply"
+    assert decide((6, "evt_a"), (5, "evt_b")) == "skip"
+    assert decide((5, "evt_a"), (5, "evt_a")) == "skip"
+    assert decide((5, "evt_a"), (5, "evt_b")) == "refetch"
+    assert decide((5, "evt_a"), (5, "evt_b"), seen=["evt_b"]) == "skip"
+
+
+async def test_memory_url_uses_an_in_process_server_shared_by_clients() -> None:
+    tenant = Tenant("acct_mem", livemode=False)
+    first = await open_store("memory://store-test", tenant)
+    second = await open_store("memory://store-test", tenant)
+    await first.link("k", "cus_mem")
+    assert await second.linked_customer("k") == "cus_mem"
