@@ -1,0 +1,183 @@
+"""The sandbox's objects: one store per server, keyed by Stripe object type and id.
+
+Objects are kept raw (as loaded); ``render`` produces what the API returns, so derived or hidden
+fields (a price's ``tiers``, the price embedded in a subscription item) stay consistent with the
+stored originals.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from sandbox.errors import bad_request, no_such
+
+Obj = dict[str, Any]
+
+# object type -> human name used in "No such …" messages
+KINDS: dict[str, str] = {
+    "customer": "customer",
+    "subscription": "subscription",
+    "subscription_item": "subscription_item",
+    "invoice": "invoice",
+    "charge": "charge",
+    "dispute": "dispute",
+    "credit_note": "credit_note",
+    "price": "price",
+    "product": "product",
+    "coupon": "coupon",
+    "discount": "discount",
+    "tax_rate": "tax_rate",
+    "event": "event",
+}
+
+
+class Clock:
+    """Real time by default; a test can freeze it or shift it (whole seconds, like Stripe)."""
+
+    def __init__(self) -> None:
+        self._fixed: float | None = None
+        self._offset = 0.0
+
+    def now(self) -> int:
+        base = self._fixed if self._fixed is not None else time.time() + self._offset
+        return int(base)
+
+    def set(self, now: float | None, frozen: bool = True) -> None:
+        if now is None:
+            self._fixed, self._offset = None, 0.0
+        elif frozen:
+            self._fixed, self._offset = float(now), 0.0
+        else:
+            self._fixed, self._offset = None, float(now) - time.time()
+
+    def advance(self, seconds: float) -> None:
+        if self._fixed is not None:
+            self._fixed += seconds
+        else:
+            self._offset += seconds
+
+    def describe(self) -> Obj:
+        return {"now": self.now(), "frozen": self._fixed is not None}
+
+
+class Store:
+    """Every object by type and id, plus an insertion sequence to order ties on ``created``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.clock = Clock()
+        self.clear()
+
+    def clear(self) -> None:
+        self._by_type: dict[str, dict[str, Obj]] = {kind: {} for kind in KINDS}
+        self._seq: dict[str, int] = {}
+        self._next_seq = 0
+        self._item_owner: dict[str, str] = {}
+
+    # ---- writes -------------------------------------------------------------------------------
+    def put(self, obj: Obj) -> Obj:
+        """Insert or replace one Stripe-shaped object (needs ``id`` and ``object``)."""
+        kind = obj.get("object")
+        object_id = obj.get("id")
+        if not isinstance(object_id, str) or not object_id:
+            raise bad_request("Every loaded object needs a string 'id'.", param="id")
+        if kind not in KINDS or kind == "subscription_item":
+            accepted = ", ".join(k for k in KINDS if k != "subscription_item")
+            raise bad_request(
+                f"Cannot load object type {kind!r}; accepted types: {accepted}.", param="object"
+            )
+        obj = copy.deepcopy(obj)
+        obj.setdefault("livemode", False)
+        obj.setdefault("created", self.clock.now())
+        if object_id not in self._seq:
+            self._seq[object_id] = self._next_seq
+            self._next_seq += 1
+        self._by_type[kind][object_id] = obj
+        if kind == "subscription":
+            for item in obj.get("items", {}).get("data", []):
+                self._item_owner[item["id"]] = object_id
+        return obj
+
+    # ---- reads --------------------------------------------------------------------------------
+    def raw(self, kind: str, object_id: str) -> Obj | None:
+        if kind == "subscription_item":
+            owner = self._item_owner.get(object_id)
+            sub = self._by_type["subscription"].get(owner or "")
+            if sub is None:
+                return None
+            for item in sub.get("items", {}).get("data", []):
+                if item["id"] == object_id:
+                    result: Obj = item
+                    return result
+            return None
+        return self._by_type[kind].get(object_id)
+
+    def find(self, object_id: str) -> Obj | None:
+        """The raw object with this id, whatever its type."""
+        for kind in KINDS:
+            found = self.raw(kind, object_id)
+            if found is not None:
+                return found
+        return None
+
+    def get(self, kind: str, object_id: str, livemode: bool, param: str = "id") -> Obj:
+        """The raw object visible in this mode, or Stripe's 404."""
+        obj = self.raw(kind, object_id)
+        if obj is None:
+            raise no_such(KINDS[kind], object_id, param)
+        obj_live = self.livemode_of(obj)
+        if obj_live != livemode:
+            raise no_such(KINDS[kind], object_id, param, other_mode="live" if obj_live else "test")
+        return obj
+
+    def livemode_of(self, obj: Obj) -> bool:
+        if obj.get("object") == "subscription_item":
+            owner = self._by_type["subscription"].get(self._item_owner.get(obj["id"], ""))
+            return bool(owner and owner.get("livemode"))
+        return bool(obj.get("livemode"))
+
+    def all(self, kind: str, livemode: bool | None = None) -> Iterator[Obj]:
+        if kind == "subscription_item":
+            for sub in self._by_type["subscription"].values():
+                if livemode is None or bool(sub.get("livemode")) == livemode:
+                    yield from sub.get("items", {}).get("data", [])
+            return
+        for obj in self._by_type[kind].values():
+            if livemode is None or bool(obj.get("livemode")) == livemode:
+                yield obj
+
+    def order_key(self, obj: Obj) -> tuple[int, int]:
+        """Newest first: ``created`` then insertion order (Stripe breaks ties by its own sequence)."""
+        return (int(obj.get("created") or 0), self._seq.get(obj["id"], 0))
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(objs) for kind, objs in self._by_type.items() if objs}
+
+    # ---- rendering ----------------------------------------------------------------------------
+    def render(self, obj: Obj) -> Obj:
+        """What the API returns for a stored object (hidden fields removed, embedded prices fresh)."""
+        out = copy.deepcopy(obj)
+        kind = out.get("object")
+        if kind == "price":
+            out.pop("tiers", None)
+        elif kind == "subscription":
+            for item in out.get("items", {}).get("data", []):
+                self._refresh_item(item)
+        elif kind == "subscription_item":
+            self._refresh_item(out)
+        return out
+
+    def _refresh_item(self, item: Obj) -> None:
+        price = item.get("price")
+        price_id = price.get("id") if isinstance(price, dict) else price
+        stored = self._by_type["price"].get(price_id or "")
+        if stored is not None:
+            fresh = copy.deepcopy(stored)
+            fresh.pop("tiers", None)
+            item["price"] = fresh
+        elif isinstance(item.get("price"), dict):
+            item["price"].pop("tiers", None)
