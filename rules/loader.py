@@ -194,7 +194,8 @@ def _error_problems(
         elif loc == ("version",):
             reason = "unsupported version (this program reads 'version: 1')"
         else:
-            field = next((str(p) for p in reversed(loc) if isinstance(p, str)), "file")
+            field = next((str(p) for p in reversed(loc) if isinstance(p, str)), "file") if where \
+                else ".".join(str(p) for p in loc)
             reason = f"{field}{where}: {error['msg']}"
         found.append((_line_of(loc, lines), reason))
     return found

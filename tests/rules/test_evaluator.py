@@ -401,7 +401,9 @@ rules:
   - {name: a, when: {status: past_due}, then: {priority: high, tags: [billing, vip], notify: C1}}
   - {name: b, when: {status: past_due}, then: {assign: first, priority: urgent, tags: [billing]}}
   - {name: c, when: {status: active}, then: {assign: never}}
-  - {name: d, when: {status: past_due}, then: {assign: second, priority: low, tags: [late, vip], notify: [C2, C1]}}
+  - name: d
+    when: {status: past_due}
+    then: {assign: second, priority: low, tags: [late, vip], notify: [C2, C1]}
 """
 
 
