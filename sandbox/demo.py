@@ -764,6 +764,7 @@ def build(now: int) -> list[Obj]:
         b.charge(cust, amount, currency=currency, days_ago=12)
     cust = b.customer("creditnote@example.com", "Credit Note Co", 50)
     invoice = b.invoice(cust, None, 5000, "paid", 20)
+    invoice["post_payment_credit_notes_amount"] = 1000  # as Stripe sets it once the credit note is issued
     b.charge(cust, 5000, days_ago=20)
     b.add(
         {
