@@ -157,11 +157,16 @@ class BillingService:
         primary, others = ranked[0], ranked[1:]
         assert primary.customer is not None
         match = EXACT if primary.customer.email == parsed.value else LOWERCASE
+        # Other customers cached under this email, then those the primary was built with (the store
+        # may hold only the customer a lookup picked).
+        other_customers = [_as_other(c) for c in others]
+        seen = {primary.customer.id, *(o.id for o in other_customers)}
+        other_customers += [o for o in primary.other_customers if o.id not in seen]
         return primary.model_copy(update={
             "query": parsed.value,
             "match": match,
             "source": "cache",
-            "other_customers": [_as_other(c) for c in others],
+            "other_customers": other_customers,
         })
 
     async def _save(self, data: Any, context: BillingContext) -> None:
