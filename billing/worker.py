@@ -32,7 +32,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 
 from billing.models import BillingContext, Match
 from billing.ports import ListableResource, Notifier, StripeReader, Transition
-from billing.slim import TENANT_OBJECTS, Version, slim, version_of, with_version
+from billing.slim import TENANT_OBJECTS, Version, prices_of_subscription, slim, version_of, with_version
 from billing.snapshot import CustomerData, StripeDict
 from billing.store import DEDUP_TTL_SECONDS, MAX_STORED_INVOICES, RedisStore, decide
 from billing.transitions import diff_contexts
@@ -340,8 +340,12 @@ class EventWorker:
                         return
                     data = await self.store.load_customer_data(customer_id, merged)
                     if data is None:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]
-                        return  # nothing known about the customer object itself yet
+                        # The customer object itself is not known yet: keep the objects, build later.
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        if updates:
+                            pipe.hset(objs_key, mapping={k: _dumps(v) for k, v in updates.items()})
+                        await pipe.execute()
+                        return
                     old = BillingContext.model_validate_json(old_raw) if old_raw else None
                     new = self._build(data, old)
                     versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
@@ -415,6 +419,7 @@ class EventWorker:
                 seen = []
             if kind == "subscription":
                 obj = await self._with_discounts(obj, current)
+                await self._store_prices(obj)
             if kind == "invoice":
                 obj = _with_action_flag(obj, current, event_type)
             entry = with_version(slim({**obj, "object": kind}), version)
@@ -445,29 +450,27 @@ class EventWorker:
 
     async def _after_save(
         self, customer_id: str, stored: Mapping[str, StripeDict], updates: Mapping[str, StripeDict],
-        data: CustomerData,
+        data: CustomerData | None,
     ) -> None:
-        """Index writes in other slots: email index, customers set, prices carried by subscriptions."""
+        """Index writes in other slots: email index, customers set, price/coupon references."""
+        if data is None:
+            return
         old_email = (stored.get(customer_id) or {}).get("email")
         pipe = self.store.client.pipeline(transaction=False)
         self.store._queue_indexes(pipe, customer_id, data.customer.get("email"), old_email)
         self.store._queue_refs(pipe, customer_id, updates.values())
         await pipe.execute()
-        missing = [
-            pid for obj in updates.values() if obj.get("object") == "subscription"
-            for pid in (i.get("price") for i in obj.get("items", {}).get("data", []))
-            if isinstance(pid, str) and pid not in data.prices
-        ]
-        if missing:
-            await self._store_missing_prices(missing)
 
-    async def _store_missing_prices(self, price_ids: Sequence[str]) -> None:
-        """Prices first seen in a subscription: fetched (with tiers) so the next rebuild can price it."""
+    async def _store_prices(self, subscription: StripeDict) -> None:
+        """Prices carried by a subscription event, stored per tenant before the rebuild needs them
+        (a tiered price is fetched with its tiers, which events never carry)."""
         objects = []
-        for price_id in sorted(set(price_ids)):
-            price = await self.gateway.price_with_tiers(price_id)
-            objects.append(slim({**price, "object": "price"}))
-        await self.store.put_tenant_objects_if_missing(objects, (int(time.time()), "fetched"))
+        for price in prices_of_subscription(subscription):
+            if price.get("billing_scheme") == "tiered" and not price.get("tiers"):
+                price = slim({**await self.gateway.price_with_tiers(str(price["id"])), "object": "price"})
+            objects.append(price)
+        if objects:
+            await self.store.put_tenant_objects_if_missing(objects, (0, "from-subscription"))
 
     async def _flush_outbox(self, customer_id: str) -> None:
         outbox_key = self.store.customer_key(customer_id, "outbox")
