@@ -29,13 +29,15 @@ class Sandbox:
         self.webhooks = Webhooks(self.store)
 
     def reset(self, dataset: str, now: int | None = None) -> dict[str, Any]:
-        """Back to a known world: objects of the dataset, no events, faults, webhooks, log or key rules."""
+        """Back to a known world: the dataset's objects built for ``now`` (default: the real time), a
+        real-time clock, and no events, faults, webhooks, logged requests or key rules."""
         if dataset not in DATASETS:
             raise StripeError(
                 400, f"Unknown dataset {dataset!r}; accepted: {', '.join(DATASETS)}.", param="dataset"
             )
         with self.store.lock:
             self.store.clear()
+            self.store.clock.set(None)
             self.events.reset()
             self.webhooks.reset()
             self.keys.reset()
