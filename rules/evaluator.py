@@ -258,7 +258,7 @@ def alerts_for(
         return []
     fired: list[AlertMatch] = []
     for alert in rules.alerts:
-        if alert.on != transition_name:
+        if alert.on != transition_name or not alert.channel:
             continue
         outcome = _alert_outcome(alert, context, rules, now)
         if outcome.held:

@@ -144,12 +144,15 @@ def _transition(raw: object) -> object:
 
 
 class Alert(_Model):
-    """Post to ``channel`` when transition ``on`` happens to a customer for whom ``when`` holds."""
+    """Post to ``channel`` when transition ``on`` happens to a customer for whom ``when`` holds.
+
+    An empty channel (``"${BILLING_ALERT_CHANNEL:-}"`` with the variable unset) turns the alert off.
+    """
 
     on: Annotated[TransitionName, BeforeValidator(_transition)]
     name: NonEmpty | None = None
     when: SkipValidation[Condition] = ALWAYS
-    channel: NonEmpty
+    channel: str
 
     @field_validator("when", mode="before")
     @classmethod

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from rules import RulesError, default_rules_path, load_rules, load_rules_text, rules_path
+from billing.models import BillingContext
+from rules import RulesError, alerts_for, default_rules_path, load_rules, load_rules_text, rules_path
 from rules.schema import TRANSITIONS
 
 HEADER = "version: 1\nrules:\n  - name: senior\n    then: {assign: x}\n"
@@ -285,9 +287,17 @@ def test_default_rules_file_ships_the_three_product_rules_and_the_alert() -> Non
     assert {a for a in TRANSITIONS} >= {a.on for a in rules.alerts}
 
 
-def test_default_rules_need_the_alert_channel() -> None:
-    with pytest.raises(RulesError, match=r"default_rules.yml:\d+: undefined variable BILLING_ALERT_CHANNEL"):
-        load_rules(default_rules_path(), env={})
+def test_default_rules_load_without_the_alert_channel_and_the_alert_is_off() -> None:
+    rules = load_rules(default_rules_path(), env={})
+    assert [(a.on, a.channel) for a in rules.alerts] == [("subscription.past_due", "")]
+    past_due = BillingContext(found=True, query="q", status="past_due")
+    assert alerts_for("subscription.past_due", past_due, rules, datetime.now(UTC)) == []
+
+
+def test_an_undefined_variable_without_default_is_refused_with_its_line() -> None:
+    text = "version: 1\nalerts:\n  - on: subscription.past_due\n    channel: ${NO_SUCH_CHANNEL_VAR}\n"
+    with pytest.raises(RulesError, match=r"<string>:4: undefined variable NO_SUCH_CHANNEL_VAR"):
+        load_rules_text(text, env={})
 
 
 def test_rules_path_prefers_the_configured_file() -> None:
