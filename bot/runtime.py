@@ -13,6 +13,7 @@ from billing.config import Settings
 from billing.errors import ConfigurationError
 from billing.ports import ContextStore
 from billing.service import BillingService
+from billing.store import open_store
 from billing.stripe_api import StripeGateway, check_key
 
 
@@ -42,7 +43,7 @@ async def _open_store(settings: Settings, gateway: StripeGateway) -> ContextStor
 
     Until it is wired up every lookup goes to Stripe, which is correct, only slower.
     """
-    return None
+    return await open_store(settings.redis_url, await gateway.tenant(), prefix=settings.key_prefix)
 
 
 @asynccontextmanager

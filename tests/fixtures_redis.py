@@ -79,7 +79,9 @@ async def store(any_redis_url: str, key_prefix: str) -> AsyncIterator[RedisStore
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "private-redis")
+    # Durable like a production server, so a restart keeps what was acknowledged.
+    durable = ("--appendonly", "yes", "--appendfsync", "always")
+    server = RedisServer(tmp_path / "private-redis", extra_args=durable)
     server.start()
     try:
         yield server

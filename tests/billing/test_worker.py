@@ -188,7 +188,8 @@ async def test_an_event_failing_five_times_goes_to_the_dead_letter_stream(store:
         sf.event("customer.subscription.created", sf.subscription(), t + 1),
     ])
     await drain(w)
-    await enqueue(store, [sf.event("customer.subscription.updated", sf.subscription(status="past_due"), t + 2)])
+    past_due = sf.subscription(status="past_due")
+    await enqueue(store, [sf.event("customer.subscription.updated", past_due, t + 2)])
     for _ in range(8):
         w._last_claim = 0.0
         await w.run_once(block_ms=10)
@@ -212,6 +213,7 @@ async def test_trial_will_end_is_notified_once_across_duplicates(store: RedisSto
     ])
     await drain(w)
     # Stripe re-sends the same event with a new delivery; also a second, distinct notice of it.
-    await enqueue(store, [warn, sf.event("customer.subscription.trial_will_end", sub, t + 2, eid="evt_other")])
+    other = sf.event("customer.subscription.trial_will_end", sub, t + 2, eid="evt_other")
+    await enqueue(store, [warn, other])
     await drain(w)
     assert notifier.names() == ["subscription.trial_will_end"]

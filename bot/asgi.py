@@ -1,0 +1,127 @@
+"""The one ASGI app: ``POST /stripe/webhook``, ``GET /healthz``, ``GET /metrics`` (Slack mounts later).
+
+Built by a factory (nothing happens at import); ``billing serve`` runs it with uvicorn, tests run it
+on a loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from billing.config import Settings
+from billing.ports import Tenant
+from billing.store import RedisStore
+from billing.webhook import MAX_BODY_BYTES, WebhookIngest
+from billing.worker import EventWorker
+
+WORKER_STALL_SECONDS = 30.0
+
+
+class _WorkerCollector(Collector):
+    """Worker counters and stream depth, read when Prometheus scrapes."""
+
+    def __init__(self, worker: EventWorker | None) -> None:
+        self.worker = worker
+
+    def collect(self) -> Any:
+        if self.worker is None:
+            return
+        stats = self.worker.stats
+        for name, value in (
+            ("applied", stats.applied), ("failed", stats.failed), ("dead_lettered", stats.dead_lettered),
+            ("duplicates", stats.duplicates), ("refetched", stats.refetched), ("notified", stats.notified),
+        ):
+            yield CounterMetricFamily(f"billing_worker_{name}", f"Events {name} by the worker.", value=value)
+        last = self.worker.last_batch_at
+        yield GaugeMetricFamily(
+            "billing_worker_last_poll_age_seconds", "Seconds since the worker last polled the stream.",
+            value=time.time() - last if last else float("nan"),
+        )
+
+
+def build_asgi_app(
+    *,
+    settings: Settings,
+    store: RedisStore,
+    webhook_secret: str,
+    tenant: Tenant,
+    worker: EventWorker | None = None,
+    service: Any = None,
+    stripe_check: Callable[[], Any] | None = None,
+    extra_routes: list[BaseRoute] | None = None,
+) -> Starlette:
+    """The app. ``worker`` (if given) runs in-process for the app's lifetime; ``extra_routes`` is where
+    ``POST /slack/events`` is mounted; ``stripe_check`` is an async callable used by ``/healthz``."""
+    del settings, tenant  # the store carries the tenant; settings kept in the signature for later mounts
+    ingest = WebhookIngest(store, webhook_secret)
+    registry = CollectorRegistry()
+    received = Counter("billing_webhook_events", "Webhook requests by outcome.", ["outcome"],
+                       registry=registry)
+    registry.register(_WorkerCollector(worker))
+
+    async def stripe_webhook(request: Request) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            received.labels("rejected").inc()
+            return JSONResponse({"error": f"The body is larger than {MAX_BODY_BYTES} bytes."}, 413)
+        body = await request.body()
+        result = await ingest.handle(body, request.headers.get("stripe-signature"))
+        received.labels(result.outcome).inc()
+        if result.status == 200:
+            return JSONResponse({"received": True, "outcome": result.outcome})
+        return JSONResponse({"error": result.message}, result.status)
+
+    async def healthz(_request: Request) -> Response:
+        redis_ok = await store.ping()
+        stripe_state = "unchecked"
+        if stripe_check is not None:
+            try:
+                await asyncio.wait_for(stripe_check(), timeout=3)
+                stripe_state = "ok"
+            except Exception:
+                stripe_state = "unavailable"
+        if worker is None:
+            worker_state = "not running here"
+        elif worker.last_batch_at and time.time() - worker.last_batch_at < WORKER_STALL_SECONDS:
+            worker_state = "ok"
+        else:
+            worker_state = "stalled"
+        ok = redis_ok and stripe_state != "unavailable" and worker_state != "stalled"
+        body = {"ok": ok, "redis": "ok" if redis_ok else "unavailable", "stripe": stripe_state,
+                "worker": worker_state}
+        return JSONResponse(body, 200 if ok else 503)
+
+    async def metrics(_request: Request) -> Response:
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop)) if worker is not None else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+
+    routes: list[BaseRoute] = [
+        Route("/stripe/webhook", stripe_webhook, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        # POST /slack/events is mounted here by the Slack work, through extra_routes.
+        *(extra_routes or []),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

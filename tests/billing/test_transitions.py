@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from billing.builder import build_context
+from billing.models import BillingContext, Match
+from billing.snapshot import CustomerData
+from billing.transitions import diff_contexts
+from tests.billing import stripe_factory as sf
+
+
+def ctx(status: str = "active", invoice_status: str = "paid", attempts: int = 1) -> BillingContext:
+    data = CustomerData(
+        customer=sf.customer(), subscriptions=[sf.subscription(status=status)],
+        invoices=[sf.invoice(status=invoice_status, attempts=attempts)],
+    )
+    return build_context(data, query="cus_A", match=Match(method="customer_id", confidence="exact"),
+                         now=datetime.fromtimestamp(sf.T0, UTC))
+
+
+def test_status_changes_map_to_transitions() -> None:
+    assert [t.name for t in diff_contexts(ctx("active"), ctx("past_due"))] == ["subscription.past_due"]
+    assert [t.name for t in diff_contexts(ctx("past_due"), ctx("active"))] == ["subscription.recovered"]
+    assert [t.name for t in diff_contexts(ctx("active"), ctx("canceled"))] == ["subscription.canceled"]
+    assert diff_contexts(ctx("active"), ctx("active")) == []
+    assert diff_contexts(None, ctx("past_due")) == []  # first sight: nothing known to have changed
+
+
+def test_a_failed_attempt_is_a_transition_keyed_by_attempt() -> None:
+    found = diff_contexts(ctx(invoice_status="open", attempts=1), ctx(invoice_status="open", attempts=2))
+    assert [(t.name, t.dedup_key) for t in found] == [
+        ("invoice.payment_failed", "invoice.payment_failed:in_A:attempt-2")
+    ]
+
+
+def test_keys_depend_on_the_state_change_not_the_delivery() -> None:
+    first = diff_contexts(ctx("active"), ctx("past_due"), {"id": "evt_1"}, versions={"sub_A": "evt_9"})
+    again = diff_contexts(ctx("active"), ctx("past_due"), {"id": "evt_2"}, versions={"sub_A": "evt_9"})
+    assert [t.dedup_key for t in first] == [t.dedup_key for t in again]
+
+
+def test_trial_will_end_comes_from_the_event() -> None:
+    event = {"type": "customer.subscription.trial_will_end",
+             "data": {"object": {"id": "sub_A", "trial_end": sf.T0}}}
+    found = diff_contexts(ctx(), ctx(), event)
+    assert [t.name for t in found] == ["subscription.trial_will_end"]
