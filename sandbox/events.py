@@ -13,21 +13,30 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
-import stripe
 
 from sandbox.errors import StripeError
 from sandbox.state import Obj, Store
 
+# The API version of stripe-python 16.x, which renders these shapes (a sandbox imports none of the SDK).
+API_VERSION = "2026-10-28.endive"
+
 
 class EventLog:
-    """Creates Event objects in the store; ids are sequential per reset so tests are deterministic."""
+    """Creates Event objects in the store.
+
+    Ids are sequential within a reset, under a token that changes at every reset: a consumer that
+    dedupes on ``event.id`` (as Billing Lens does for 7 days) must not mistake a new world's events
+    for ones it has already seen.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.counter = 0
+        self.generation = secrets.token_hex(3)
 
     def reset(self) -> None:
         self.counter = 0
+        self.generation = secrets.token_hex(3)
 
     def emit(self, event_type: str, obj: Obj, previous: Obj | None = None) -> Obj:
         self.counter += 1
@@ -35,9 +44,9 @@ class EventLog:
         if previous is not None:
             data["previous_attributes"] = copy.deepcopy(previous)
         event: Obj = {
-            "id": f"evt_1Sandbox{self.counter:015d}",
+            "id": f"evt_1Sbx{self.generation}{self.counter:012d}",
             "object": "event",
-            "api_version": stripe.api_version,
+            "api_version": API_VERSION,
             "created": self.store.clock.now(),
             "data": data,
             "livemode": bool(self.store.livemode_of(obj)),
