@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import stripe
@@ -201,8 +202,24 @@ class RetryPolicy:
 
 
 def _to_dict(obj: Any) -> StripeDict:
-    result: StripeDict = obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+    """A StripeObject as the JSON-shaped dict a webhook would carry.
+
+    The SDK parses ``*_decimal`` fields into ``Decimal``; webhooks carry them as strings. Turning them
+    back into strings here means the cold path and the webhook path hand the builder and the store
+    the very same shapes.
+    """
+    result: StripeDict = _json_shaped(obj.to_dict() if hasattr(obj, "to_dict") else dict(obj))
     return result
+
+
+def _json_shaped(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_shaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_shaped(v) for v in value]
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return value
 
 
 def _coupon_ref(discount: Any) -> tuple[str | None, StripeDict | None]:
