@@ -1,0 +1,146 @@
+"""Reconcile: replay Stripe's ``/v1/events`` since the last processed event, to repair missed webhooks.
+
+Listed events are appended to the same Redis Stream the webhook endpoint writes to, so they take the
+one apply path (``billing.worker.EventWorker``: dedup, version checks, rebuild, transitions). Stripe
+lists newest first; events are queued oldest first. Delivery is unordered, so the listing starts
+``overlap_seconds`` before the newest event known to be processed: an event missed before it is still
+found, and events already applied are skipped here (and deduped by the worker anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from billing.ports import StripeReader
+from billing.snapshot import StripeDict
+from billing.store import RedisStore
+from billing.worker import EventWorker
+
+EVENT_RETENTION_SECONDS = 30 * 86_400  # Stripe lists events of the last 30 days
+DEFAULT_OVERLAP_SECONDS = 300
+QUEUE_BATCH = 500
+
+
+def reconcile_start(
+    *,
+    now: float,
+    reconciled_through: float | None,
+    last_event_created: float | None,
+    backfill_started_at: float | None,
+    overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
+) -> int:
+    """The ``created[gte]`` to list events from: the newest known point minus the overlap, never
+    further back than Stripe keeps events. With nothing known, every event Stripe still has."""
+    oldest = int(now) - EVENT_RETENTION_SECONDS
+    known = [t for t in (reconciled_through, last_event_created, backfill_started_at) if t is not None]
+    if not known:
+        return oldest
+    return max(oldest, int(max(known)) - overlap_seconds)
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    since: int
+    listed: int
+    queued: int
+    already_applied: int
+    applied: int = 0
+
+
+async def queue_missed_events(
+    gateway: StripeReader,
+    store: RedisStore,
+    *,
+    since: int | None = None,
+    overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
+    clock: Callable[[], float] = time.time,
+) -> ReconcileReport:
+    """List events since the last processed one and append those not yet applied to the stream."""
+    fields = await _health_fields(store)
+    if since is None:
+        since = reconcile_start(
+            now=clock(),
+            reconciled_through=_number(fields.get("reconciled_through")),
+            last_event_created=await _created_of_event(gateway, fields.get("last_event_id")),
+            backfill_started_at=_number(fields.get("backfill_started_at")),
+            overlap_seconds=overlap_seconds,
+        )
+    events = [e async for e in gateway.iter_objects("events", {"created": {"gte": since}})]
+    events.reverse()  # oldest first, as they happened
+    done = await store.events_done([str(e["id"]) for e in events]) if events else []
+    missed = [e for e, applied in zip(events, done, strict=True) if not applied]
+    for start in range(0, len(missed), QUEUE_BATCH):
+        pipe = store.client.pipeline(transaction=False)
+        for event in missed[start:start + QUEUE_BATCH]:
+            pipe.xadd(store.stream_key, {"e": json.dumps(event, separators=(",", ":"))})
+        await pipe.execute()
+    record: dict[str, float | str] = {"reconciled_at": clock()}
+    if events:
+        newest = max(events, key=lambda e: int(e.get("created") or 0))
+        record["reconciled_through"] = int(newest.get("created") or 0)
+    await store.record(**record)
+    return ReconcileReport(
+        since=since, listed=len(events), queued=len(missed), already_applied=len(events) - len(missed)
+    )
+
+
+async def drain(worker: EventWorker, *, max_rounds: int = 100_000) -> int:
+    """Let ``worker`` process the stream until nothing is left for it; returns entries handled."""
+    await worker.ensure_group()
+    handled = 0
+    for _ in range(max_rounds):
+        count = await worker.run_once(block_ms=1)
+        handled += count
+        if count == 0:
+            break
+    return handled
+
+
+async def reconcile(
+    gateway: StripeReader,
+    store: RedisStore,
+    worker: EventWorker,
+    *,
+    since: int | None = None,
+    overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
+) -> ReconcileReport:
+    """Queue the missed events, then apply them (and anything else queued) through ``worker``."""
+    before = worker.stats.applied
+    report = await queue_missed_events(gateway, store, since=since, overlap_seconds=overlap_seconds)
+    await drain(worker)
+    return ReconcileReport(
+        since=report.since, listed=report.listed, queued=report.queued,
+        already_applied=report.already_applied, applied=worker.stats.applied - before,
+    )
+
+
+async def _health_fields(store: RedisStore) -> dict[str, str]:
+    raw: Mapping[Any, Any] = await store.client.hgetall(store.tenant_key("health"))
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+async def _created_of_event(gateway: StripeReader, event_id: str | None) -> float | None:
+    """The worker records the id of the newest event it applied; Stripe knows when it was created."""
+    if not event_id:
+        return None
+    event: StripeDict | None = await gateway.retrieve("events", event_id)
+    created = (event or {}).get("created")
+    return float(created) if isinstance(created, int | float) else None
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+__all__ = ["ReconcileReport", "drain", "queue_missed_events", "reconcile", "reconcile_start"]
