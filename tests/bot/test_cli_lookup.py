@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import uuid
 from typing import Any
 
 import pytest
@@ -27,7 +28,8 @@ def closed_port() -> int:
 
 def run(args: list[str], **env: str | None) -> Any:
     base: dict[str, str | None] = {
-        "STRIPE_API_KEY": None, "STRIPE_API_BASE": None, "REDIS_URL": "memory://",
+        # A private in-process store per command: one test's cached card must not answer another's.
+        "STRIPE_API_KEY": None, "STRIPE_API_BASE": None, "REDIS_URL": f"memory://cli-{uuid.uuid4().hex}",
         "BILLING_ALLOW_SECRET_KEY": None, "BILLING_STRIPE_RETRIES": "1",
     }
     return CliRunner().invoke(build_cli(), args, env={**base, **env})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_validate_a_missing_file(env: None, tmp_path: Path) -> None:
 def sandbox_env(env: None, sandbox: SandboxHandle, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STRIPE_API_BASE", sandbox.url)
     monkeypatch.setenv("STRIPE_API_KEY", sandbox.api_key)
-    monkeypatch.setenv("REDIS_URL", "memory://")
+    monkeypatch.setenv("REDIS_URL", f"memory://rules-{uuid.uuid4().hex}")
 
 
 @pytest.mark.parametrize(
