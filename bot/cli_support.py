@@ -16,6 +16,7 @@ import typer
 from redis.exceptions import RedisError
 
 from billing.errors import BillingError
+from rules import RulesError
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -68,6 +69,8 @@ def handles_errors(command: Callable[P, T]) -> Callable[P, T]:
             return command(*args, **kwargs)
         except BillingError as err:
             fail(str(err), err.exit_code)
+        except RulesError as err:
+            fail(str(err), EXIT_BAD_INPUT)
         except stripe.StripeError as err:
             fail(*describe_stripe_error(err))
         except (RedisError, ConnectionRefusedError) as err:

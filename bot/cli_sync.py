@@ -13,10 +13,10 @@ import typer
 
 from billing.config import Settings
 from billing.errors import ConfigurationError
-from billing.notify import LoggingNotifier
 from billing.store import RedisStore, SyncHealth, open_store
 from billing.stripe_api import StripeGateway, check_key
 from billing.worker import EventWorker
+from bot.alerts import alert_notifier
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings
 
@@ -44,9 +44,10 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool) ->
     from bot.asgi import build_asgi_app
 
     secret = _webhook_secret(settings)
+    notifier = alert_notifier(settings)
     gateway, store = await _open(settings)
     try:
-        worker = EventWorker(store, gateway, LoggingNotifier()) if with_worker else None
+        worker = EventWorker(store, gateway, notifier) if with_worker else None
         app = build_asgi_app(settings=settings, store=store, webhook_secret=secret, tenant=store.tenant,
                              worker=worker, stripe_check=gateway.tenant)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
@@ -57,6 +58,7 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool) ->
 
 
 async def _work(settings: Settings) -> None:
+    notifier = alert_notifier(settings)
     gateway, store = await _open(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -64,7 +66,7 @@ async def _work(settings: Settings) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        await EventWorker(store, gateway, LoggingNotifier()).run(stop)
+        await EventWorker(store, gateway, notifier).run(stop)
     finally:
         await store.aclose()
         await gateway.aclose()
