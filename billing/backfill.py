@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Protocol
 
 from billing.errors import BadQueryError
@@ -36,7 +35,11 @@ from billing.slim import (
 from billing.snapshot import CustomerData, StripeDict
 from billing.store import SNAPSHOT_EVENT_ID, RedisStore
 
-RESOURCES: tuple[ListableResource, ...] = ("customers", "subscriptions", "invoices", "charges")
+RESOURCES: tuple[ListableResource, ...] = (
+    "customers", "subscriptions", "invoices", "charges", "disputes", "credit_notes",
+)
+# Stripe's credit note list takes no ``created`` filter: it is fetched as one window (they are few).
+UNWINDOWED: frozenset[str] = frozenset({"credit_notes"})
 PAGE_SIZE = 100  # the gateway's list page: one checkpoint per page
 BUILD_BATCH = 100
 DEFAULT_WINDOWS = 8
@@ -49,6 +52,8 @@ _LIST_PARAMS: dict[str, dict[str, Any]] = {
     "subscriptions": {"status": "all", "expand": ["data.discounts", "data.items.data.discounts"]},
     "invoices": {},
     "charges": {},
+    "disputes": {"expand": ["data.charge"]},  # a dispute names no customer; its charge does
+    "credit_notes": {},
 }
 BY_ID = Match(method="customer_id", confidence="exact")
 
@@ -100,7 +105,12 @@ class Plan:
 
     def windows(self) -> list[Window]:
         ranges = split_range(self.start, self.end, self.parts)
-        return [Window(resource, gte, lt) for resource in RESOURCES for gte, lt in ranges]
+        whole = [(self.start, self.end)] if ranges else []
+        return [
+            Window(resource, gte, lt)
+            for resource in RESOURCES
+            for gte, lt in (whole if resource in UNWINDOWED else ranges)
+        ]
 
     def to_json(self) -> str:
         return json.dumps(
@@ -128,23 +138,13 @@ class WindowState:
         return cls(bool(data.get("done")), data.get("after"), int(data.get("count") or 0))
 
 
-def wire_shape(value: Any) -> Any:
-    """``value`` as Stripe sent it: the SDK turns decimal strings (``unit_amount_decimal``) into
-    ``Decimal``, which JSON cannot store; they go back to strings."""
-    if isinstance(value, dict):
-        return {k: wire_shape(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [wire_shape(v) for v in value]
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
-
-
 def owner_of(obj: StripeDict) -> str | None:
     """The customer id an object belongs to (None for a charge without customer, e.g. a guest)."""
     if obj.get("object") == "customer":
         return str(obj["id"])
     customer = obj.get("customer")
+    if obj.get("object") == "dispute" and isinstance(obj.get("charge"), dict):
+        customer = obj["charge"].get("customer")
     if isinstance(customer, dict):
         customer = customer.get("id")
     return customer if isinstance(customer, str) else None
@@ -317,15 +317,15 @@ class Backfill:
 
     # -- fetching -----------------------------------------------------------------------------
     async def _fetch_window(self, window: Window, state: WindowState) -> int:
-        params: dict[str, Any] = {
-            **_LIST_PARAMS[window.resource], "created": {"gte": window.gte, "lt": window.lt},
-        }
+        params: dict[str, Any] = dict(_LIST_PARAMS[window.resource])
+        if window.resource not in UNWINDOWED:
+            params["created"] = {"gte": window.gte, "lt": window.lt}
         if state.after:
             params["starting_after"] = state.after
         fetched = 0
         page: list[StripeDict] = []
         async for obj in self.gateway.iter_objects(window.resource, params):
-            page.append(wire_shape(obj))
+            page.append(obj)
             if len(page) >= PAGE_SIZE:
                 await self._persist(window, page, state)
                 fetched += len(page)
@@ -347,7 +347,7 @@ class Backfill:
                 owner = owner_of(obj)
                 if owner is None:
                     continue
-                entry = with_version(slim({**obj, "object": obj.get("object")}), version)
+                entry = with_version(slim(_charge_as_id(obj)), version)
                 pipe.hset(self.store.customer_key(owner, "objs"), str(obj["id"]), _dumps(entry))
                 if window.resource == "customers":
                     pipe.sadd(self.customers_key, owner)
@@ -380,15 +380,14 @@ class Backfill:
         for price_id in new_prices:
             price = prices[price_id]
             if price.get("billing_scheme") == "tiered" and not price.get("tiers"):
-                tiered = wire_shape(await self.gateway.price_with_tiers(price_id))
-                price = slim({**tiered, "object": "price"})
+                price = slim({**await self.gateway.price_with_tiers(price_id), "object": "price"})
             objects.append(price)
             if isinstance(price.get("product"), str):
                 product_ids.add(price["product"])
         for coupon_id in new_coupons:
             coupon = await self.gateway.coupon(coupon_id)
             if coupon is not None:
-                objects.append(slim({**wire_shape(coupon), "object": "coupon"}))
+                objects.append(slim({**coupon, "object": "coupon"}))
         product = getattr(self.gateway, "product", None)  # a StripeGateway cache, not in the port
         async with self._refs_lock:
             new_products = sorted(p for p in product_ids if p not in self._stored_refs)
@@ -396,7 +395,7 @@ class Backfill:
         for product_id in new_products:
             found = await product(product_id) if product is not None else None
             if found is not None:
-                objects.append(slim({**wire_shape(found), "object": "product"}))
+                objects.append(slim({**found, "object": "product"}))
         for obj in objects:
             await self.store.put_tenant_object(obj, version)
 
@@ -459,6 +458,13 @@ async def _first(items: AsyncIterator[StripeDict]) -> StripeDict | None:
             await aclose()
 
 
+def _charge_as_id(obj: StripeDict) -> StripeDict:
+    charge = obj.get("charge")
+    if obj.get("object") == "dispute" and isinstance(charge, dict):
+        return {**obj, "charge": charge.get("id")}
+    return obj
+
+
 def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -469,5 +475,5 @@ def _text(value: bytes | str) -> str:
 
 __all__ = [
     "RESOURCES", "Backfill", "BackfillObserver", "BackfillReport", "Plan", "SilentObserver", "Window",
-    "WindowState", "owner_of", "split_range", "wire_shape",
+    "WindowState", "owner_of", "split_range",
 ]
