@@ -1,0 +1,87 @@
+"""Reconcile: missed webhooks repaired from ``/v1/events`` through the worker (sandbox + real Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from billing.backfill import Backfill
+from billing.notify import RecordingNotifier
+from billing.reconcile import EVENT_RETENTION_SECONDS, reconcile, reconcile_start
+from billing.store import RedisStore
+from billing.stripe_api import StripeGateway
+from billing.worker import EventWorker
+from sandbox.server import SandboxServer
+from tests.fixtures_sandbox import TEST_KEY, SandboxHandle
+
+NOW = 1_790_000_000
+
+
+def test_start_is_the_newest_known_point_minus_the_overlap() -> None:
+    start = reconcile_start(
+        now=NOW, reconciled_through=NOW - 100, last_event_created=NOW - 50, backfill_started_at=NOW - 9000,
+        overlap_seconds=300,
+    )
+    assert start == NOW - 50 - 300
+
+
+def test_start_without_history_is_everything_stripe_keeps() -> None:
+    start = reconcile_start(
+        now=NOW, reconciled_through=None, last_event_created=None, backfill_started_at=None
+    )
+    assert start == NOW - EVENT_RETENTION_SECONDS
+
+
+def test_start_never_goes_back_beyond_retention() -> None:
+    start = reconcile_start(
+        now=NOW, reconciled_through=None, last_event_created=None, backfill_started_at=NOW - 90 * 86_400
+    )
+    assert start == NOW - EVENT_RETENTION_SECONDS
+
+
+@pytest.fixture
+async def gateway(sandbox_server: SandboxServer) -> AsyncIterator[StripeGateway]:
+    gw = StripeGateway(TEST_KEY, api_base=sandbox_server.url, rate_limit=200)
+    try:
+        yield gw
+    finally:
+        await gw.aclose()
+
+
+async def test_missed_events_are_applied_through_the_worker_once(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    await Backfill(gateway, store, windows=2).run()
+    [bigco] = await store.customer_ids_for_email("bigco@example.com")
+    before = await store.get_context(bigco)
+    assert before is not None and before.status == "active"
+
+    # Stripe changes while no webhook reaches us (none is registered in the sandbox).
+    sandbox.control.set_subscription_status(before.subscriptions[0].id, "past_due")
+    notifier = RecordingNotifier()
+    worker = EventWorker(store, gateway, notifier, block_ms=1)
+
+    report = await reconcile(gateway, store, worker)
+
+    assert report.queued >= 1 and report.applied == report.queued
+    after = await store.get_context(bigco)
+    assert after is not None and after.status == "past_due"
+    assert notifier.names() == ["subscription.past_due"]
+    health = await store.health()
+    assert health.stream_length == 0 and health.pending == 0
+
+    again = await reconcile(gateway, store, worker)
+    assert again.listed >= report.queued and again.queued == 0 and again.applied == 0
+    assert notifier.names() == ["subscription.past_due"]  # nothing notified twice
+
+
+async def test_explicit_since_lists_from_there(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    worker = EventWorker(store, gateway, RecordingNotifier(), block_ms=1)
+    sandbox.control.clear_requests()
+    report = await reconcile(gateway, store, worker, since=NOW)
+    [request] = [r for r in sandbox.control.requests() if r["path"] == "/v1/events"]
+    assert request["query"]["created[gte]"] == str(NOW)
+    assert report.since == NOW
