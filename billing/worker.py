@@ -351,8 +351,10 @@ class EventWorker:
                     versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
                     transitions = diff_contexts(old, new, events[-1], versions=versions)
                     for ev in events[:-1]:
-                        if ev.get("type") == "customer.subscription.trial_will_end":
-                            transitions += diff_contexts(None, new, ev)
+                        # Without an old context each event speaks for itself (first sight of a customer).
+                        if old is None or ev.get("type") == "customer.subscription.trial_will_end":
+                            transitions += diff_contexts(None, new, ev, versions=versions)
+                    transitions = list({t.dedup_key: t for t in transitions}.values())
                     stale_invoices = _invoices_beyond_limit(merged)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if updates:

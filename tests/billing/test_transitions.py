@@ -23,7 +23,7 @@ def test_status_changes_map_to_transitions() -> None:
     assert [t.name for t in diff_contexts(ctx("past_due"), ctx("active"))] == ["subscription.recovered"]
     assert [t.name for t in diff_contexts(ctx("active"), ctx("canceled"))] == ["subscription.canceled"]
     assert diff_contexts(ctx("active"), ctx("active")) == []
-    assert diff_contexts(None, ctx("past_due")) == []  # first sight: nothing known to have changed
+    assert diff_contexts(None, ctx("past_due")) == []  # first sight, no event: nothing known to have changed
 
 
 def test_a_failed_attempt_is_a_transition_keyed_by_attempt() -> None:
@@ -44,3 +44,41 @@ def test_trial_will_end_comes_from_the_event() -> None:
              "data": {"object": {"id": "sub_A", "trial_end": sf.T0}}}
     found = diff_contexts(ctx(), ctx(), event)
     assert [t.name for t in found] == ["subscription.trial_will_end"]
+
+
+def updated(status: str, previous: str) -> dict[str, object]:
+    return {"id": "evt_7", "type": "customer.subscription.updated",
+            "data": {"object": {"id": "sub_A", "status": status},
+                     "previous_attributes": {"status": previous}}}
+
+
+def test_first_sight_trusts_what_the_event_itself_shows() -> None:
+    # A customer the cache has never seen goes past due: the alert must not be lost.
+    assert [t.name for t in diff_contexts(None, ctx("past_due"), updated("past_due", "active"))] == [
+        "subscription.past_due"
+    ]
+    assert [t.name for t in diff_contexts(None, ctx("active"), updated("active", "past_due"))] == [
+        "subscription.recovered"
+    ]
+    failed = {"id": "evt_8", "type": "invoice.payment_failed",
+              "data": {"object": {"id": "in_A", "attempt_count": 2}}}
+    assert [t.name for t in diff_contexts(None, ctx(invoice_status="open", attempts=2), failed)] == [
+        "invoice.payment_failed"
+    ]
+
+
+def test_first_sight_ignores_an_event_that_the_stored_state_contradicts() -> None:
+    # The event says past_due, but newer state (already applied) is active: nothing is claimed.
+    assert diff_contexts(None, ctx("active"), updated("past_due", "active")) == []
+    # No status in previous_attributes: nothing known to have changed.
+    quiet = {"id": "evt_9", "type": "customer.subscription.updated",
+             "data": {"object": {"id": "sub_A", "status": "past_due"},
+                      "previous_attributes": {"metadata": {}}}}
+    assert diff_contexts(None, ctx("past_due"), quiet) == []
+
+
+def test_first_sight_and_later_sight_give_the_same_key() -> None:
+    versions = {"sub_A": "evt_7"}
+    first = diff_contexts(None, ctx("past_due"), updated("past_due", "active"), versions=versions)
+    later = diff_contexts(ctx("active"), ctx("past_due"), updated("past_due", "active"), versions=versions)
+    assert [t.dedup_key for t in first] == [t.dedup_key for t in later]

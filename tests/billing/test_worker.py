@@ -174,8 +174,9 @@ async def test_entries_of_a_killed_worker_are_finished_by_another(store: RedisSt
     ctx = await store.get_context("cus_A")
     assert ctx is not None and ctx.status == "canceled"
     assert (await store.health()).pending == 0
-    # The claimed batch (creation up to the first failure) is a first sight: no transition; the rest is.
-    assert notifier.names() == ["subscription.canceled"]
+    # The claimed batch (creation up to the first failure) is a first sight: the failed payment event
+    # speaks for itself; the rest settles in one batch on canceled.
+    assert notifier.names() == ["invoice.payment_failed", "subscription.canceled"]
 
 
 async def test_an_event_failing_five_times_goes_to_the_dead_letter_stream(store: RedisStore) -> None:
