@@ -15,20 +15,19 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
-from billing.ports import Tenant
 from billing.redis_conn import open_redis
 from billing.store import RedisStore
 from billing.stripe_api import StripeGateway
 from tests.cluster import free_port
-from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
 
 BILLING = Path(sys.executable).with_name("billing")  # the console script of the project's venv
@@ -70,7 +69,8 @@ class Product:
 
     def transitions_logged(self, name: str, customer_id: str) -> int:
         """How many times the server logged this transition (its notifier logs each one it handles)."""
-        return len(re.findall(rf"transition {re.escape(name)} customer={re.escape(customer_id)}\b", self.log()))
+        pattern = rf"transition {re.escape(name)} customer={re.escape(customer_id)}\b"
+        return len(re.findall(pattern, self.log()))
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -97,35 +97,49 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=10)
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    env: dict[str, str]
+    log_path: Path
+
+
 @pytest.fixture
-async def product(
-    sandbox: SandboxHandle, redis_url: str, key_prefix: str, tmp_path: Path
-) -> AsyncIterator[Product]:
+def served(sandbox: SandboxHandle, redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Served]:
+    """``billing serve`` as a subprocess, its webhook endpoint registered in the sandbox; afterwards
+    the process is stopped and this test's keys (only those) are unlinked."""
     secret = f"whsec_{secrets.token_hex(16)}"
     env = product_env(sandbox, redis_url, key_prefix, STRIPE_WEBHOOK_SECRET=secret)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{free_port()}"
     log_path = tmp_path / "serve.log"
-    gateway = StripeGateway(sandbox.api_key, api_base=sandbox.url)
-    client = await open_redis(redis_url)
+    cleanup = redis.Redis.from_url(redis_url)
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([str(BILLING), "serve", "--port", str(port)], env=env,
+        process = subprocess.Popen([str(BILLING), "serve", "--port", url.rsplit(":", 1)[1]], env=env,
                                    stdout=log_file, stderr=subprocess.STDOUT)
         try:
             wait_healthy(url, process, log_path)
             sandbox.control.register_webhook(f"{url}/stripe/webhook", secret)
-            tenant: Tenant = await gateway.tenant()  # the same account the product's keys are under
-            yield Product(url, env, log_path, RedisStore(client, tenant, prefix=key_prefix))
+            yield Served(url, env, log_path)
         finally:
             stop(process)
-            await gateway.aclose()
-            await client.aclose()
-            await unlink_prefix(redis_url, key_prefix)
-    leftover = await open_redis(redis_url)
+            for key in list(cleanup.scan_iter(match=f"{key_prefix}:*", count=1000)):
+                cleanup.unlink(key)
     try:
-        assert [k async for k in leftover.scan_iter(match=f"{key_prefix}:*")] == []
+        assert list(cleanup.scan_iter(match=f"{key_prefix}:*")) == []
     finally:
-        await leftover.aclose()
+        cleanup.close()
+
+
+@pytest.fixture
+async def product(served: Served, sandbox: SandboxHandle, redis_url: str, key_prefix: str
+                  ) -> AsyncIterator[Product]:
+    async with StripeGateway(sandbox.api_key, api_base=sandbox.url) as gateway:
+        tenant = await gateway.tenant()  # the account the server's keys are under
+    client = await open_redis(redis_url)
+    try:
+        yield Product(served.url, served.env, served.log_path, RedisStore(client, tenant, prefix=key_prefix))
+    finally:
+        await client.aclose()
 
 
 async def wait_for(check: Callable[[], Any], what: str, within: float = FRESH_WITHIN_SECONDS) -> float:
@@ -220,7 +234,8 @@ async def test_redelivered_events_change_nothing(product: Product, sandbox: Sand
     assert await product.store.get_context_raw(customer_id) == settled  # not even as_of moved
     assert await product.store.get_objects(customer_id) == objects
     assert product.transitions_logged("subscription.past_due", customer_id) == 1
-    metrics = httpx.get(f"{product.url}/metrics", timeout=5).text
+    async with httpx.AsyncClient(base_url=product.url, timeout=5) as http:
+        metrics = (await http.get("/metrics")).text
     duplicates = next(line for line in metrics.splitlines()
                       if line.startswith("billing_worker_duplicates_total"))
     assert float(duplicates.split()[-1]) >= delivered
