@@ -27,7 +27,8 @@ from tests.billing.test_metrics_shapes import (
     subscription,
 )
 
-FIXTURES = Path("/work/shared/stripe/fixtures3.json")
+# shared/ lies beside the repository root (in CI too).
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures3.json"
 MATCH = Match(method="email", confidence="exact")
 ISO = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
