@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from bot import cli_lookup, cli_rules, cli_sync
+from bot import cli_backfill, cli_lookup, cli_rules, cli_sync
 
 
 def build_cli() -> typer.Typer:
@@ -15,7 +15,7 @@ def build_cli() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for module in (cli_lookup, cli_rules, cli_sync):
+    for module in (cli_lookup, cli_rules, cli_sync, cli_backfill):
         module.register(app)
     return app
 
