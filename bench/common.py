@@ -12,10 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/x.py`
 
-from billing.ports import Tenant  # noqa: E402
-from billing.redis_conn import open_redis  # noqa: E402
-from billing.store import RedisStore  # noqa: E402
-from billing.stripe_api import StripeGateway  # noqa: E402
+from billing.ports import Tenant
+from billing.redis_conn import open_redis
+from billing.store import RedisStore
+from billing.stripe_api import StripeGateway
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SANDBOX_KEY = "rk_test_sandboxBillingLens0001"
@@ -25,7 +25,7 @@ def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def median(values: Sequence[float]) -> float:
