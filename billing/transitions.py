@@ -41,6 +41,7 @@ def diff_contexts(
                               event_id=cause, context=new))
 
     versions = versions or {}
+    known = old is not None and old.found
     if old is not None and old.found:
         before: dict[str, str | None] = {s.id: s.status for s in old.subscriptions}
         old_attempts = {i.id: i.attempt_count for i in old.recent_invoices}
@@ -48,9 +49,9 @@ def diff_contexts(
         # First sight of this customer: the event itself says what changed (previous_attributes).
         before, old_attempts = _known_before(new, event)
     for sub in new.subscriptions:
-        if sub.id not in before:
+        if not known and sub.id not in before:
             continue
-        old_status = before[sub.id]
+        old_status = before.get(sub.id)  # None: a subscription new since the old context
         if old_status == sub.status:
             continue
         cause = f"{sub.status}@{versions.get(sub.id, '')}"
@@ -61,11 +62,11 @@ def diff_contexts(
         elif sub.status == "canceled" and old_status is not None:
             emit("subscription.canceled", sub.id, cause)
     for invoice in new.recent_invoices:
-        if invoice.id not in old_attempts:
+        if not known and invoice.id not in old_attempts:
             continue
         failed_now = (
             invoice.status == "open"
-            and invoice.attempt_count > old_attempts[invoice.id]
+            and invoice.attempt_count > old_attempts.get(invoice.id, 0)
             and invoice.amount_paid < invoice.amount_due
         )
         if failed_now:
@@ -94,8 +95,9 @@ def _known_before(
     kind = event.get("type")
     current = {s.id: s.status for s in new.subscriptions}
     if kind == "customer.subscription.updated" and isinstance(previous, Mapping) and "status" in previous:
-        # Only when the stored state still is what the event says (a stale event proves nothing).
-        if current.get(obj["id"]) == obj.get("status"):
+        # Only bad news, and only when the stored state still is what the event says (a stale event
+        # proves nothing). A recovery is news only to whoever heard of the trouble: that needs an old context.
+        if current.get(obj["id"]) == obj.get("status") and obj.get("status") in _TROUBLED:
             statuses[obj["id"]] = previous["status"]
     elif kind == "customer.subscription.deleted" and current.get(obj["id"]) == "canceled":
         statuses[obj["id"]] = "active"
