@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
+
+import pytest
 
 from billing.notify import RecordingNotifier
 from billing.ports import Tenant
 from billing.snapshot import CustomerData, StripeDict
 from billing.store import RedisStore
+from billing.stripe_api import StripeGateway
 from billing.worker import EventWorker
+from sandbox.control import SandboxControl
 from tests.billing import stripe_factory as sf
+from tests.fixtures_sandbox import SandboxHandle
 
 
 class NoStripeNeeded:
@@ -37,36 +43,55 @@ class NoStripeNeeded:
         raise AssertionError("unexpected Stripe call")
 
 
-class StripeNow(NoStripeNeeded):
-    """Stripe's current state after the scenario (what a re-fetch returns); stands in for the sandbox
-    until its fixture is available."""
-
-    def __init__(self, objects: list[dict[str, Any]]) -> None:
-        self.objects = {o["id"]: o for o in objects}
-        self.calls = 0
-
-    async def retrieve(self, resource: str, object_id: str) -> StripeDict | None:
-        self.calls += 1
-        return self.objects.get(object_id)
-
-    async def retrieve_customer(self, customer_id: str) -> StripeDict | None:
-        self.calls += 1
-        return self.objects.get(customer_id)
+DAY = 86400
 
 
-def scenario() -> list[dict[str, Any]]:
-    """A customer subscribes, a payment fails (past_due), is paid (recovered), then cancels."""
-    t = sf.T0
-    return [
-        sf.event("customer.created", sf.customer(), t),
-        sf.event("customer.subscription.created", sf.subscription(), t + 1),
-        sf.event("invoice.created", sf.invoice(status="open", attempts=0), t + 2),
-        sf.event("invoice.payment_failed", sf.invoice(status="open", attempts=1), t + 3),
-        sf.event("customer.subscription.updated", sf.subscription(status="past_due"), t + 4),
-        sf.event("invoice.paid", sf.invoice(status="paid", attempts=2), t + 5),
-        sf.event("customer.subscription.updated", sf.subscription(status="active"), t + 6),
-        sf.event("customer.subscription.deleted", sf.subscription(status="canceled"), t + 7),
+@pytest.fixture
+async def gateway(empty_sandbox: SandboxHandle) -> AsyncIterator[StripeGateway]:
+    async with StripeGateway(empty_sandbox.api_key, api_base=empty_sandbox.url, rate_limit=500) as gw:
+        yield gw
+
+
+def sandbox_subscriber(control: SandboxControl, now: int) -> list[dict[str, Any]]:
+    """Jane subscribes to Pro Monthly with an open first invoice; returns the ``*.created`` events."""
+    sub = sf.subscription(created=now)
+    for item in sub["items"]["data"]:
+        item.update(price={"id": "price_pro"}, current_period_start=now - 5 * DAY,
+                    current_period_end=now + 25 * DAY)
+    product = {"id": "prod_pro", "object": "product", "name": "Pro", "active": True, "metadata": {}}
+    objects = [product, sf.price(), sf.customer(created=now), sub,
+               sf.invoice(status="open", attempts=0, created=now, attempted=False)]
+    events: list[dict[str, Any]] = control.load(objects, emit_events=True)["events"]
+    return events
+
+
+def sandbox_scenario(control: SandboxControl) -> None:
+    """In the sandbox: Jane subscribes, a payment fails (past_due), is paid (recovered), she cancels.
+
+    The sandbox clock moves one second per step, as a real account's would between these events.
+    The failure is recorded as two events a second apart so that its intermediate state is
+    well-defined; the payment's three invoice events share one second (a tie, settled by re-fetching).
+    """
+    now = int(time.time()) - 3600
+    control.set_clock(now, frozen=True)
+    sandbox_subscriber(control, now)
+    steps: list[Callable[[], object]] = [
+        lambda: control.update("in_A", {"attempt_count": 1, "attempted": True,
+                                        "next_payment_attempt": now + 3 * DAY}),
+        lambda: control.emit("invoice.payment_failed", "in_A"),
+        lambda: control.set_subscription_status("sub_A", "past_due"),
+        lambda: control.pay_invoice("in_A"),
+        lambda: control.set_subscription_status("sub_A", "canceled"),
     ]
+    for step in steps:
+        control.advance_clock(1)
+        step()
+
+
+async def recorded_events(gateway: StripeGateway) -> list[dict[str, Any]]:
+    """Every event the sandbox recorded, oldest first, as ``/v1/events`` lists them."""
+    events = [e async for e in gateway.iter_objects("events")]
+    return sorted(events, key=lambda e: (e["created"], e["id"]))
 
 
 async def enqueue(store: RedisStore, events: list[dict[str, Any]]) -> None:
@@ -91,45 +116,56 @@ def final_state(ctx: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in ctx.items() if k not in {"as_of"}}
 
 
-async def test_in_order_delivery_builds_the_context_and_each_transition(store: RedisStore) -> None:
+EXPECTED_STORY = [
+    "invoice.payment_failed", "subscription.past_due", "subscription.recovered", "subscription.canceled",
+]
+
+
+async def deliver_in_order(store: RedisStore, gateway: StripeGateway, events: list[dict[str, Any]],
+                           ) -> RecordingNotifier:
+    """Every event once, in order, one delivery at a time (as Stripe would send them)."""
     notifier = RecordingNotifier()
-    w = worker(store, notifier)
+    w = EventWorker(store, gateway, notifier, block_ms=10)
     await w.ensure_group()
-    for evt in scenario():  # one at a time, as Stripe would send them
+    for evt in events:
         await enqueue(store, [evt])
         await drain(w)
+    return notifier
+
+
+async def test_in_order_delivery_builds_the_context_and_each_transition(
+    store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    sandbox_scenario(empty_sandbox.control)
+    events = await recorded_events(gateway)
+    notifier = await deliver_in_order(store, gateway, events)
     ctx = await store.get_context("cus_A")
-    assert ctx is not None and ctx.status == "canceled"
-    assert notifier.names() == [
-        "invoice.payment_failed", "subscription.past_due", "subscription.recovered",
-        "subscription.canceled",
-    ]
+    assert ctx is not None and ctx.status == "canceled" and ctx.plan == "Pro Monthly"
+    assert ctx.ltv == {"usd": 2900} and ctx.payment_status == "ok"
+    assert notifier.names() == EXPECTED_STORY
     assert await store.customer_ids_for_email("jane@acme.com") == ["cus_A"]
     health = await store.health()
-    assert health.pending == 0 and health.dead_letters == 0 and health.last_event_id is not None
+    assert health.pending == 0 and health.dead_letters == 0 and health.last_event_id == events[-1]["id"]
 
 
 async def test_duplicate_storm_in_shuffled_order_gives_the_same_state_and_no_repeat(
-    store: RedisStore, key_prefix: str
+    store: RedisStore, key_prefix: str, empty_sandbox: SandboxHandle, gateway: StripeGateway
 ) -> None:
-    events = scenario()
-    reference = RedisStore(store.client, store.tenant, prefix=f"{key_prefix}:ref")
-    ref_notifier = RecordingNotifier()
-    ref_worker = worker(reference, ref_notifier)
-    await ref_worker.ensure_group()
-    await enqueue(reference, events)
-    await drain(ref_worker)
+    sandbox_scenario(empty_sandbox.control)
+    events = await recorded_events(gateway)
+    # The scenario really went through the sandbox's event log.
+    assert events[0]["type"] == "product.created" and events[-1]["type"] == "customer.subscription.deleted"
 
+    # Reference: every event once, in order, one delivery at a time, on a fresh prefix.
+    reference = RedisStore(store.client, store.tenant, prefix=f"{key_prefix}:ref")
+    assert (await deliver_in_order(reference, gateway, events)).names() == EXPECTED_STORY
+
+    # Storm: every event three times, shuffled, shared by two workers reading small batches.
     storm = events * 3
     random.Random(7).shuffle(storm)
     notifier = RecordingNotifier()
-    stripe_now = StripeNow([events[0]["data"]["object"], events[-1]["data"]["object"],
-                            events[-3]["data"]["object"]])
-    workers = [
-        EventWorker(store, stripe_now, notifier, block_ms=10, batch_size=5,  # type: ignore[arg-type]
-                    consumer=f"w{i}")
-        for i in range(2)
-    ]
+    workers = [EventWorker(store, gateway, notifier, block_ms=10, batch_size=5, consumer=f"w{i}")
+               for i in range(2)]
     await workers[0].ensure_group()
     await enqueue(store, storm)
     await drain(*workers)
@@ -137,46 +173,74 @@ async def test_duplicate_storm_in_shuffled_order_gives_the_same_state_and_no_rep
     expected = await reference.get_context("cus_A")
     got = await store.get_context("cus_A")
     assert expected is not None and got is not None
+    assert got.status == "canceled" and got.payment_status == expected.payment_status
     assert final_state(got.model_dump(mode="json")) == final_state(expected.model_dump(mode="json"))
-    names = notifier.names()
-    assert len(names) == len(set((t.name, t.object_id) for t in notifier.transitions))
-    assert sum(w.stats.duplicates for w in workers) > 0
+    keys = [t.dedup_key for t in notifier.transitions]
+    assert len(keys) == len(set(keys))  # no transition notified twice
+    assert set(notifier.names()) <= set(EXPECTED_STORY)  # and none the real story did not have
+    # Fewer is expected: a customer first seen (or first buildable, once customer.created arrives)
+    # after the shuffle has already delivered the story is a first sight, with no history to alert on.
+    assert sum(w.stats.duplicates for w in workers) >= len(events)
+    assert (await store.health()).pending == 0
 
 
-async def test_an_older_snapshot_after_a_newer_one_is_ignored(store: RedisStore) -> None:
+async def test_an_older_state_delivered_after_a_newer_one_is_ignored(
+    store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    control = empty_sandbox.control
+    now = int(time.time()) - 3600
+    control.set_clock(now, frozen=True)
+    sandbox_subscriber(control, now)
+    control.advance_clock(5)
+    control.set_subscription_status("sub_A", "past_due")
+    control.advance_clock(5)
+    control.set_subscription_status("sub_A", "active")
+    events = await recorded_events(gateway)
+    subs = [e for e in events if e["type"] == "customer.subscription.updated"]
+    assert [e["data"]["object"]["status"] for e in subs] == ["past_due", "active"]
+    older, newer = subs
+
     notifier = RecordingNotifier()
-    w = worker(store, notifier)
+    w = EventWorker(store, gateway, notifier, block_ms=10)
     await w.ensure_group()
-    t = sf.T0
-    await enqueue(store, [
-        sf.event("customer.created", sf.customer(), t),
-        sf.event("customer.subscription.created", sf.subscription(), t + 1),
-        sf.event("customer.subscription.updated", sf.subscription(status="past_due"), t + 10),
-    ])
+    await enqueue(store, [e for e in events if e not in subs] + [newer])
     await drain(w)
-    await enqueue(store, [sf.event("customer.subscription.updated", sf.subscription(status="active"), t + 5)])
+    requests_before = len(empty_sandbox.control.requests())
+    alerted_before = notifier.names()
+    await enqueue(store, [older])  # Stripe's earlier delivery arrives late
     await drain(w)
     ctx = await store.get_context("cus_A")
-    assert ctx is not None and ctx.status == "past_due"
-    assert (await store.get_objects("cus_A"))["sub_A"]["_v"][0] == t + 10
+    assert ctx is not None and ctx.status == "active"
+    assert (await store.get_objects("cus_A"))["sub_A"]["_v"][0] == newer["created"]
+    assert notifier.names() == alerted_before  # the stale past_due is no news
+    # Distinct seconds: settled by the version alone, without asking Stripe.
+    assert len(empty_sandbox.control.requests()) == requests_before
 
 
-async def test_entries_of_a_killed_worker_are_finished_by_another(store: RedisStore) -> None:
+async def test_entries_of_a_killed_worker_are_finished_by_another(
+    store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    sandbox_scenario(empty_sandbox.control)
+    events = await recorded_events(gateway)
     notifier = RecordingNotifier()
-    doomed = worker(store, notifier, consumer="doomed")
+    doomed = EventWorker(store, gateway, notifier, block_ms=10, consumer="doomed")
     await doomed.ensure_group()
-    await enqueue(store, scenario())
+    await enqueue(store, events)
     # The doomed worker reads a batch and dies before processing or acknowledging it.
-    read = await store.client.xreadgroup(store.GROUP, "doomed", {store.stream_key: ">"}, count=4)
+    read: Any = await store.client.xreadgroup(store.GROUP, "doomed", {store.stream_key: ">"}, count=4)
     assert len(read[0][1]) == 4
-    survivor = worker(store, notifier, consumer="survivor", claim_idle_ms=0)
+    assert (await store.health()).pending == 4
+    survivor = EventWorker(store, gateway, notifier, block_ms=10, consumer="survivor", claim_idle_ms=0)
     await drain(survivor)
     ctx = await store.get_context("cus_A")
     assert ctx is not None and ctx.status == "canceled"
-    assert (await store.health()).pending == 0
-    # The claimed batch (creation up to the first failure) is a first sight: the failed payment event
-    # speaks for itself; the rest settles in one batch on canceled.
-    assert notifier.names() == ["invoice.payment_failed", "subscription.canceled"]
+    health = await store.health()
+    assert health.pending == 0 and health.stream_length == 0 and health.dead_letters == 0
+    # Claimed first, the doomed batch (the subscriber's creation) is a first sight; the rest of the
+    # story is then seen in one batch whose last word is the cancellation.
+    assert "subscription.canceled" in notifier.names()
+    keys = [t.dedup_key for t in notifier.transitions]
+    assert len(keys) == len(set(keys))
 
 
 async def test_an_event_failing_five_times_goes_to_the_dead_letter_stream(store: RedisStore) -> None:
@@ -197,7 +261,7 @@ async def test_an_event_failing_five_times_goes_to_the_dead_letter_stream(store:
     health = await store.health()
     assert health.dead_letters == 1
     assert health.pending == 0
-    dead = await store.client.xrange(store.dead_letter_key)
+    dead: Any = await store.client.xrange(store.dead_letter_key)
     assert b"notifier failure" in dead[0][1][b"error"]
 
 
