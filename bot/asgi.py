@@ -51,6 +51,18 @@ class _WorkerCollector(Collector):
         )
 
 
+async def _read_at_most(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` (a chunked body has no Content-Length)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def build_asgi_app(
     *,
     settings: Settings,
@@ -73,10 +85,11 @@ def build_asgi_app(
 
     async def stripe_webhook(request: Request) -> Response:
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+        too_large = length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES
+        body = None if too_large else await _read_at_most(request, MAX_BODY_BYTES)
+        if body is None:
             received.labels("rejected").inc()
             return JSONResponse({"error": f"The body is larger than {MAX_BODY_BYTES} bytes."}, 413)
-        body = await request.body()
         result = await ingest.handle(body, request.headers.get("stripe-signature"))
         received.labels(result.outcome).inc()
         if result.status == 200:

@@ -79,6 +79,14 @@ async def test_bad_requests_get_4xx_over_http(store: RedisStore) -> None:
         big = b"{" + b" " * (1024 * 1024 + 1) + b"}"
         assert (await client.post("/stripe/webhook", content=big,
                                   headers={"Stripe-Signature": sf.sign(big)})).status_code == 413
+
+        async def chunked() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while reading
+            for _ in range(20):
+                yield b" " * 65536
+
+        streamed = await client.post("/stripe/webhook", content=chunked(),
+                                     headers={"Stripe-Signature": "t=1,v1=0"})
+        assert streamed.status_code == 413
     assert await store.client.exists(store.stream_key) == 0
 
 
