@@ -53,8 +53,8 @@ class RulesAlertNotifier:
 
     async def notify(self, transition: Transition) -> None:
         fired = alerts_for(transition.name, transition.context, self._rules(), self._clock())
-        if not fired:
-            log.info("transition %s customer=%s: no alert fires", transition.name, transition.customer_id)
+        log.info("transition %s customer=%s object=%s: %d alert(s)", transition.name, transition.customer_id,
+                 transition.object_id, len(fired))
         for alert in fired:
             await self._poster.post(alert, transition)
 

@@ -78,6 +78,7 @@ def build_asgi_app(
     ``POST /slack/events`` is mounted; ``stripe_check`` is an async callable used by ``/healthz``."""
     del settings, tenant  # the store carries the tenant; settings kept in the signature for later mounts
     ingest = WebhookIngest(store, webhook_secret)
+    started_at = time.time()
     registry = CollectorRegistry()
     received = Counter("billing_webhook_events", "Webhook requests by outcome.", ["outcome"],
                        registry=registry)
@@ -105,10 +106,13 @@ def build_asgi_app(
                 stripe_state = "ok"
             except Exception:
                 stripe_state = "unavailable"
+        now = time.time()
         if worker is None:
             worker_state = "not running here"
-        elif worker.last_batch_at and time.time() - worker.last_batch_at < WORKER_STALL_SECONDS:
+        elif worker.last_batch_at and now - worker.last_batch_at < WORKER_STALL_SECONDS:
             worker_state = "ok"
+        elif not worker.last_batch_at and now - started_at < WORKER_STALL_SECONDS:
+            worker_state = "starting"  # a deploy probe right after start must not see a failure
         else:
             worker_state = "stalled"
         ok = redis_ok and stripe_state != "unavailable" and worker_state != "stalled"
