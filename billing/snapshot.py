@@ -14,6 +14,15 @@ from typing import Any
 StripeDict = dict[str, Any]
 
 
+def id_of(value: Any) -> str | None:
+    """The id an expandable Stripe field holds: the id itself, or the expanded object's ``id``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("id"), str):
+        return str(value["id"])
+    return None
+
+
 @dataclass(frozen=True)
 class CustomerData:
     customer: StripeDict

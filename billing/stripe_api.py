@@ -25,7 +25,7 @@ from tenacity.wait import wait_random_exponential
 from billing.config import Settings
 from billing.errors import ConfigurationError, StripeUnavailableError
 from billing.ports import ListableResource, Tenant
-from billing.snapshot import CustomerData, StripeDict
+from billing.snapshot import CustomerData, StripeDict, id_of
 
 log = logging.getLogger(__name__)
 
@@ -269,14 +269,6 @@ async def _as_coroutine(call: Awaitable[T]) -> T:
 def _first_leaf(error: BaseExceptionGroup[BaseException]) -> BaseException:
     first = error.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def _id_of(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return str(value["id"])
-    return None
 
 
 # --- the gateway ---------------------------------------------------------------------------------
@@ -632,7 +624,7 @@ class StripeGateway:
                 prices[price["id"]] = price
                 if price.get("billing_scheme") == "tiered" and not price.get("tiers"):
                     tiered.add(price["id"])
-                product_id = _id_of(price.get("product"))
+                product_id = id_of(price.get("product"))
                 if product_id:
                     product_ids.add(product_id)
 

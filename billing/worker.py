@@ -33,7 +33,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from billing.models import BillingContext, Match
 from billing.ports import ListableResource, Notifier, StripeReader, Transition
 from billing.slim import TENANT_OBJECTS, Version, prices_of_subscription, slim, version_of, with_version
-from billing.snapshot import CustomerData, StripeDict
+from billing.snapshot import CustomerData, StripeDict, id_of
 from billing.store import DEDUP_TTL_SECONDS, MAX_STORED_INVOICES, RedisStore, decide
 from billing.transitions import diff_contexts
 
@@ -81,14 +81,6 @@ class _Entry:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _id_of(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return str(value["id"])
-    return None
 
 
 def _event_object(event: Mapping[str, Any]) -> StripeDict:
@@ -282,14 +274,14 @@ class EventWorker:
         if kind == "customer":
             return [str(obj["id"])]
         if kind == "dispute":
-            charge_id = _id_of(obj.get("charge"))
+            charge_id = id_of(obj.get("charge"))
             if charge_id is None:
                 return []
             charge = await self.gateway.retrieve("charges", charge_id)
-            owner = _id_of((charge or {}).get("customer"))
+            owner = id_of((charge or {}).get("customer"))
             return [owner] if owner else []
         if kind in _CUSTOMER_OBJECTS:
-            owner = _id_of(obj.get("customer"))
+            owner = id_of(obj.get("customer"))
             return [owner] if owner else []
         return []
 
