@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from bot import cli_backfill, cli_lookup, cli_rules, cli_sync
+from bot.cli_support import configure_logging
 
 
 def build_cli() -> typer.Typer:
@@ -21,4 +24,5 @@ def build_cli() -> typer.Typer:
 
 
 def main() -> None:
+    configure_logging(logging.ERROR)
     build_cli()()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
@@ -25,6 +27,20 @@ EXIT_OK = 0
 EXIT_NOT_FOUND = 1
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
+
+
+def configure_logging(default: int) -> None:
+    """Log to stderr at ``BILLING_LOG_LEVEL`` (e.g. DEBUG, INFO), else at ``default``.
+
+    One-shot commands default to ERROR so an expected failure stays one sentence (no retry chatter);
+    long-running ones (serve, worker) default to INFO.
+    """
+    level = os.environ.get("BILLING_LOG_LEVEL", "").strip().upper()
+    logging.basicConfig(
+        level=level if level in logging.getLevelNamesMapping() else default,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        force=True,
+    )
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
