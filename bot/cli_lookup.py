@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -14,6 +15,7 @@ from billing.models import BillingContext
 from bot.cli_support import EXIT_NOT_FOUND, EXIT_OK, handles_errors, run_async
 from bot.runtime import load_settings, open_service
 from bot.terminal_card import render_context
+from rules import RuleEvaluation, default_rules_path, evaluate_rules, load_rules
 
 DEMO_KEY = "rk_test_billinglensdemo"
 DEMO_QUERIES = (
@@ -79,14 +81,30 @@ def demo() -> None:
         contexts = run_async(_demo_contexts(settings))
     finally:
         server.stop()
+    rules = load_rules(default_rules_path(), env={})
     console = Console()
     console.print(
         "Billing Lens demo: what a support agent sees for three customers of a sample Stripe account "
-        "(a built-in Stripe sandbox): plan, status, MRR, LTV, payment health and recent invoices."
+        "(a built-in Stripe sandbox): plan, status, MRR, LTV, payment health and recent invoices, "
+        "and where the default routing rules send the conversation."
     )
     for (query, why), context in zip(DEMO_QUERIES, contexts, strict=True):
         console.print(f"\n[bold]{query}[/bold] — {why}")
         console.print(render_context(context))
+        evaluation = evaluate_rules(context, rules, datetime.now(UTC))
+        console.print(routing_summary(evaluation), markup=False, highlight=False, soft_wrap=True)
+
+
+def routing_summary(evaluation: RuleEvaluation) -> str:
+    """One line: the merged routing actions and why (pure)."""
+    if not evaluation.matched:
+        return "Routing: no rule matches."
+    actions = evaluation.actions
+    parts = [f"assign {actions.assign}" if actions.assign else "",
+             f"priority {actions.priority}" if actions.priority else "",
+             f"tags {', '.join(actions.tags)}" if actions.tags else ""]
+    reasons = "; ".join(f"{m.rule}: {', '.join(m.reasons)}" for m in evaluation.matched)
+    return f"Routing: {' · '.join(p for p in parts if p)} (because {reasons})"
 
 
 def register(app: typer.Typer) -> None:

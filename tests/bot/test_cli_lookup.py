@@ -154,3 +154,9 @@ def test_demo_prints_three_cards_without_any_setup() -> None:
     assert result.exit_code == 0, result.stderr
     for text in ("Jane Doe", "past_due", "BigCo Inc", "1,250.00 USD", "trialing"):
         assert text in result.stdout
+    # Each card says where the default routing rules send the conversation, and why.
+    routing = [line for line in result.stdout.splitlines() if line.startswith("Routing:")]
+    assert len(routing) == 3
+    assert "priority urgent" in routing[0] and "tags billing" in routing[0]
+    assert "assign senior-agents" in routing[1]
+    assert "assign onboarding" in routing[2]
