@@ -33,13 +33,18 @@ def reconcile_start(
     backfill_started_at: float | None,
     overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
 ) -> int:
-    """The ``created[gte]`` to list events from: the newest known point minus the overlap, never
-    further back than Stripe keeps events. With nothing known, every event Stripe still has."""
+    """The ``created[gte]`` to list events from, minus the overlap, never further back than Stripe
+    keeps events.
+
+    Every event after the previous reconcile's horizon is uncertain (a webhook may have been lost
+    while later ones arrived), so that horizon wins; before any reconcile, the backfill's start; with
+    neither, the last event the worker applied; with nothing known, every event Stripe still has.
+    """
     oldest = int(now) - EVENT_RETENTION_SECONDS
-    known = [t for t in (reconciled_through, last_event_created, backfill_started_at) if t is not None]
-    if not known:
-        return oldest
-    return max(oldest, int(max(known)) - overlap_seconds)
+    for known in (reconciled_through, backfill_started_at, last_event_created):
+        if known is not None:
+            return max(oldest, int(known) - overlap_seconds)
+    return oldest
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ async def queue_missed_events(
         since = reconcile_start(
             now=clock(),
             reconciled_through=_number(fields.get("reconciled_through")),
-            last_event_created=await _created_of_event(gateway, fields.get("last_event_id")),
+            last_event_created=_number(fields.get("last_event_created"))
+            or await _created_of_event(gateway, fields.get("last_event_id")),
             backfill_started_at=_number(fields.get("backfill_started_at")),
             overlap_seconds=overlap_seconds,
         )

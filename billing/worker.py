@@ -102,6 +102,9 @@ class EventWorker:
     block_ms: int = 1000
     claim_idle_ms: int = 60_000
     max_deliveries: int = 5
+    # Customers of one batch applied at once; each holds a Redis connection (WATCH) while it runs,
+    # so this stays well under the client's connection-pool limit.
+    max_parallel_customers: int = 32
     build: ContextBuilder | None = None
     stats: WorkerStats = field(default_factory=WorkerStats)
     last_batch_at: float | None = None
@@ -207,9 +210,13 @@ class EventWorker:
                 by_customer.setdefault(customer_id, []).append(entry)
 
         customers = list(by_customer)
-        results = await asyncio.gather(
-            *(self._apply_customer(c, by_customer[c]) for c in customers), return_exceptions=True
-        )
+        gate = asyncio.Semaphore(self.max_parallel_customers)
+
+        async def apply(customer_id: str) -> None:
+            async with gate:
+                await self._apply_customer(customer_id, by_customer[customer_id])
+
+        results = await asyncio.gather(*(apply(c) for c in customers), return_exceptions=True)
         outcome: dict[str, BaseException | None] = {}
         for customer_id, result in zip(customers, results, strict=True):
             for entry in by_customer[customer_id]:
@@ -240,6 +247,7 @@ class EventWorker:
             last = max(applied, key=lambda e: int(e.event.get("created") or 0))
             pipe.hset(self.store.tenant_key("health"), mapping={
                 "last_event_at": time.time(), "last_event_id": last.event["id"],
+                "last_event_created": int(last.event.get("created") or 0),
             })
         await pipe.execute()
         self.stats.applied += len(applied)

@@ -18,12 +18,20 @@ from tests.fixtures_sandbox import TEST_KEY, SandboxHandle
 NOW = 1_790_000_000
 
 
-def test_start_is_the_newest_known_point_minus_the_overlap() -> None:
+def test_start_is_the_previous_reconcile_horizon_minus_the_overlap() -> None:
+    # A later applied event does not prove that earlier ones arrived: the horizon wins.
     start = reconcile_start(
         now=NOW, reconciled_through=NOW - 100, last_event_created=NOW - 50, backfill_started_at=NOW - 9000,
         overlap_seconds=300,
     )
-    assert start == NOW - 50 - 300
+    assert start == NOW - 100 - 300
+
+
+def test_start_before_any_reconcile_is_the_backfill_start_then_the_last_applied_event() -> None:
+    assert reconcile_start(now=NOW, reconciled_through=None, last_event_created=NOW - 50,
+                           backfill_started_at=NOW - 9000, overlap_seconds=300) == NOW - 9000 - 300
+    assert reconcile_start(now=NOW, reconciled_through=None, last_event_created=NOW - 50,
+                           backfill_started_at=None, overlap_seconds=300) == NOW - 50 - 300
 
 
 def test_start_without_history_is_everything_stripe_keeps() -> None:

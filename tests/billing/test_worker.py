@@ -282,3 +282,16 @@ async def test_trial_will_end_is_notified_once_across_duplicates(store: RedisSto
     await enqueue(store, [warn, other])
     await drain(w)
     assert notifier.names() == ["subscription.trial_will_end"]
+
+
+async def test_a_batch_of_many_customers_stays_within_the_connection_pool(store: RedisStore) -> None:
+    # 150 customers in one batch: more than redis-py's default pool of 100 connections would allow
+    # if every customer were applied at once.
+    customers = [sf.customer(cid=f"cus_M{n:03d}", email=f"m{n}@example.com") for n in range(150)]
+    await enqueue(store, [sf.event("customer.created", c, sf.T0) for c in customers])
+    w = worker(store, RecordingNotifier(), batch_size=200)
+    await w.ensure_group()
+    assert await w.run_once(block_ms=10) == 150
+    assert w.stats.failed == 0 and w.stats.dead_lettered == 0
+    contexts = [await store.get_context(c["id"]) for c in customers]
+    assert all(ctx is not None and ctx.found for ctx in contexts)
