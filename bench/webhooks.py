@@ -25,7 +25,7 @@ from common import REDIS_URL, median, percentile, table, unlink_prefix
 from billing.notify import RecordingNotifier
 from billing.ports import Tenant
 from billing.redis_conn import open_redis
-from billing.store import RedisStore
+from billing.store import RedisStore, decode_context
 from billing.worker import EventWorker
 
 SECRET = "whsec_bench_secret"
@@ -168,7 +168,8 @@ async def lag(port: int, prefix: str, rate: int, seconds: float) -> list[float]:
                 for cid, _ in items:
                     pipe.get(store.customer_key(cid, "ctx"))
                 for (cid, (name, sent)), raw in zip(items, await pipe.execute(), strict=True):
-                    if raw and f'"name":"{name}"'.encode() in raw:
+                    customer = decode_context(raw).customer if raw else None
+                    if customer is not None and customer.name == name:
                         lags.append(time.perf_counter() - sent)
                         pending.pop(cid, None)
             await asyncio.sleep(0.0005)

@@ -348,7 +348,7 @@ class Backfill:
                 if owner is None:
                     continue
                 entry = with_version(slim(_charge_as_id(obj)), version)
-                pipe.hset(self.store.customer_key(owner, "objs"), str(obj["id"]), _dumps(entry))
+                self.store.stage_objects(pipe, owner, [entry])
                 if window.resource == "customers":
                     pipe.sadd(self.customers_key, owner)
             await pipe.execute()

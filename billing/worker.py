@@ -34,7 +34,16 @@ from billing.models import BillingContext, Match
 from billing.ports import ListableResource, Notifier, StripeReader, Transition
 from billing.slim import TENANT_OBJECTS, Version, prices_of_subscription, slim, version_of, with_version
 from billing.snapshot import CustomerData, StripeDict, id_of
-from billing.store import DEDUP_TTL_SECONDS, MAX_STORED_INVOICES, RedisStore, decide
+from billing.store import (
+    DEDUP_TTL_SECONDS,
+    MAX_STORED_INVOICES,
+    RedisStore,
+    decide,
+    decode_context,
+    decode_objects,
+    encode_context,
+    encode_objects,
+)
 from billing.transitions import diff_contexts
 
 log = logging.getLogger("billing.worker")
@@ -325,9 +334,8 @@ class EventWorker:
             async with self.store.client.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(objs_key, ctx_key)
-                    raw_objs = await pipe.hgetall(objs_key)
+                    stored = decode_objects(await pipe.get(objs_key))
                     old_raw = await pipe.get(ctx_key)
-                    stored = {_text(k): json.loads(v) for k, v in raw_objs.items()}
                     updates = await self._merge(customer_id, events, stored, fetched)
                     merged = {**stored, **updates}
                     rebuild = bool(updates) or any(
@@ -343,10 +351,10 @@ class EventWorker:
                         # The customer object itself is not known yet: keep the objects, build later.
                         pipe.multi()  # type: ignore[no-untyped-call]
                         if updates:
-                            pipe.hset(objs_key, mapping={k: _dumps(v) for k, v in updates.items()})
+                            pipe.set(objs_key, encode_objects(merged))
                         await pipe.execute()
                         return
-                    old = BillingContext.model_validate_json(old_raw) if old_raw else None
+                    old = decode_context(old_raw) if old_raw else None
                     new = self._build(data, old)
                     versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
                     transitions = diff_contexts(old, new, events[-1], versions=versions)
@@ -357,11 +365,10 @@ class EventWorker:
                     transitions = list({t.dedup_key: t for t in transitions}.values())
                     stale_invoices = _invoices_beyond_limit(merged)
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    if updates:
-                        pipe.hset(objs_key, mapping={k: _dumps(v) for k, v in updates.items()})
-                    if stale_invoices:
-                        pipe.hdel(objs_key, *stale_invoices)
-                    pipe.set(ctx_key, new.model_dump_json())
+                    if updates or stale_invoices:
+                        kept = {k: v for k, v in merged.items() if k not in set(stale_invoices)}
+                        pipe.set(objs_key, encode_objects(kept))
+                    pipe.set(ctx_key, encode_context(new))
                     for transition in transitions:
                         pipe.rpush(outbox_key, _dumps(_transition_to_dict(transition)))
                     await pipe.execute()

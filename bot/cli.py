@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import typer
 
@@ -23,6 +24,12 @@ def build_cli() -> typer.Typer:
     return app
 
 
+LONG_RUNNING = frozenset({"serve", "worker", "sandbox"})
+
+
 def main() -> None:
-    configure_logging(logging.ERROR)
+    # Logging is set up here, at the process entry point, never inside a command: one-shot commands
+    # stay quiet (an expected failure is one sentence), long-running ones log their work.
+    command = sys.argv[1] if len(sys.argv) > 1 else ""
+    configure_logging(logging.INFO if command in LONG_RUNNING else logging.ERROR)
     build_cli()()

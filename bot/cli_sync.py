@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 from typing import Annotated
 
@@ -17,7 +16,7 @@ from billing.store import RedisStore, SyncHealth, open_store
 from billing.stripe_api import StripeGateway, check_key
 from billing.worker import EventWorker
 from bot.alerts import alert_notifier
-from bot.cli_support import configure_logging, handles_errors, run_async
+from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings
 
 
@@ -88,14 +87,12 @@ def serve(
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not run a worker in-process.")] = False,
 ) -> None:
     """Serve POST /stripe/webhook, GET /healthz and GET /metrics (and a worker unless --no-worker)."""
-    configure_logging(logging.INFO)
     run_async(_serve(load_settings(), host, port, not no_worker))
 
 
 @handles_errors
 def worker() -> None:
     """Apply queued Stripe events to the cache until interrupted (run as many as you like)."""
-    configure_logging(logging.INFO)
     run_async(_work(load_settings()))
 
 

@@ -60,13 +60,42 @@ async def test_stored_objects_are_slim_and_rebuild_the_same_context(store: Redis
     assert rebuilt == context
 
 
-async def test_a_cached_customer_fits_in_4_kib(store: RedisStore) -> None:
+async def test_a_cached_customer_with_a_year_of_history_fits_in_4_kib(store: RedisStore) -> None:
+    year = [(sf.T0 - month * 30 * 86400, f"{month:02d}") for month in range(12)]
+    data = CustomerData(
+        customer=sf.customer(), subscriptions=[sf.subscription()],
+        invoices=[sf.invoice(iid=f"in_{n}", created=t, status="paid") for t, n in year],
+        charges=[sf.charge(chid=f"ch_{n}", created=t) for t, n in year],
+        products={"prod_pro": {"id": "prod_pro", "object": "product", "name": "Pro"}},
+    )
+    await store.save_customer(data, _context(data))  # type: ignore[arg-type]
+    own = [store.customer_key("cus_A", part) for part in ("ctx", "objs")]
+    total = 0
+    for key in [*own, store.email_key("jane@acme.com")]:
+        total += await store.client.memory_usage(key) or 0
+    assert total <= 4096
+    assert len(await store.get_objects("cus_A")) == 1 + 1 + 12 + 12  # nothing dropped to fit
+
+
+async def test_a_backfill_page_staged_for_a_customer_is_read_where_newer_and_cleared_when_saved(
+    store: RedisStore,
+) -> None:
     data = _data()
     await store.save_customer(data, _context(data))  # type: ignore[arg-type]
-    total = 0
-    for part in ("ctx", "objs"):
-        total += await store.client.memory_usage(store.customer_key("cus_A", part)) or 0
-    assert total <= 4096
+    stored = await store.get_objects("cus_A")
+    newer = {**stored["in_A"], "status": "void", "_v": [sf.T0 + 60, "snapshot"]}
+    older = {**stored["sub_A"], "status": "canceled", "_v": [sf.T0 - 60, "snapshot"]}
+    pipe = store.client.pipeline(transaction=False)
+    store.stage_objects(pipe, "cus_A", [newer, older])
+    await pipe.execute()
+    seen = await store.get_objects("cus_A")
+    assert seen["in_A"]["status"] == "void"  # the staged page is newer
+    assert seen["sub_A"]["status"] == stored["sub_A"]["status"]  # the stored state is newer
+    loaded = await store.load_customer_data("cus_A")
+    assert loaded is not None
+    await store.save_customer(loaded, _context(loaded))  # type: ignore[arg-type]
+    assert await store.client.exists(store.customer_key("cus_A", "stage")) == 0
+    assert (await store.get_objects("cus_A"))["in_A"]["status"] == "void"
 
 
 async def test_links_are_set_and_removed(store: RedisStore) -> None:

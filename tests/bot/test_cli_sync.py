@@ -19,6 +19,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from billing.store import decode_context
 from bot.cli import build_cli
 from tests.cluster import free_port
 from tests.fixtures_sandbox import SandboxHandle
@@ -154,7 +155,7 @@ def test_worker_applies_a_queued_event_then_stops_cleanly(
             status = None
             while time.monotonic() < deadline and status != "past_due":
                 raw = shared_redis.get(context_key)
-                status = json.loads(raw)["status"] if raw else None
+                status = decode_context(raw).status if raw else None
                 time.sleep(0.05)
             assert status == "past_due", log_path.read_text()
             process.send_signal(stop_signal)
