@@ -136,9 +136,7 @@ async def applied_per_second(prefix: str, n: int) -> float:
     client = await open_redis(REDIS_URL)
     try:
         store = RedisStore(client, TENANT, prefix=prefix)
-        # batch_size stays under redis-py's 100-connection pool: the worker applies the customers of
-        # a batch concurrently, one WATCHed connection each.
-        worker = EventWorker(store, _NoStripe(), RecordingNotifier(), batch_size=64)  # type: ignore[arg-type]
+        worker = EventWorker(store, _NoStripe(), RecordingNotifier())  # type: ignore[arg-type]
         await worker.ensure_group()
         start = time.perf_counter()
         deadline = start + 120

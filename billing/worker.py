@@ -319,7 +319,6 @@ class EventWorker:
 
     # ---- one customer ---------------------------------------------------------------------
     async def _apply_customer(self, customer_id: str, entries: Sequence[_Entry]) -> None:
-        await self._flush_outbox(customer_id)
         events = sorted((e.event for e in entries), key=lambda ev: _version(ev))
         if any(ev.get("type") == "customer.deleted" for ev in events):
             stored = await self.store.get_objects(customer_id)
@@ -334,8 +333,11 @@ class EventWorker:
             async with self.store.client.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(objs_key, ctx_key)
-                    stored = decode_objects(await pipe.get(objs_key))
-                    old_raw = await pipe.get(ctx_key)
+                    # Both keys share the customer's slot: one MGET (redis-py's cluster pipeline
+                    # refuses its mget() helper, not the command).
+                    both: Any = await pipe.execute_command("MGET", objs_key, ctx_key)
+                    raw_objs, old_raw = both
+                    stored = decode_objects(raw_objs)
                     updates = await self._merge(customer_id, events, stored, fetched)
                     merged = {**stored, **updates}
                     rebuild = bool(updates) or any(
@@ -345,6 +347,8 @@ class EventWorker:
                     )
                     if not rebuild:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        # A redelivery after a crash between saving and notifying: finish notifying.
+                        await self._flush_outbox(customer_id)
                         return
                     data = await self.store.load_customer_data(customer_id, merged)
                     if data is None:
@@ -375,7 +379,8 @@ class EventWorker:
                 except WatchError:
                     continue
             await self._after_save(customer_id, stored, updates, data)
-            await self._flush_outbox(customer_id)
+            if transitions:
+                await self._flush_outbox(customer_id)
             return
         raise RuntimeError(f"customer {customer_id} kept changing under the worker")
 
@@ -461,13 +466,21 @@ class EventWorker:
         self, customer_id: str, stored: Mapping[str, StripeDict], updates: Mapping[str, StripeDict],
         data: CustomerData | None,
     ) -> None:
-        """Index writes in other slots: email index, customers set, price/coupon references."""
+        """Index writes in other slots: email index, customers set, price/coupon references.
+
+        Skipped when nothing they index changed (the common case: one more invoice or status).
+        """
         if data is None:
             return
-        old_email = (stored.get(customer_id) or {}).get("email")
+        previous = stored.get(customer_id)
+        old_email = (previous or {}).get("email")
+        new_email = data.customer.get("email")
+        referring = [o for o in updates.values() if o.get("object") in {"subscription", "customer"}]
+        if previous is not None and old_email == new_email and not referring:
+            return
         pipe = self.store.client.pipeline(transaction=False)
-        self.store._queue_indexes(pipe, customer_id, data.customer.get("email"), old_email)
-        self.store._queue_refs(pipe, customer_id, updates.values())
+        self.store._queue_indexes(pipe, customer_id, new_email, old_email)
+        self.store._queue_refs(pipe, customer_id, referring)
         await pipe.execute()
 
     async def _store_prices(self, subscription: StripeDict) -> None:
