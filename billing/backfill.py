@@ -388,12 +388,11 @@ class Backfill:
             coupon = await self.gateway.coupon(coupon_id)
             if coupon is not None:
                 objects.append(slim({**coupon, "object": "coupon"}))
-        product = getattr(self.gateway, "product", None)  # a StripeGateway cache, not in the port
         async with self._refs_lock:
             new_products = sorted(p for p in product_ids if p not in self._stored_refs)
             self._stored_refs.update(new_products)
         for product_id in new_products:
-            found = await product(product_id) if product is not None else None
+            found = await self.gateway.product(product_id)
             if found is not None:
                 objects.append(slim({**found, "object": "product"}))
         for obj in objects:

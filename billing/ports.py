@@ -62,6 +62,8 @@ class StripeReader(Protocol):
 
     async def coupon(self, coupon_id: str) -> StripeDict | None: ...
 
+    async def product(self, product_id: str) -> StripeDict | None: ...
+
 
 class ContextStore(Protocol):
     """The cache the lookup path reads first (implemented by ``billing.store.RedisStore``)."""
