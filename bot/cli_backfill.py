@@ -16,11 +16,11 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from billing.backfill import DEFAULT_CONCURRENCY, DEFAULT_WINDOWS, RESOURCES, Backfill, BackfillReport
 from billing.config import Settings
 from billing.errors import BadQueryError, ConfigurationError
-from billing.notify import LoggingNotifier
 from billing.reconcile import ReconcileReport, reconcile
 from billing.store import RedisStore, open_store
 from billing.stripe_api import StripeGateway, check_key
 from billing.worker import EventWorker
+from bot.alerts import alert_notifier
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings
 
@@ -145,14 +145,14 @@ async def _backfill(
                 gateway, store, windows=windows, concurrency=concurrency, observer=display
             ).run(resume=resume, since=since)
         # Changes made while the backfill ran reach us through the events it started before.
-        sync = await reconcile(gateway, store, EventWorker(store, gateway, LoggingNotifier(), block_ms=1))
+        sync = await reconcile(gateway, store, EventWorker(store, gateway, alert_notifier(settings), block_ms=1))
         return _summary(report, sync)
 
 
 async def _reconcile(settings: Settings, since: int | None) -> str:
     async with _connected(settings) as (gateway, store):
         sync = await reconcile(
-            gateway, store, EventWorker(store, gateway, LoggingNotifier(), block_ms=1), since=since
+            gateway, store, EventWorker(store, gateway, alert_notifier(settings), block_ms=1), since=since
         )
     return (
         f"Reconciled {sync.listed:,} events since {_iso(sync.since)}: {sync.applied:,} applied, "
