@@ -145,7 +145,8 @@ async def _backfill(
                 gateway, store, windows=windows, concurrency=concurrency, observer=display
             ).run(resume=resume, since=since)
         # Changes made while the backfill ran reach us through the events it started before.
-        sync = await reconcile(gateway, store, EventWorker(store, gateway, alert_notifier(settings), block_ms=1))
+        worker = EventWorker(store, gateway, alert_notifier(settings), block_ms=1)
+        sync = await reconcile(gateway, store, worker)
         return _summary(report, sync)
 
 
