@@ -51,6 +51,7 @@ async def _connected(settings: Settings) -> AsyncIterator[tuple[StripeGateway, R
     check_key(settings)
     gateway = StripeGateway.from_settings(settings)
     try:
+        await gateway.verify_permissions()  # a missing read permission is one sentence now, not mid-run
         store = await open_store(settings.redis_url, await gateway.tenant(), prefix=settings.key_prefix)
         try:
             yield gateway, store

@@ -20,11 +20,18 @@ from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings
 
 
-async def _open(settings: Settings) -> tuple[StripeGateway, RedisStore]:
+async def _open(settings: Settings, *, verify: bool = False) -> tuple[StripeGateway, RedisStore]:
+    """The gateway and store; ``verify`` checks every read permission first (long-running commands)."""
     check_key(settings)
     gateway = StripeGateway.from_settings(settings)
-    tenant = await gateway.tenant()
-    store = await open_store(settings.redis_url, tenant, prefix=settings.key_prefix)
+    try:
+        if verify:
+            await gateway.verify_permissions()
+        tenant = await gateway.tenant()
+        store = await open_store(settings.redis_url, tenant, prefix=settings.key_prefix)
+    except BaseException:
+        await gateway.aclose()
+        raise
     return gateway, store
 
 
@@ -44,7 +51,7 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool) ->
 
     secret = _webhook_secret(settings)
     notifier = alert_notifier(settings)
-    gateway, store = await _open(settings)
+    gateway, store = await _open(settings, verify=True)
     try:
         worker = EventWorker(store, gateway, notifier) if with_worker else None
         app = build_asgi_app(settings=settings, store=store, webhook_secret=secret, tenant=store.tenant,
@@ -58,7 +65,7 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool) ->
 
 async def _work(settings: Settings) -> None:
     notifier = alert_notifier(settings)
-    gateway, store = await _open(settings)
+    gateway, store = await _open(settings, verify=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -20,6 +20,7 @@ import redis
 from typer.testing import CliRunner
 
 from billing.store import decode_context
+from billing.stripe_api import PERMISSIONS
 from bot.cli import build_cli
 from tests.cluster import free_port
 from tests.fixtures_sandbox import SandboxHandle
@@ -125,6 +126,20 @@ def test_serve_refuses_a_missing_or_malformed_webhook_secret(
     assert result.exit_code == 2
     message = one_sentence(result)
     assert named in message and SECRET_MARK not in result.output
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "0"], ["backfill"]])
+def test_long_running_commands_check_every_read_permission_at_start(
+    sandbox: SandboxHandle, redis_url: str, key_prefix: str, command: list[str]
+) -> None:
+    key = f"rk_test_narrow{SECRET_MARK}"
+    granted = [p for p in PERMISSIONS.values() if p != "rak_invoice_read"]
+    sandbox.control.set_key_permissions(key, granted)
+    env = env_for(sandbox, redis_url, key_prefix, STRIPE_API_KEY=key, STRIPE_WEBHOOK_SECRET="whsec_test")
+    result = run(command, env)
+    assert result.exit_code == 2
+    assert "rak_invoice_read" in one_sentence(result)
+    assert SECRET_MARK not in result.output
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
