@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -10,11 +11,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from billing.config import Settings
-from billing.errors import ConfigurationError
-from billing.ports import ContextStore
+from billing.errors import ConfigurationError, StoreUnavailableError
 from billing.service import BillingService
-from billing.store import open_store
+from billing.store import RedisStore, open_store
 from billing.stripe_api import StripeGateway, check_key
+
+log = logging.getLogger("billing.runtime")
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -38,12 +40,14 @@ def _check_api_base(settings: Settings) -> None:
         )
 
 
-async def _open_store(settings: Settings, gateway: StripeGateway) -> ContextStore | None:
-    """The one place the Redis context store is plugged in (``billing.store.RedisStore``).
-
-    Until it is wired up every lookup goes to Stripe, which is correct, only slower.
-    """
-    return await open_store(settings.redis_url, await gateway.tenant(), prefix=settings.key_prefix)
+async def _open_store(settings: Settings, gateway: StripeGateway) -> RedisStore | None:
+    """The Redis context store, or None when Redis does not answer: a lookup then asks Stripe, which
+    is correct, only slower (the cache is an optimisation, never a dependency of an answer)."""
+    try:
+        return await open_store(settings.redis_url, await gateway.tenant(), prefix=settings.key_prefix)
+    except StoreUnavailableError as err:
+        log.warning("%s Looking customers up in Stripe directly.", err)
+        return None
 
 
 @asynccontextmanager
@@ -58,10 +62,14 @@ async def open_service(
         if verify_permissions:
             await gateway.verify_permissions()
         store = await _open_store(settings, gateway)
-        yield BillingService(
-            gateway,
-            store,
-            max_staleness=timedelta(seconds=settings.max_staleness_seconds),
-        )
+        try:
+            yield BillingService(
+                gateway,
+                store,
+                max_staleness=timedelta(seconds=settings.max_staleness_seconds),
+            )
+        finally:
+            if store is not None:
+                await store.aclose()
     finally:
         await gateway.aclose()

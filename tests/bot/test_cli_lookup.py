@@ -160,3 +160,11 @@ def test_demo_prints_three_cards_without_any_setup() -> None:
     assert "priority urgent" in routing[0] and "tags billing" in routing[0]
     assert "assign senior-agents" in routing[1]
     assert "assign onboarding" in routing[2]
+
+
+def test_redis_down_still_answers_from_stripe(sandbox: Any) -> None:
+    closed = f"redis://127.0.0.1:{closed_port()}/0"
+    result = run(["lookup", "jane@acme.com", "--json"], **sandbox_env(sandbox), REDIS_URL=closed)
+    assert result.exit_code == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["source"] == "stripe" and body["status"] == "past_due"
