@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from sandbox.faults import Faults
 from sandbox.state import Store
 
 ACCOUNT_ID = "acct_1SandboxBillingLens"
+REQUEST_LOG_SIZE = 100_000
 DATASETS = ("demo", "empty")
 
 
@@ -21,7 +23,8 @@ class Sandbox:
     store: Store = field(default_factory=Store)
     keys: KeyRegistry = field(default_factory=lambda: KeyRegistry(ACCOUNT_ID))
     faults: Faults = field(default_factory=Faults)
-    requests: list[dict[str, Any]] = field(default_factory=list)
+    # Bounded so a long benchmark cannot grow the sandbox without limit; tests read far fewer.
+    requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
     dataset: str = "empty"
 
     def __post_init__(self) -> None:
