@@ -2,7 +2,8 @@
 
 Real parts only: ``billing serve`` and ``billing lookup`` run as subprocesses (the installed console
 script), the Stripe sandbox signs and delivers the webhooks over HTTP, and the cache is the shared
-Redis server under a key prefix of this test (unlinked afterwards, nothing else is touched).
+Redis server, or the suite's local 3-master cluster, under a key prefix of this test (unlinked
+afterwards, nothing else is touched).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from billing.redis_conn import open_redis
 from billing.store import RedisStore
 from billing.stripe_api import StripeGateway
 from tests.cluster import free_port
+from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
 
 BILLING = Path(sys.executable).with_name("billing")  # the console script of the project's venv
@@ -104,15 +105,24 @@ class Served:
     log_path: Path
 
 
+async def _keys_under(url: str, prefix: str) -> list[bytes]:
+    client = await open_redis(url)
+    try:
+        return [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture
-def served(sandbox: SandboxHandle, redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Served]:
-    """``billing serve`` as a subprocess, its webhook endpoint registered in the sandbox; afterwards
-    the process is stopped and this test's keys (only those) are unlinked."""
+def served(sandbox: SandboxHandle, any_redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Served]:
+    """``billing serve`` as a subprocess (on a single Redis and on the local cluster), its webhook
+    endpoint registered in the sandbox; afterwards the process is stopped and this test's keys (only
+    those) are unlinked."""
+    redis_url = any_redis_url
     secret = f"whsec_{secrets.token_hex(16)}"
     env = product_env(sandbox, redis_url, key_prefix, STRIPE_WEBHOOK_SECRET=secret)
     url = f"http://127.0.0.1:{free_port()}"
     log_path = tmp_path / "serve.log"
-    cleanup = redis.Redis.from_url(redis_url)
     with log_path.open("wb") as log_file:
         process = subprocess.Popen([str(BILLING), "serve", "--port", url.rsplit(":", 1)[1]], env=env,
                                    stdout=log_file, stderr=subprocess.STDOUT)
@@ -122,20 +132,16 @@ def served(sandbox: SandboxHandle, redis_url: str, key_prefix: str, tmp_path: Pa
             yield Served(url, env, log_path)
         finally:
             stop(process)
-            for key in list(cleanup.scan_iter(match=f"{key_prefix}:*", count=1000)):
-                cleanup.unlink(key)
-    try:
-        assert list(cleanup.scan_iter(match=f"{key_prefix}:*")) == []
-    finally:
-        cleanup.close()
+            asyncio.run(unlink_prefix(redis_url, key_prefix))
+    assert asyncio.run(_keys_under(redis_url, key_prefix)) == []
 
 
 @pytest.fixture
-async def product(served: Served, sandbox: SandboxHandle, redis_url: str, key_prefix: str
+async def product(served: Served, sandbox: SandboxHandle, any_redis_url: str, key_prefix: str
                   ) -> AsyncIterator[Product]:
     async with StripeGateway(sandbox.api_key, api_base=sandbox.url) as gateway:
         tenant = await gateway.tenant()  # the account the server's keys are under
-    client = await open_redis(redis_url)
+    client = await open_redis(any_redis_url)
     try:
         yield Product(served.url, served.env, served.log_path, RedisStore(client, tenant, prefix=key_prefix))
     finally:
