@@ -58,6 +58,7 @@ ALWAYS = AllOf(())
 
 _COMBINATORS = ("any", "all", "not")
 _CURRENCY_RE = re.compile(r"^[a-z]{3}$")
+_MAX_AMOUNT = 10**15  # major units: far above any real MRR, far below Decimal's precision
 
 
 def parse_currency(raw: object) -> str | None:
@@ -116,7 +117,9 @@ class _Parser:
             branches = [self.block(item, (*path, i)) for i, item in enumerate(value)]
         elif isinstance(value, Mapping) and value:
             if name == "any":
-                branches = [c for k, v in value.items() for c in self.entry(k, v, (*path, str(k)))]
+                # Each field is one branch; the operators of one field must still all hold together.
+                tests = [self.entry(k, v, (*path, str(k))) for k, v in value.items()]
+                branches = [t[0] if len(t) == 1 else AllOf(tuple(t)) for t in tests if t]
             else:
                 branches = [self.block(value, path)]
         else:
@@ -150,13 +153,13 @@ class _Parser:
                     self.fail((*path, "currency"), f"currency of {spec.name!r}{self.where} must be a "
                               f"three-letter code such as usd, not {_type_name(raw['currency'])}")
         tests: list[FieldTest] = []
-        operators = [str(k) for k in raw if k != "currency"]
+        # YAML keys need not be strings (`1000: 2`): name them as text, read them by the key itself.
+        operators = [(str(k), v) for k, v in raw.items() if k != "currency"]
         if not operators:
             self.fail(path, f"{spec.name!r}{self.where} has no operator (operators for {spec.name}: "
                       f"{', '.join(allowed)})")
-        for op in operators:
+        for op, value in operators:
             op_path = (*path, op)
-            value = raw[op]
             if op not in allowed:
                 kind = "unknown operator" if op not in ALL_OPERATORS else "operator not valid"
                 self.fail(op_path, f"{kind} {op!r} for {spec.name!r}{self.where} "
@@ -213,7 +216,9 @@ class _Parser:
                 return raw
             self.fail(path, bad + f"{_type_name(raw)} is not a whole number of days")
         elif kind is Kind.MONEY:
-            if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+            # Beyond _MAX_AMOUNT the decimal arithmetic (28 digits) of formatting would overflow.
+            if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw) \
+                    and abs(raw) < _MAX_AMOUNT:
                 return Decimal(str(raw))
             self.fail(path, bad + f"{_type_name(raw)} is not an amount in major units (e.g. 1000)")
         elif kind is Kind.TEXT:

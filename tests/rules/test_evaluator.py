@@ -186,6 +186,18 @@ CASES: list[tuple[str, Any, BillingContext, list[str] | None]] = [
         ["status is past_due"],
     ),
     ("any: mapping", {"any": {"delinquent": True, "plan": "Pro Monthly"}}, PAST_DUE, ["plan is Pro Monthly"]),
+    (
+        "any: mapping keeps a field's operators together",
+        {"any": {"mrr": {"gte": 100, "lte": 200, "currency": "usd"}, "delinquent": True}},
+        PAST_DUE,
+        None,
+    ),
+    (
+        "any: mapping range holds",
+        {"any": {"mrr": {"gte": 1000, "lte": 2000, "currency": "usd"}, "delinquent": True}},
+        PAST_DUE,
+        ["mrr 1,250.00 USD >= 1,000.00 USD", "mrr 1,250.00 USD <= 2,000.00 USD"],
+    ),
     ("any misses", {"any": [{"status": "trialing"}, {"delinquent": True}]}, PAST_DUE, None),
     (
         "not explains with the failed test",

@@ -209,6 +209,18 @@ BAD_FILES = [
     ("empty file", "# nothing\n", 1, "the rules file is empty"),
     ("bad exchange rate", "version: 1\nexchange_rates:\n  base: usd\n  rates: {eur: -1}\n", 4,
      "exchange_rates.rates.eur: Input should be greater than 0"),
+    (
+        "a number where an operator goes",
+        when("mrr: {1000: 2, currency: usd}"),
+        6,
+        "unknown operator '1000' for 'mrr' in rule 'senior'",
+    ),
+    (
+        "an amount too large to be money",
+        when("mrr: {gt: 100000000000000000000000000000000, currency: usd}"),
+        6,
+        "wrong value for 'mrr' in rule 'senior': 100000000000000000000000000000000 is not an amount",
+    ),
 ]
 
 
