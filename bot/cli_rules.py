@@ -98,14 +98,15 @@ def render_check(context: BillingContext, evaluation: RuleEvaluation) -> Rendera
     table = Table(title="Matched rules", title_justify="left", show_lines=True)
     table.add_column("rule", style="bold")
     table.add_column("because")
+    # Reasons quote Stripe data (plan names, metadata): Text keeps "[...]" literal, never markup.
     for match in evaluation.matched:
-        table.add_row(match.rule, "\n".join(match.reasons))
+        table.add_row(Text(match.rule), Text("\n".join(match.reasons)))
     actions = evaluation.actions
     summary = Table.grid(padding=(0, 2))
-    summary.add_row("assign", actions.assign or "—")
-    summary.add_row("priority", actions.priority or "—")
-    summary.add_row("tags", ", ".join(actions.tags) or "—")
-    summary.add_row("notify", ", ".join(actions.notify) or "—")
+    summary.add_row("assign", Text(actions.assign or "—"))
+    summary.add_row("priority", Text(actions.priority or "—"))
+    summary.add_row("tags", Text(", ".join(actions.tags) or "—"))
+    summary.add_row("notify", Text(", ".join(actions.notify) or "—"))
     return Group(header, table, Text("Actions", style="bold"), summary)
 
 

@@ -162,3 +162,17 @@ def test_check_json_shape() -> None:
         "actions": {"assign": None, "priority": "urgent", "tags": ["billing"], "notify": []},
         "matched": [{"rule": "late", "reasons": ["status is past_due"]}],
     }
+
+
+def test_render_check_shows_stripe_text_verbatim_not_as_markup() -> None:
+    rules = load_rules_text(
+        "version: 1\nrules:\n"
+        "  - {name: 'beta [x]', when: {plan: {contains: Pro}}, then: {assign: '[team]'}}\n"
+    )
+    ctx = context(status="active", plan="Pro [beta] [/b]")
+    console = Console(width=160, record=True, file=io.StringIO())
+    console.print(render_check(ctx, evaluate_rules(ctx, rules, NOW)))
+    text = console.export_text()
+    assert "plan 'Pro [beta] [/b]' contains 'Pro'" in text
+    assert "beta [x]" in text
+    assert "[team]" in text
