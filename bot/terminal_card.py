@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -44,7 +45,8 @@ def _facts(context: BillingContext) -> Table:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
-    facts.add_row("Plan", context.plan or "—")
+    # Stripe text (plan, product and invoice names) is shown as typed, never read as rich markup.
+    facts.add_row("Plan", Text(context.plan or "—"))
     facts.add_row("Status", _status(context.status))
     facts.add_row("Payment", Text(context.payment_status, style=PAYMENT_STYLE[context.payment_status]))
     mrr = money_text(context.mrr)
@@ -81,7 +83,7 @@ def _subscriptions(context: BillingContext) -> Table:
         if sub.trial_end is not None and sub.status == "trialing":
             notes.append(f"trial until {date_text(sub.trial_end)}")
         table.add_row(
-            sub.id, sub.plan or "—", _status(sub.status), money_text(sub.mrr),
+            sub.id, Text(sub.plan or "—"), _status(sub.status), money_text(sub.mrr),
             date_text(sub.current_period_end), "; ".join(notes),
         )
     return table
@@ -93,8 +95,8 @@ def _invoices(context: BillingContext, limit: int = 3) -> Table:
         table.add_column(column)
     for inv in context.recent_invoices[:limit]:
         table.add_row(
-            inv.number or inv.id,
-            inv.status or "—",
+            Text(inv.number or inv.id),
+            Text(inv.status or "—"),
             format_money(inv.amount_due, inv.currency),
             format_money(inv.amount_paid, inv.currency),
             date_text(inv.created),
@@ -131,7 +133,7 @@ def render_context(context: BillingContext) -> RenderableType:
 
     match = f"{context.match.method}/{context.match.confidence}" if context.match else "—"
     as_of = context.as_of.strftime("%Y-%m-%d %H:%M:%SZ") if context.as_of else "—"
-    subtitle = f"{customer.id} · matched by {match} · {context.source} as of {as_of}"
+    subtitle = escape(f"{customer.id} · matched by {match} · {context.source} as of {as_of}")
     if context.stale:
         subtitle += " · STALE (Stripe unreachable)"
     return Panel(Group(*parts), title=title, subtitle=subtitle, title_align="left", subtitle_align="left")
