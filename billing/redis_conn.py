@@ -8,12 +8,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from billing.errors import ConfigurationError, StoreUnavailableError
 
 RedisClient = Redis | RedisCluster
 """Either client: the store only uses commands both support, keys of one customer share a slot."""
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
+"""What an unreachable Redis raises: the cluster client's "cannot be connected" is no RedisError."""
 
 # One in-process server per name, so the webhook endpoint and an in-process worker share data.
 _MEMORY_SERVERS: dict[str, Any] = {}
@@ -75,7 +78,7 @@ async def open_redis(url: str) -> RedisClient:
         client: Redis = Redis.from_url(plain_url, **_TIMEOUTS)
         await client.ping()
         return client
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         raise StoreUnavailableError(f"Redis at {host} is not reachable ({type(exc).__name__}).") from exc
     except OSError as exc:
         raise StoreUnavailableError(f"Redis at {host} is not reachable ({exc.strerror or exc}).") from exc

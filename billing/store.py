@@ -41,7 +41,7 @@ from redis.exceptions import RedisError, WatchError
 from billing.errors import StoreUnavailableError
 from billing.models import BillingContext
 from billing.ports import Tenant
-from billing.redis_conn import RedisClient, open_redis
+from billing.redis_conn import REDIS_ERRORS, RedisClient, open_redis
 from billing.slim import (
     VERSION_FIELD,
     Version,
@@ -440,7 +440,7 @@ class RedisStore:
     async def ping(self) -> bool:
         try:
             return bool(await self.client.ping())
-        except (RedisError, OSError):
+        except REDIS_ERRORS:
             return False
 
 

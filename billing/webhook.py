@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 import stripe
-from redis.exceptions import RedisError
 
+from billing.redis_conn import REDIS_ERRORS
 from billing.store import RedisStore
 
 log = logging.getLogger("billing.webhook")
@@ -76,7 +76,7 @@ class WebhookIngest:
             return WebhookResult(200, "Ignored: event of the other mode.", "ignored", event_id)
         try:
             await self._enqueue(body)
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not queue event %s: %s", event_id, type(exc).__name__)
             return WebhookResult(503, "The event queue is unavailable; retry later.", "unavailable", event_id)
         return WebhookResult(200, "Queued.", "queued", event_id)

@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import RedisError, ResponseError, WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from billing.models import BillingContext, Match
 from billing.ports import ListableResource, Notifier, StripeReader, Transition
+from billing.redis_conn import REDIS_ERRORS
 from billing.slim import TENANT_OBJECTS, Version, prices_of_subscription, slim, version_of, with_version
 from billing.snapshot import CustomerData, StripeDict, id_of
 from billing.store import (
@@ -141,7 +142,7 @@ class EventWorker:
                     group_ready = True
                 await self.run_once()
                 backoff = 0.1
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("worker waiting for Redis: %s", type(exc).__name__)
                 group_ready = False
                 with contextlib.suppress(TimeoutError):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
+import pytest
 import uvicorn
 
 from billing.config import Settings
@@ -17,7 +20,7 @@ from billing.worker import EventWorker
 from bot.asgi import build_asgi_app
 from tests.billing import stripe_factory as sf
 from tests.billing.test_worker import NoStripeNeeded
-from tests.cluster import RedisServer, free_port
+from tests.cluster import RedisCluster, RedisServer, free_port
 from tests.fixtures_redis import TEST_TENANT
 
 
@@ -114,4 +117,44 @@ async def test_redis_down_means_503_and_nothing_lost_after_retry(
         pass
     ctx = await store.get_context("cus_A")
     assert ctx is not None and ctx.status == "active"  # both events: the 200'd one and the retried one
+    await client.aclose()
+
+
+@pytest.fixture
+def private_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path / "private-cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_a_cluster_that_goes_down_means_503_and_a_waiting_worker(
+    private_cluster: RedisCluster, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The cluster client says "cannot be connected" with an exception that is no RedisError.
+    client = await open_redis(private_cluster.url)
+    store = RedisStore(client, TEST_TENANT, prefix=key_prefix)
+    worker = EventWorker(store, NoStripeNeeded(), RecordingNotifier(), block_ms=10)  # type: ignore[arg-type]
+    await worker.ensure_group()
+    body = sf.body_of(sf.event("customer.created", sf.customer(), sf.T0))
+    async with serve(store) as http:
+        assert (await post_event(http, body)).status_code == 200
+        for node in private_cluster.nodes:
+            node.stop()
+        down = await post_event(http, body)
+        assert down.status_code == 503 and down.json()["error"].startswith("The event queue is unavailable")
+        health = await http.get("/healthz")
+        assert health.status_code == 503 and health.json()["redis"] == "unavailable"
+    stop = asyncio.Event()
+    caplog.set_level(logging.WARNING, logger="billing.worker")
+    task = asyncio.create_task(worker.run(stop))
+    for _ in range(1000):
+        if task.done() or "worker waiting for Redis" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert not task.done(), "the worker died instead of waiting for Redis"
+    stop.set()
+    await task
     await client.aclose()
