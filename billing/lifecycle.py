@@ -173,9 +173,13 @@ def payment_status(
     if any(sub.get("status") in FAILED_STATUSES for sub in subscriptions):
         return "failed"
     # An incomplete subscription's failed first invoice needs the customer to act, so it is not
-    # counted as a plain failure here.
+    # counted as a plain failure here; nor is an invoice waiting for authentication (it was attempted
+    # before Stripe asked for the customer's action).
     if any(
-        _unpaid_attempted(inv) and invoice_subscription_id(inv) not in incomplete_subs for inv in invoices
+        _unpaid_attempted(inv)
+        and invoice_subscription_id(inv) not in incomplete_subs
+        and not _requires_action(inv)
+        for inv in invoices
     ):
         return "failed"
     for sub in subscriptions:

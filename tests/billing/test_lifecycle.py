@@ -190,6 +190,11 @@ def test_payment_status_action_required_from_flagged_invoice() -> None:
     active = sub("active")
     flagged = invoice(active["id"], status="open", attempt_count=0, requires_action=True)
     assert payment_status([active], [flagged]) == "action_required"
+    # invoice.payment_action_required follows a payment attempt: the flagged invoice has been attempted
+    attempted = invoice(active["id"], status="open", attempt_count=1, requires_action=True)
+    assert payment_status([active], [attempted]) == "action_required"
+    one_off = invoice(None, status="open", attempt_count=1, requires_action=True)
+    assert payment_status([], [one_off]) == "action_required"
 
 
 def test_payment_status_ok_when_latest_paid_or_nothing_owed() -> None:
