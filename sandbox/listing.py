@@ -271,10 +271,9 @@ def expand_paths(params: Params, is_list: bool) -> list[list[str]]:
     paths: list[list[str]] = []
     for path in as_list(params.get("expand", []), "expand"):
         segments = path.split(".")
-        # a price's ``tiers`` is an includable field, not an object: it does not count as a level,
-        # so ``data.items.data.price.tiers`` is accepted while ``…price.product`` is refused
-        depth = len(segments) - (1 if segments[-1] == "tiers" else 0)
-        if depth > MAX_EXPAND_DEPTH:
+        # Every segment counts, ``data.`` and an includable field such as a price's ``tiers`` alike:
+        # ``data.items.data.price.tiers`` is refused by Stripe just as ``…price.product`` is.
+        if len(segments) > MAX_EXPAND_DEPTH:
             raise bad_request(
                 f"You cannot expand more than {MAX_EXPAND_DEPTH} levels of a property. Property: {path}",
                 param="expand",
@@ -342,8 +341,9 @@ def _expand(value: Any, segments: list[str], store: Store, livemode: bool, full:
 # ---- search ------------------------------------------------------------------------------------
 _CLAUSE = re.compile(
     r"""\s*(?P<field>[a-z_]+(?:\[['"][^'"]+['"]\])?)\s*(?P<op>:|~|>=|<=|>|<)\s*"""
-    r"""(?:'(?P<sq>[^']*)'|"(?P<dq>[^"]*)"|(?P<num>-?\d+))\s*"""
+    r"""(?:'(?P<sq>(?:[^'\\]|\\.)*)'|"(?P<dq>(?:[^"\\]|\\.)*)"|(?P<num>-?\d+))\s*"""
 )
+_ESCAPED = re.compile(r"\\(.)")  # Stripe's query language escapes a quote (or backslash) with a backslash
 _SEARCH_FIELDS = ("email", "name", "phone", "created", "metadata")
 
 
@@ -356,8 +356,7 @@ def _parse_query(query: str) -> tuple[str, list[tuple[str, str, str]]]:
         if match is None:
             raise _query_error(query)
         value = match.group("sq") if match.group("sq") is not None else match.group("dq")
-        if value is None:
-            value = match.group("num")
+        value = _ESCAPED.sub(r"\1", value) if value is not None else match.group("num")
         clauses.append((match.group("field"), match.group("op"), value))
         pos = match.end()
         if pos >= len(query):
