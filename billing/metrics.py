@@ -196,8 +196,14 @@ def _tiers(value: Any) -> list[StripeDict] | None:
     return [tier for tier in value if isinstance(tier, dict)]
 
 
-def price_terms(item: StripeDict, prices: Mapping[str, StripeDict] = _EMPTY) -> PriceTerms | None:
-    """The item's price terms: ``price`` (preferring the tiers-expanded copy in ``prices``), else ``plan``."""
+def price_terms(
+    item: StripeDict, prices: Mapping[str, StripeDict] = _EMPTY, currency: str | None = None
+) -> PriceTerms | None:
+    """The item's price terms: ``price`` (preferring the tiers-expanded copy in ``prices``), else ``plan``.
+
+    ``currency`` is the subscription's: a multi-currency price bills the amounts of that currency's
+    ``currency_options`` entry (only returned when expanded), not its default currency's.
+    """
     for key in ("price", "plan"):
         found = item.get(key)
         if isinstance(found, str):
@@ -207,8 +213,28 @@ def price_terms(item: StripeDict, prices: Mapping[str, StripeDict] = _EMPTY) -> 
         expanded = prices.get(found.get("id") or "")
         if expanded is not None and found.get("tiers") is None and expanded.get("tiers") is not None:
             found = {**found, "tiers": expanded["tiers"]}
-        return _terms_from_plan(found) if _is_plan(found) else _terms_from_price(found)
+        if _is_plan(found):
+            return _terms_from_plan(found)
+        own = _lower(found.get("currency"))
+        if currency is not None and own is not None and own != currency:
+            found = _in_currency(found, expanded, currency)
+        return _terms_from_price(found)
     return None
+
+
+def _in_currency(price: StripeDict, expanded: StripeDict | None, currency: str) -> StripeDict:
+    """The price with its amounts in ``currency``; without that option its amounts are unknown (None),
+    never the default currency's amounts under another currency's name."""
+    options = _dict(price.get("currency_options")) or _dict((expanded or {}).get("currency_options")) or {}
+    option = _dict(options.get(currency)) or {}
+    return {
+        **price,
+        "currency": currency,
+        "unit_amount": option.get("unit_amount"),
+        "unit_amount_decimal": option.get("unit_amount_decimal"),
+        "tiers": option.get("tiers"),
+        "tax_behavior": option.get("tax_behavior", price.get("tax_behavior")),
+    }
 
 
 def _is_plan(obj: StripeDict) -> bool:
@@ -404,7 +430,7 @@ def _subscription_mrr(
     metered = False
     currency = _lower(subscription.get("currency"))
     for item in items_of(subscription):
-        terms = price_terms(item, prices)
+        terms = price_terms(item, prices, currency)
         if terms is None or not terms.recurring:
             continue
         if terms.metered:

@@ -526,3 +526,27 @@ def test_price_given_by_id_is_resolved_through_prices() -> None:
 def test_last_tier_given_as_inf_is_unbounded() -> None:
     tiers = [{**GRADUATED[0]}, {**GRADUATED[2], "up_to": "inf"}]
     assert mrr_of(subscription(item(_tiered_price("graduated", tiers), 7))) == {"usd": 3500 + 1200}
+
+
+# ---------------------------------------------------------------- multi-currency prices
+
+
+def test_subscription_in_another_currency_uses_the_price_currency_option() -> None:
+    # A USD price with a EUR option, billed to a EUR subscription: Stripe bills the EUR option's amount.
+    multi = price(5000, price_id="price_multi",
+                  currency_options={"usd": {"unit_amount": 5000, "unit_amount_decimal": "5000",
+                                            "tax_behavior": "unspecified"},
+                                    "eur": {"unit_amount": 4500, "unit_amount_decimal": "4500",
+                                            "tax_behavior": "unspecified"}})
+    sub = subscription(item(multi, 2), currency="eur")
+    assert mrr_of(sub) == {"eur": 9000}
+    # currency_options is only returned when expanded: the expanded copy in `prices` is used
+    bare = {k: v for k, v in multi.items() if k != "currency_options"}
+    assert compute_mrr([subscription(item(bare), currency="eur")], prices={"price_multi": multi},
+                       as_of=AS_OF).mrr == {"eur": 4500}
+
+
+def test_amount_in_another_currency_is_never_relabelled() -> None:
+    # Without the option's amount the EUR figure is unknown: count nothing rather than call $50 €50.
+    sub = subscription(item(price(5000)), currency="eur")
+    assert mrr_of(sub) == {}
