@@ -77,8 +77,11 @@ def load_rules_text(text: str, source: str = "<string>", env: Mapping[str, str] 
         node = loader.get_single_node()
         if node is None:
             raise RulesError([f"{source}:1: the rules file is empty (expected 'version: 1' and 'rules:')"])
-        _walk(node, (), lines, problems, environ)
+        _walk(node, (), lines, problems, environ, frozenset())
         data = loader.construct_document(node)
+    except _RecursiveAlias as err:
+        raise RulesError([f"{source}:{err.line}: an alias refers to a mapping or list that contains it"]) \
+            from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -103,10 +106,19 @@ def load_rules_text(text: str, source: str = "<string>", env: Mapping[str, str] 
     return rules
 
 
+class _RecursiveAlias(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], problems: list[tuple[int, str]],
-          env: Mapping[str, str]) -> None:
+          env: Mapping[str, str], ancestors: frozenset[int]) -> None:
     """Record the line of every key and list item, substitute ``${VAR}`` in string values."""
     lines.setdefault(path, node.start_mark.line + 1)
+    if id(node) in ancestors:  # `a: &x [*x]`: the node graph has a cycle, walking it never ends
+        # An alias node keeps its anchor's marks: name the line of the key holding the alias.
+        raise _RecursiveAlias(lines[path[:-1]] if isinstance(path[-1], int) else lines[path])
+    ancestors = ancestors | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -116,11 +128,11 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], problems: list[tu
                 problems.append((line, f"duplicate key {key!r} (the later one would silently win)"))
             seen.add(key)
             lines[(*path, key)] = line
-            _walk(value_node, (*path, key), lines, problems, env)
+            _walk(value_node, (*path, key), lines, problems, env, ancestors)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[(*path, i)] = item.start_mark.line + 1
-            _walk(item, (*path, i), lines, problems, env)
+            _walk(item, (*path, i), lines, problems, env, ancestors)
     elif isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG and "${" in node.value:
         node.value = _substitute(node.value, node.start_mark.line + 1, problems, env)
 

@@ -207,6 +207,12 @@ BAD_FILES = [
     ),
     ("not a mapping", "- version: 1\n", 1, "the rules file must be a mapping with 'version: 1' and 'rules:'"),
     ("empty file", "# nothing\n", 1, "the rules file is empty"),
+    (
+        "recursive alias",
+        "version: 1\nrules:\n  - &r\n    name: r\n    when: {all: [*r]}\n",
+        5,
+        "an alias refers to a mapping or list that contains it",
+    ),
     ("bad exchange rate", "version: 1\nexchange_rates:\n  base: usd\n  rates: {eur: -1}\n", 4,
      "exchange_rates.rates.eur: Input should be greater than 0"),
     (
