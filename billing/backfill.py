@@ -42,6 +42,7 @@ RESOURCES: tuple[ListableResource, ...] = (
 UNWINDOWED: frozenset[str] = frozenset({"credit_notes"})
 PAGE_SIZE = 100  # the gateway's list page: one checkpoint per page
 BUILD_BATCH = 100
+BUILD_PARALLEL = 32
 DEFAULT_WINDOWS = 8
 DEFAULT_CONCURRENCY = 8
 STRIPE_EPOCH = 1_262_304_000  # 2010-01-01: no Stripe object is older
@@ -324,22 +325,29 @@ class Backfill:
             params["starting_after"] = state.after
         fetched = 0
         page: list[StripeDict] = []
+        # A page is as new as the moment before it was requested (the iterator requests the next page
+        # when its first object is wanted): a later stamp would hide events between the two.
+        listed_from = self._page_version()
         async for obj in self.gateway.iter_objects(window.resource, params):
             page.append(obj)
             if len(page) >= PAGE_SIZE:
-                await self._persist(window, page, state)
+                await self._persist(window, page, state, listed_from)
                 fetched += len(page)
                 page = []
-        await self._persist(window, page, state, done=True)
+                listed_from = self._page_version()
+        await self._persist(window, page, state, listed_from, done=True)
         fetched += len(page)
         self.observer.window_done(window.resource)
         return fetched
 
+    def _page_version(self) -> Version:
+        return int(self.clock()), SNAPSHOT_EVENT_ID
+
     async def _persist(
-        self, window: Window, page: Sequence[StripeDict], state: WindowState, *, done: bool = False
+        self, window: Window, page: Sequence[StripeDict], state: WindowState, version: Version, *,
+        done: bool = False,
     ) -> None:
         """Store one page under its customers, then move the window's checkpoint past it."""
-        version: Version = (int(self.clock()), SNAPSHOT_EVENT_ID)
         if page:
             await self._store_references(page, version)
             pipe = self.store.client.pipeline(transaction=False)
@@ -415,17 +423,20 @@ class Backfill:
         return built
 
     async def _build_batch(self, customer_ids: Sequence[str]) -> int:
-        loaded = await asyncio.gather(*(self.store.load_customer_data(c) for c in customer_ids))
         now = datetime.fromtimestamp(self.clock(), UTC)
-        items: list[tuple[CustomerData, BillingContext]] = []
-        for customer_id, data in zip(customer_ids, loaded, strict=True):
-            if data is None:
-                continue
-            items.append((data, self.build(data, query=customer_id, match=BY_ID, now=now, source="stripe")))
-        if items:
-            await self.store.save_customers(items)
+        # Each customer holds a connection (WATCH) while it is folded: stay well inside the pool.
+        gate = asyncio.Semaphore(BUILD_PARALLEL)
+
+        def build(data: CustomerData) -> BillingContext:
+            return self.build(data, query=str(data.customer["id"]), match=BY_ID, now=now, source="stripe")
+
+        async def fold(customer_id: str) -> bool:
+            async with gate:
+                return await self.store.fold_stage(customer_id, build)
+
+        built = await asyncio.gather(*(fold(c) for c in customer_ids))
         self.observer.built(len(customer_ids))
-        return len(items)
+        return sum(built)
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import time
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -276,19 +276,53 @@ class RedisStore:
         pipe.get(self.customer_key(customer_id, "objs"))
         pipe.hgetall(self.customer_key(customer_id, "stage"))
         raw, staged = await pipe.execute()
-        objects = decode_objects(raw)
-        for key, value in staged.items():
-            object_id, candidate = _text(key) or "", json.loads(value)
-            current = objects.get(object_id)
-            if current is None or decide(version_of(current), version_of(candidate) or (0, "")) == "apply":
-                objects[object_id] = candidate
-        return objects
+        return _with_staged(decode_objects(raw), staged)
 
     def stage_objects(self, pipe: Any, customer_id: str, objects: Iterable[StripeDict]) -> None:
         """Queue a backfill page's objects of one customer (built into ``objs`` by save_customers)."""
         pipe.hset(self.customer_key(customer_id, "stage"), mapping={
             str(o["id"]): _dumps(o) for o in objects
         })
+
+    async def fold_stage(
+        self, customer_id: str, build: Callable[[CustomerData], BillingContext]
+    ) -> bool:
+        """Fold a backfill's staged pages into the customer's objects and store the context ``build``
+        makes of them, in one optimistic transaction with the worker's writes.
+
+        Every object keeps its own version (a page's is the moment it was listed), so an event newer
+        than the page still applies when it arrives late. False when there is no customer to build
+        (not staged, or deleted): the staged pages are then left as they are.
+        """
+        objs_key = self.customer_key(customer_id, "objs")
+        stage_key = self.customer_key(customer_id, "stage")
+        ctx_key = self.customer_key(customer_id, "ctx")
+        while True:
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(objs_key, stage_key)
+                    stored = decode_objects(await pipe.get(objs_key))
+                    merged = _with_staged(dict(stored), await pipe.hgetall(stage_key))
+                    data = await self.load_customer_data(customer_id, merged)
+                    if data is None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return False
+                    context = build(data)
+                    kept = _newest_invoices(merged)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(objs_key, encode_objects(kept))
+                    pipe.delete(stage_key)
+                    pipe.set(ctx_key, encode_context(context))
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            break
+        old_email = (stored.get(customer_id) or {}).get("email")
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_indexes(pipe, customer_id, data.customer.get("email"), old_email)
+        self._queue_refs(pipe, customer_id, kept.values())
+        await pipe.execute()
+        return True
 
     async def get_tenant_objects(self, kind: TenantKind, ids: Iterable[str]) -> dict[str, StripeDict]:
         wanted = sorted(set(ids))
@@ -452,6 +486,26 @@ def _customer_objects(data: CustomerData) -> list[StripeDict]:
     objects += [slim({**d, "object": "dispute"}) for d in data.disputes]
     objects += [slim({**n, "object": "credit_note"}) for n in data.credit_notes]
     return objects
+
+
+def _with_staged(objects: dict[str, StripeDict], staged: Mapping[Any, Any]) -> dict[str, StripeDict]:
+    """``objects`` with each staged object that is newer than the stored one."""
+    for key, value in staged.items():
+        object_id, candidate = _text(key) or "", json.loads(value)
+        current = objects.get(object_id)
+        if current is None or decide(version_of(current), version_of(candidate) or (0, "")) == "apply":
+            objects[object_id] = candidate
+    return objects
+
+
+def _newest_invoices(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
+    """``objects`` without the invoices beyond the newest ``MAX_STORED_INVOICES``."""
+    invoices = sorted(
+        (o for o in objects.values() if o.get("object") == "invoice"),
+        key=lambda o: (o.get("created") or 0, str(o.get("id"))), reverse=True,
+    )
+    dropped = {str(o["id"]) for o in invoices[MAX_STORED_INVOICES:]}
+    return {k: v for k, v in objects.items() if k not in dropped}
 
 
 def _plain(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:

@@ -260,3 +260,65 @@ async def test_resume_without_a_checkpoint_starts_a_new_run(
     assert again.resumed and again.windows_skipped == again.windows_total
     assert sum(again.fetched.values()) == 0
     assert again.contexts_built == report.contexts_built
+
+
+class TimePassesWhileListing:
+    """The real gateway, with the backfill's clock moving on while a ``created`` window is listed
+    (a real page download takes time; the sandbox's own clock stays where the test put it)."""
+
+    def __init__(self, gateway: StripeGateway, clock: FixedClock, after_listing: int) -> None:
+        self.gateway = gateway
+        self.clock = clock
+        self.after_listing = after_listing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.gateway, name)
+
+    async def iter_objects(self, resource: Any, params: Any = None) -> AsyncIterator[dict[str, Any]]:
+        async for obj in self.gateway.iter_objects(resource, params):
+            yield obj
+        if "gte" in (params or {}).get("created", {}):
+            self.clock.now = self.after_listing
+
+
+class BuildLater(SilentObserver):
+    def __init__(self, clock: FixedClock, at: int) -> None:
+        self.clock = clock
+        self.at = at
+
+    def building(self, total: int) -> None:
+        self.clock.now = self.at
+
+
+async def test_a_change_after_a_page_was_listed_still_applies_when_its_event_comes_late(
+    empty_sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    # A page listed at t+10 and stored at t+15, contexts built at t+20; in between (t+12) the
+    # subscription goes past_due, and that webhook arrives after the backfill. The page's state is as
+    # of t+10: the later event must win.
+    from billing.notify import RecordingNotifier
+    from billing.worker import EventWorker
+    from tests.billing.test_worker import drain, enqueue, recorded_events, sandbox_subscriber
+
+    t = int(time.time()) - 3600
+    empty_sandbox.control.set_clock(t, frozen=True)
+    sandbox_subscriber(empty_sandbox.control, t)
+    clock = FixedClock()
+    clock.now = t + 10
+    slow = TimePassesWhileListing(gateway, clock, after_listing=t + 15)
+    report = await Backfill(slow, store, windows=1, clock=clock,  # type: ignore[arg-type]
+                            observer=BuildLater(clock, t + 20)).run()
+    assert report.contexts_built == 1
+    built = await store.get_context("cus_A")
+    assert built is not None and built.status == "active"
+
+    empty_sandbox.control.set_clock(t + 12, frozen=True)
+    empty_sandbox.control.set_subscription_status("sub_A", "past_due")
+    late = [e for e in await recorded_events(gateway) if e["type"] == "customer.subscription.updated"]
+    assert [e["created"] for e in late] == [t + 12]
+    worker = EventWorker(store, gateway, RecordingNotifier(), block_ms=10)
+    await worker.ensure_group()
+    await enqueue(store, late)
+    await drain(worker)
+    ctx = await store.get_context("cus_A")
+    assert ctx is not None and ctx.status == "past_due"
