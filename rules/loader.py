@@ -21,6 +21,7 @@ DEFAULT_RULES_FILE = "default_rules.yml"
 _STR_TAG = "tag:yaml.org,2002:str"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_WORDS = ("KEY", "SECRET", "TOKEN", "PASSWORD")
 
 
 class RulesError(Exception):
@@ -137,9 +138,19 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], problems: list[tu
         node.value = _substitute(node.value, node.start_mark.line + 1, problems, env)
 
 
+def _is_secret_name(name: str) -> bool:
+    upper = name.upper()
+    return any(word in upper for word in _SECRET_WORDS)
+
+
 def _substitute(value: str, line: int, problems: list[tuple[int, str]], env: Mapping[str, str]) -> str:
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
+        if _is_secret_name(name):
+            # A rules value ends up in logs, reasons and Slack messages: a secret must never get there.
+            problems.append((line, f"variable {name} looks like a secret and is not substituted "
+                                   f"(names containing {', '.join(_SECRET_WORDS)} are refused)"))
+            return ""
         if name in env:
             return env[name]
         if default is not None:

@@ -186,6 +186,12 @@ BAD_FILES = [
         "undefined variable NOT_SET: set it in the environment or write ${NOT_SET:-default}",
     ),
     (
+        "a secret as a variable",
+        "version: 1\nalerts:\n  - on: subscription.past_due\n    channel: ${STRIPE_API_KEY}\n",
+        4,
+        "variable STRIPE_API_KEY looks like a secret and is not substituted",
+    ),
+    (
         "malformed variable",
         "version: 1\nalerts:\n  - on: subscription.past_due\n    channel: ${NOT SET}\n",
         4,
@@ -330,3 +336,11 @@ def test_exchange_rates_table() -> None:
     assert str(table.rate("eur", "usd")) == "1.08"
     assert table.rate("usd", "usd") == 1
     assert table.rate("chf", "usd") is None
+
+
+def test_a_secret_variable_never_reaches_the_rules_or_the_error() -> None:
+    secret = "rk_test_SECRETVALUE123"
+    text = "version: 1\nalerts:\n  - on: subscription.past_due\n    channel: x${SLACK_BOT_TOKEN}\n"
+    with pytest.raises(RulesError) as info:
+        load_rules_text(text, env={"SLACK_BOT_TOKEN": secret})
+    assert secret not in str(info.value)
