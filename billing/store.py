@@ -57,6 +57,7 @@ from billing.slim import (
 from billing.snapshot import CustomerData, StripeDict
 
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
+TOMBSTONE_TTL_SECONDS = 31 * 24 * 3600  # longer than Stripe retries a webhook or lists past events
 SNAPSHOT_EVENT_ID = "snapshot"
 MAX_STORED_INVOICES = 12
 TenantKind = Literal["prices", "products", "coupons"]
@@ -407,11 +408,22 @@ class RedisStore:
             products=products,
         )
 
-    async def delete_customer(self, customer_id: str, email: str | None) -> None:
-        await self.client.delete(
-            self.customer_key(customer_id, "ctx"), self.customer_key(customer_id, "objs"),
-            self.customer_key(customer_id, "stage"),
-        )
+    async def delete_customer(
+        self, customer_id: str, email: str | None, *, version: Version | None = None
+    ) -> None:
+        """Forget a customer. With the deletion's ``version``, a tombstone is kept in its objects for
+        ``TOMBSTONE_TTL_SECONDS`` so that a late, older event does not bring the customer back."""
+        objs_key = self.customer_key(customer_id, "objs")
+        others = (self.customer_key(customer_id, "ctx"), self.customer_key(customer_id, "stage"))
+        if version is None:
+            await self.client.delete(objs_key, *others)
+        else:
+            tombstone = {"id": customer_id, "object": "customer", "deleted": True}
+            tx = self.client.pipeline(transaction=True)
+            tx.set(objs_key, encode_objects({customer_id: with_version(tombstone, version)}),
+                   ex=TOMBSTONE_TTL_SECONDS)
+            tx.delete(*others)
+            await tx.execute()
         pipe = self.client.pipeline(transaction=False)
         if email:
             pipe.srem(self.email_key(email), customer_id)

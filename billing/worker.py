@@ -321,10 +321,13 @@ class EventWorker:
     # ---- one customer ---------------------------------------------------------------------
     async def _apply_customer(self, customer_id: str, entries: Sequence[_Entry]) -> None:
         events = sorted((e.event for e in entries), key=lambda ev: _version(ev))
-        if any(ev.get("type") == "customer.deleted" for ev in events):
+        deletion = next((ev for ev in events if ev.get("type") == "customer.deleted"), None)
+        if deletion is not None:
             stored = await self.store.get_objects(customer_id)
-            email = (stored.get(customer_id) or {}).get("email")
-            await self.store.delete_customer(customer_id, email if isinstance(email, str) else None)
+            email = (stored.get(customer_id) or _event_object(deletion)).get("email")
+            await self.store.delete_customer(
+                customer_id, email if isinstance(email, str) else None, version=_version(deletion)
+            )
             return
         fetched: dict[str, StripeDict | None] = {}
         objs_key = self.store.customer_key(customer_id, "objs")
@@ -355,8 +358,8 @@ class EventWorker:
                     if data is None:
                         # The customer object itself is not known yet: keep the objects, build later.
                         pipe.multi()  # type: ignore[no-untyped-call]
-                        if updates:
-                            pipe.set(objs_key, encode_objects(merged))
+                        if updates:  # keepttl: a deleted customer's tombstone still expires
+                            pipe.set(objs_key, encode_objects(merged), keepttl=True)
                         await pipe.execute()
                         return
                     old = decode_context(old_raw) if old_raw else None

@@ -295,3 +295,25 @@ async def test_a_batch_of_many_customers_stays_within_the_connection_pool(store:
     assert w.stats.failed == 0 and w.stats.dead_lettered == 0
     contexts = [await store.get_context(c["id"]) for c in customers]
     assert all(ctx is not None and ctx.found for ctx in contexts)
+
+
+async def test_a_deleted_customer_is_not_brought_back_by_a_late_older_event(store: RedisStore) -> None:
+    notifier = RecordingNotifier()
+    w = worker(store, notifier)
+    await w.ensure_group()
+    t = sf.T0
+    await enqueue(store, [
+        sf.event("customer.created", sf.customer(), t),
+        sf.event("customer.subscription.created", sf.subscription(), t + 1),
+    ])
+    await drain(w)
+    assert await store.get_context("cus_A") is not None
+    await enqueue(store, [sf.event("customer.deleted", sf.customer(), t + 5)])
+    await drain(w)
+    assert await store.get_context("cus_A") is None
+    # Stripe's earlier delivery of a change made before the deletion arrives late.
+    await enqueue(store, [sf.event("customer.updated", sf.customer(name="Jane D."), t + 3)])
+    await drain(w)
+    assert await store.get_context("cus_A") is None
+    assert await store.customer_ids_for_email("jane@acme.com") == []
+    assert (await store.health()).customers_cached == 0
