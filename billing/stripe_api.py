@@ -609,7 +609,7 @@ class StripeGateway:
     async def _reference_data(
         self, customer: StripeDict, subscriptions: list[StripeDict]
     ) -> tuple[dict[str, StripeDict], dict[str, StripeDict], dict[str, StripeDict]]:
-        """Coupons behind every discount, tiered prices with tiers, and every product, via the caches."""
+        """Coupons behind every discount, tiered prices with tiers, and the products that name a plan."""
         discounts: list[Any] = [customer.get("discount")]
         prices: dict[str, StripeDict] = {}
         tiered: set[str] = set()
@@ -624,8 +624,9 @@ class StripeGateway:
                 prices[price["id"]] = price
                 if price.get("billing_scheme") == "tiered" and not price.get("tiers"):
                     tiered.add(price["id"])
+                # A product only names a plan whose price has no nickname: no request otherwise.
                 product_id = id_of(price.get("product"))
-                if product_id:
+                if product_id and not price.get("nickname"):
                     product_ids.add(product_id)
 
         coupons: dict[str, StripeDict] = {}
