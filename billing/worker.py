@@ -382,7 +382,7 @@ class EventWorker:
                     await pipe.execute()
                 except WatchError:
                     continue
-            await self._after_save(customer_id, stored, updates, data)
+            await self._after_save(customer_id, stored, updates, data, first_build=old is None)
             if transitions:
                 await self._flush_outbox(customer_id)
             return
@@ -468,18 +468,20 @@ class EventWorker:
 
     async def _after_save(
         self, customer_id: str, stored: Mapping[str, StripeDict], updates: Mapping[str, StripeDict],
-        data: CustomerData | None,
+        data: CustomerData | None, *, first_build: bool,
     ) -> None:
         """Index writes in other slots: email index, customers set, price/coupon references.
 
-        Skipped when nothing they index changed (the common case: one more invoice or status).
+        Skipped when nothing they index changed (the common case: one more invoice or status). The
+        first build indexes every stored object: those kept while the customer was unknown had none.
         """
         if data is None:
             return
         previous = stored.get(customer_id)
         old_email = (previous or {}).get("email")
         new_email = data.customer.get("email")
-        referring = [o for o in updates.values() if o.get("object") in {"subscription", "customer"}]
+        changed = {**stored, **updates}.values() if first_build else updates.values()
+        referring = [o for o in changed if o.get("object") in {"subscription", "customer"}]
         if previous is not None and old_email == new_email and not referring:
             return
         pipe = self.store.client.pipeline(transaction=False)

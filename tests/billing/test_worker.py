@@ -317,3 +317,22 @@ async def test_a_deleted_customer_is_not_brought_back_by_a_late_older_event(stor
     assert await store.get_context("cus_A") is None
     assert await store.customer_ids_for_email("jane@acme.com") == []
     assert (await store.health()).customers_cached == 0
+
+
+async def test_a_price_change_reaches_a_customer_whose_subscription_came_before_the_customer(
+    store: RedisStore,
+) -> None:
+    w = worker(store, RecordingNotifier())
+    await w.ensure_group()
+    t = sf.T0
+    # Unordered delivery: the subscription (carrying its price) is applied before its customer is known.
+    await enqueue(store, [sf.event("customer.subscription.created", sf.subscription(), t + 1)])
+    await drain(w)
+    await enqueue(store, [sf.event("customer.created", sf.customer(), t)])
+    await drain(w)
+    ctx = await store.get_context("cus_A")
+    assert ctx is not None and ctx.mrr == {"usd": 2900}
+    await enqueue(store, [sf.event("price.updated", sf.price(amount=3900), t + 10)])
+    await drain(w)
+    ctx = await store.get_context("cus_A")
+    assert ctx is not None and ctx.mrr == {"usd": 3900}
