@@ -85,6 +85,14 @@ SPECS: dict[str, Spec] = {
 }
 
 TENANT_OBJECTS = frozenset({"price", "plan", "product", "coupon"})
+
+INCLUDABLE: dict[str, tuple[str, ...]] = {
+    "price": ("tiers", "currency_options"),
+    "plan": ("tiers",),
+    "coupon": ("applies_to", "currency_options"),
+}
+"""Fields Stripe returns only when expanded. Webhook payloads and embedded objects never carry them,
+so their absence means "not included", never "removed"."""
 """Stored once per tenant, shared by every customer; the rest are stored per customer."""
 
 
@@ -199,3 +207,21 @@ def _coupon_ids(discount: Any) -> set[str]:
     elif isinstance(coupon, dict) and isinstance(coupon.get("id"), str):
         out.add(coupon["id"])
     return out
+
+
+def completeness(obj: StripeDict) -> int:
+    """How many of its includable fields an object carries (a fetched-with-expand one has them all)."""
+    return sum(1 for name in INCLUDABLE.get(str(obj.get("object")), ()) if name in obj)
+
+
+def keep_included(incoming: StripeDict, stored: StripeDict | None) -> StripeDict:
+    """``incoming`` with the includable fields it lacks taken from ``stored`` (an event's price has no
+    tiers, yet the price still has them: tiers, applies_to and coupon amounts never change)."""
+    if not stored:
+        return incoming
+    missing = {
+        name: stored[name]
+        for name in INCLUDABLE.get(str(incoming.get("object")), ())
+        if name not in incoming and name in stored
+    }
+    return {**incoming, **missing} if missing else incoming

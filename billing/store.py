@@ -47,6 +47,7 @@ from billing.slim import (
     Version,
     coupon_ids_of_discount,
     join_prices,
+    keep_included,
     prices_of_subscription,
     referenced_ids,
     slim,
@@ -227,6 +228,16 @@ class RedisStore:
         Objects carry the version ``(as_of, "snapshot")``: events older than the snapshot are ignored,
         events of the same second are settled by re-fetching.
         """
+        embedded = {
+            str(data.customer["id"]): [
+                price for sub in data.subscriptions for price in prices_of_subscription(sub)
+                if price["id"] not in data.prices
+            ]
+            for data, _ in items
+        }
+        stored_prices = await self.get_tenant_objects(
+            "prices", {p["id"] for prices in embedded.values() for p in prices}
+        )
         pipe = self.client.pipeline(transaction=False)
         for data, context in items:
             customer_id = str(data.customer["id"])
@@ -237,18 +248,21 @@ class RedisStore:
             pipe.delete(self.customer_key(customer_id, "stage"))
             pipe.set(self.customer_key(customer_id, "ctx"), encode_context(context))
             self._queue_indexes(pipe, customer_id, data.customer.get("email"), None)
-            tenant_objects: dict[TenantKind, list[StripeDict]] = {"prices": [], "products": [], "coupons": []}
-            tenant_objects["prices"] += [slim({**p, "object": "price"}) for p in data.prices.values()]
-            for sub in data.subscriptions:
-                tenant_objects["prices"] += prices_of_subscription(sub)
-            tenant_objects["products"] += [slim({**p, "object": "product"}) for p in data.products.values()]
-            tenant_objects["coupons"] += [slim({**c, "object": "coupon"}) for c in data.coupons.values()]
-            for kind, objs in tenant_objects.items():
+            fetched: dict[TenantKind, list[StripeDict]] = {
+                "prices": [slim({**p, "object": "price"}) for p in data.prices.values()],
+                "products": [slim({**p, "object": "product"}) for p in data.products.values()],
+                "coupons": [slim({**c, "object": "coupon"}) for c in data.coupons.values()],
+            }
+            for kind, objs in fetched.items():
                 if objs:
-                    # A price's tiers only come when expanded: never replace an expanded one.
                     pipe.hset(self.tenant_key(kind), mapping={
-                        str(o["id"]): _dumps(with_version(o, version)) for o in _prefer_tiers(objs)
+                        str(o["id"]): _dumps(with_version(o, version)) for o in objs
                     })
+            # A price embedded in a subscription is fresh but lacks its includable fields (tiers,
+            # currency options): those of the stored copy are kept.
+            for price in embedded.get(customer_id, []):
+                merged = keep_included(price, stored_prices.get(price["id"]))
+                pipe.hset(self.tenant_key("prices"), price["id"], _dumps(with_version(merged, version)))
             self._queue_refs(pipe, customer_id, objects.values())
         await pipe.execute()
 
@@ -347,8 +361,7 @@ class RedisStore:
                     if decision != "apply":
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return decision
-                    if stored and stored.get("tiers") and not obj.get("tiers"):
-                        obj = {**obj, "tiers": stored["tiers"]}
+                    obj = keep_included(obj, stored)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hset(key, object_id, _dumps(with_version(obj, version)))
                     await pipe.execute()
@@ -522,15 +535,6 @@ def _newest_invoices(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]
 
 def _plain(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
     return {k: without_version(v) for k, v in objects.items()}
-
-
-def _prefer_tiers(objs: list[StripeDict]) -> list[StripeDict]:
-    best: dict[str, StripeDict] = {}
-    for obj in objs:
-        current = best.get(str(obj["id"]))
-        if current is None or (obj.get("tiers") and not current.get("tiers")):
-            best[str(obj["id"])] = obj
-    return list(best.values())
 
 
 async def open_store(url: str, tenant: Tenant, *, prefix: str = "bl") -> RedisStore:

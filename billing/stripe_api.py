@@ -60,6 +60,13 @@ _BAD_KEY_401 = "Stripe refused the API key (401): check STRIPE_API_KEY."
 # --- keys --------------------------------------------------------------------------------------
 
 
+# Fields Stripe returns only when expanded; a retrieved price or coupon always asks for them.
+_INCLUDABLE: dict[str, tuple[str, ...]] = {
+    "prices": ("tiers", "currency_options"),
+    "coupons": ("applies_to", "currency_options"),
+}
+
+
 def check_api_key(key: str | None, *, allow_secret_key: bool = False) -> str:
     """The key when it is a usable restricted key (or an allowed secret key), else ConfigurationError."""
     if key is None or not key.strip():
@@ -412,9 +419,10 @@ class StripeGateway:
     async def retrieve(self, resource: ListableResource, object_id: str) -> StripeDict | None:
         """One object by id; None when Stripe has no such object. A deleted object keeps ``deleted``."""
         service = self._service(resource)
+        params = {"expand": list(_INCLUDABLE[resource])} if resource in _INCLUDABLE else None
         try:
             obj = await self._call(
-                f"retrieving {resource}", lambda: service.retrieve_async(object_id)
+                f"retrieving {resource}", lambda: service.retrieve_async(object_id, params=params)
             )
         except stripe.InvalidRequestError as err:
             if err.http_status == 404:
@@ -524,16 +532,13 @@ class StripeGateway:
     # -- reference data (cached) ----------------------------------------------------------------
 
     async def price_with_tiers(self, price_id: str) -> StripeDict:
+        """The price with its includable fields (tiers, currency options), cached."""
         cached = self._prices.get(price_id)
         if cached is not None:
             return cached
-        service = self._client.v1.prices
-        price = _to_dict(
-            await self._call(
-                "retrieving a price",
-                lambda: service.retrieve_async(price_id, params={"expand": ["tiers"]}),
-            )
-        )
+        price = await self.retrieve("prices", price_id)
+        if price is None:
+            raise StripeUnavailableError(f"Stripe has no price {price_id} that a subscription uses.")
         self._prices.set(price_id, price)
         return price
 
@@ -623,6 +628,10 @@ class StripeGateway:
                     continue
                 prices[price["id"]] = price
                 if price.get("billing_scheme") == "tiered" and not price.get("tiers"):
+                    tiered.add(price["id"])
+                # Billed in another currency than the price's default: its currency_options say how much.
+                sub_currency, price_currency = sub.get("currency"), price.get("currency")
+                if sub_currency and price_currency and sub_currency != price_currency:
                     tiered.add(price["id"])
                 # A product only names a plan whose price has no nickname: no request otherwise.
                 product_id = id_of(price.get("product"))

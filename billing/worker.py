@@ -26,14 +26,23 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from redis.exceptions import ResponseError, WatchError
 
 from billing.models import BillingContext, Match
 from billing.ports import ListableResource, Notifier, StripeReader, Transition
 from billing.redis_conn import REDIS_ERRORS
-from billing.slim import TENANT_OBJECTS, Version, prices_of_subscription, slim, version_of, with_version
+from billing.slim import (
+    INCLUDABLE,
+    TENANT_OBJECTS,
+    Version,
+    completeness,
+    prices_of_subscription,
+    slim,
+    version_of,
+    with_version,
+)
 from billing.snapshot import CustomerData, StripeDict, id_of
 from billing.store import (
     DEDUP_TTL_SECONDS,
@@ -52,6 +61,9 @@ log = logging.getLogger("billing.worker")
 ContextBuilder = Callable[..., BillingContext]
 """``billing.builder.build_context(data, *, query, match, now, source, other_customers)``."""
 
+_TENANT_KIND: dict[str, Literal["prices", "coupons"]] = {
+    "price": "prices", "plan": "prices", "coupon": "coupons",
+}
 SEEN_FIELD = "_s"
 _RESOURCES: dict[str, ListableResource] = {
     "subscription": "subscriptions", "invoice": "invoices", "charge": "charges",
@@ -306,8 +318,17 @@ class EventWorker:
     async def _apply_tenant_object(self, event: StripeDict, obj: StripeDict) -> None:
         kind = str(obj["object"])
         candidate = slim(obj)
-        if kind in {"price", "plan"} and candidate.get("billing_scheme") == "tiered" and not obj.get("tiers"):
-            candidate = slim({**await self.gateway.price_with_tiers(str(obj["id"])), "object": kind})
+        if kind in INCLUDABLE and completeness(candidate) < len(INCLUDABLE[kind]) and not obj.get("deleted"):
+            # Events never carry tiers, applies_to or currency options: the store keeps those of its
+            # copy; without one, the complete object is fetched once.
+            stored = await self.store.get_tenant_objects(_TENANT_KIND[kind], [str(obj["id"])])
+            if not stored:
+                complete = await (
+                    self.gateway.coupon(str(obj["id"])) if kind == "coupon"
+                    else self.gateway.price_with_tiers(str(obj["id"]))
+                )
+                if complete is not None:
+                    candidate = slim({**complete, "object": kind})
         decision = await self.store.put_tenant_object(candidate, _version(event))
         if decision == "refetch":
             fresh = await self.gateway.retrieve(_RESOURCES[kind], str(obj["id"]))

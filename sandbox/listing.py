@@ -11,7 +11,7 @@ from typing import Any
 
 from sandbox.errors import StripeError, bad_request, no_such
 from sandbox.params import Params, as_bool, as_int, as_list, as_str, check_known, created_predicate, in_range
-from sandbox.state import KINDS, Obj, Store
+from sandbox.state import INCLUDABLE, KINDS, Obj, Store
 
 MAX_EXPAND_DEPTH = 4
 LIST_PARAMS = ("limit", "starting_after", "ending_before", "expand")
@@ -328,9 +328,9 @@ def _expand(value: Any, segments: list[str], store: Store, livemode: bool, full:
         }
         value["subscriptions"] = _expand(listing, rest, store, livemode, full)
         return value
-    if kind == "price" and seg == "tiers":
-        stored = store.raw("price", value["id"])
-        value["tiers"] = copy.deepcopy(stored.get("tiers")) if stored is not None else None
+    if seg in INCLUDABLE.get(str(kind), ()):
+        stored = store.raw(str(kind), value["id"])
+        value[seg] = copy.deepcopy(stored.get(seg)) if stored is not None else None
         return value
     if seg not in value:
         raise bad_request(f"This property cannot be expanded ({full}).", param="expand")

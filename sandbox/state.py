@@ -35,6 +35,12 @@ KINDS: dict[str, str] = {
 }
 
 
+# Fields Stripe leaves out unless asked for with ``expand[]`` (its "includable" fields).
+INCLUDABLE: dict[str, tuple[str, ...]] = {
+    "price": ("tiers", "currency_options"),
+    "coupon": ("applies_to", "currency_options"),
+}
+
 class Clock:
     """Real time by default; a test can freeze it or shift it (whole seconds, like Stripe)."""
 
@@ -162,8 +168,9 @@ class Store:
         """What the API returns for a stored object (hidden fields removed, embedded prices fresh)."""
         out = copy.deepcopy(obj)
         kind = out.get("object")
-        if kind == "price":
-            out.pop("tiers", None)
+        if kind in INCLUDABLE:
+            for name in INCLUDABLE[kind]:
+                out.pop(name, None)
         elif kind == "subscription":
             for item in out.get("items", {}).get("data", []):
                 self._refresh_item(item)
@@ -177,7 +184,9 @@ class Store:
         stored = self._by_type["price"].get(price_id or "")
         if stored is not None:
             fresh = copy.deepcopy(stored)
-            fresh.pop("tiers", None)
+            for name in INCLUDABLE["price"]:
+                fresh.pop(name, None)
             item["price"] = fresh
         elif isinstance(item.get("price"), dict):
-            item["price"].pop("tiers", None)
+            for name in INCLUDABLE["price"]:
+                item["price"].pop(name, None)

@@ -336,3 +336,27 @@ async def test_a_price_change_reaches_a_customer_whose_subscription_came_before_
     await drain(w)
     ctx = await store.get_context("cus_A")
     assert ctx is not None and ctx.mrr == {"usd": 3900}
+
+
+async def test_tenant_objects_keep_what_events_never_carry(
+    store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    # A coupon first seen in an event is fetched whole (its applies_to only comes when expanded) ...
+    coupon = {"id": "ADDON50", "object": "coupon", "percent_off": 50.0, "duration": "forever",
+              "livemode": False, "created": sf.T0, "valid": True, "applies_to": {"products": ["prod_x"]}}
+    empty_sandbox.control.load([coupon])
+    event_coupon = {k: v for k, v in coupon.items() if k != "applies_to"}
+    w = EventWorker(store, gateway, RecordingNotifier(), block_ms=10)
+    await w.ensure_group()
+    await enqueue(store, [sf.event("coupon.created", event_coupon, sf.T0)])
+    await drain(w)
+    stored = await store.get_tenant_objects("coupons", ["ADDON50"])
+    assert stored["ADDON50"]["applies_to"] == {"products": ["prod_x"]}
+    # ... and a later event without it keeps the stored one, asking Stripe nothing.
+    empty_sandbox.control.clear_requests()
+    await enqueue(store, [sf.event("coupon.updated", {**event_coupon, "name": "Renamed"}, sf.T0 + 5)])
+    await drain(w)
+    stored = await store.get_tenant_objects("coupons", ["ADDON50"])
+    assert stored["ADDON50"]["name"] == "Renamed"
+    assert stored["ADDON50"]["applies_to"] == {"products": ["prod_x"]}
+    assert empty_sandbox.control.requests() == []
