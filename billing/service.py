@@ -12,20 +12,19 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from billing.builder import build_context, other_customer
 from billing.errors import StoreUnavailableError, StripeUnavailableError
 from billing.lifecycle import most_urgent_status
 from billing.matching import Query, parse_query, rank_customers
 from billing.models import BillingContext, Match, OtherCustomer
 from billing.ports import ContextStore, StripeReader
+from billing.redis_conn import REDIS_ERRORS
 from billing.snapshot import StripeDict
 
 log = logging.getLogger(__name__)
 
 # A broken cache must never break a lookup: these mean "treat it as a miss" / "answer anyway".
-_STORE_FAILURES = (StoreUnavailableError, RedisError, OSError)
+_STORE_FAILURES: tuple[type[BaseException], ...] = (StoreUnavailableError, *REDIS_ERRORS)
 
 EXACT = Match(method="email", confidence="exact")
 LOWERCASE = Match(method="email_lowercase", confidence="case_insensitive")

@@ -15,7 +15,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import stripe
 import typer
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from billing.errors import BillingError
 from rules import RulesError
@@ -36,11 +36,12 @@ def configure_logging(default: int) -> None:
     long-running ones (serve, worker) default to INFO.
     """
     level = os.environ.get("BILLING_LOG_LEVEL", "").strip().upper()
-    logging.basicConfig(
-        level=level if level in logging.getLevelNamesMapping() else default,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        force=True,
-    )
+    chosen = level if level in logging.getLevelNamesMapping() else default
+    logging.basicConfig(level=chosen, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
+    if not level:
+        # The SDKs log every HTTP request at INFO: our own lines say what matters.
+        for chatty in ("stripe", "httpx"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
@@ -89,8 +90,10 @@ def handles_errors(command: Callable[P, T]) -> Callable[P, T]:
             fail(str(err), EXIT_BAD_INPUT)
         except stripe.StripeError as err:
             fail(*describe_stripe_error(err))
-        except (RedisError, ConnectionRefusedError) as err:
+        except (RedisError, RedisClusterException) as err:
             fail(f"Redis is unavailable ({type(err).__name__}); check REDIS_URL.", EXIT_UNAVAILABLE)
+        except OSError as err:  # e.g. a port already in use
+            fail(f"{err.strerror or type(err).__name__} ({type(err).__name__}).", EXIT_UNAVAILABLE)
         except KeyboardInterrupt:
             fail("Interrupted.", 130)
 
