@@ -38,9 +38,9 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError, WatchError
 
-from billing.errors import StoreUnavailableError
+from billing.errors import StoreUnavailableError, StripeUnavailableError
 from billing.models import BillingContext
-from billing.ports import Tenant
+from billing.ports import StripeReader, Tenant
 from billing.redis_conn import REDIS_ERRORS, RedisClient, open_redis
 from billing.slim import (
     VERSION_FIELD,
@@ -537,6 +537,33 @@ def _plain(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
     return {k: without_version(v) for k, v in objects.items()}
 
 
+async def open_tenant_store(
+    url: str, gateway: StripeReader, key_fingerprint: str, *, prefix: str = "bl"
+) -> RedisStore:
+    """A store for the account the gateway's key belongs to.
+
+    Stripe names the account; the answer is remembered in Redis under a fingerprint of the key, so a
+    process started while Stripe is unreachable still finds its cache and serves it.
+    """
+    client = await open_redis(url)
+    memo = f"{prefix}:tenant-of:{key_fingerprint}"
+    try:
+        try:
+            tenant = await gateway.tenant()
+        except StripeUnavailableError:
+            remembered = _text(await client.get(memo))
+            if remembered is None:
+                raise
+            account, _, mode = remembered.rpartition(":")
+            tenant = Tenant(account_id=account, livemode=mode == "live")
+        else:
+            await client.set(memo, tenant.key)
+    except BaseException:
+        await client.aclose()
+        raise
+    return RedisStore(client, tenant, prefix=prefix)
+
+
 async def open_store(url: str, tenant: Tenant, *, prefix: str = "bl") -> RedisStore:
     """A store on a fresh client for ``url`` (``redis://``, ``rediss://``, ``memory://``)."""
     client = await open_redis(url)
@@ -549,5 +576,5 @@ def now_ts() -> float:
 
 __all__ = [
     "DEDUP_TTL_SECONDS", "VERSION_FIELD", "RedisStore", "StoreUnavailableError", "SyncHealth", "decide",
-    "decode_context", "decode_objects", "encode_context", "encode_objects", "open_store",
+    "decode_context", "decode_objects", "encode_context", "encode_objects", "open_store", "open_tenant_store",
 ]

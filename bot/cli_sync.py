@@ -12,8 +12,8 @@ import typer
 
 from billing.config import Settings
 from billing.errors import ConfigurationError
-from billing.store import RedisStore, SyncHealth, open_store
-from billing.stripe_api import StripeGateway, check_key
+from billing.store import RedisStore, SyncHealth, open_tenant_store
+from billing.stripe_api import StripeGateway, check_key, key_account_id
 from billing.worker import EventWorker
 from bot.alerts import alert_notifier
 from bot.cli_support import handles_errors, run_async
@@ -27,8 +27,9 @@ async def _open(settings: Settings, *, verify: bool = False) -> tuple[StripeGate
     try:
         if verify:
             await gateway.verify_permissions()
-        tenant = await gateway.tenant()
-        store = await open_store(settings.redis_url, tenant, prefix=settings.key_prefix)
+        store = await open_tenant_store(
+            settings.redis_url, gateway, key_account_id(check_key(settings)), prefix=settings.key_prefix
+        )
     except BaseException:
         await gateway.aclose()
         raise

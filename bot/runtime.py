@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from billing.config import Settings
 from billing.errors import ConfigurationError, StoreUnavailableError
 from billing.service import BillingService
-from billing.store import RedisStore, open_store
-from billing.stripe_api import StripeGateway, check_key
+from billing.store import RedisStore, open_tenant_store
+from billing.stripe_api import StripeGateway, check_key, key_account_id
 
 log = logging.getLogger("billing.runtime")
 
@@ -44,7 +44,9 @@ async def _open_store(settings: Settings, gateway: StripeGateway) -> RedisStore 
     """The Redis context store, or None when Redis does not answer: a lookup then asks Stripe, which
     is correct, only slower (the cache is an optimisation, never a dependency of an answer)."""
     try:
-        return await open_store(settings.redis_url, await gateway.tenant(), prefix=settings.key_prefix)
+        return await open_tenant_store(
+            settings.redis_url, gateway, key_account_id(check_key(settings)), prefix=settings.key_prefix
+        )
     except StoreUnavailableError as err:
         log.warning("%s Looking customers up in Stripe directly.", err)
         return None

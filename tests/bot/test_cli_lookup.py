@@ -168,3 +168,14 @@ def test_redis_down_still_answers_from_stripe(sandbox: Any) -> None:
     assert result.exit_code == 0, result.stderr
     body = json.loads(result.stdout)
     assert body["source"] == "stripe" and body["status"] == "past_due"
+
+
+def test_stripe_down_still_serves_the_cached_card_to_a_new_process(sandbox: Any) -> None:
+    cache = f"memory://shared-{uuid.uuid4().hex}"  # survives between the two commands, like Redis
+    first = run(["lookup", "jane@acme.com", "--json"], **sandbox_env(sandbox), REDIS_URL=cache)
+    assert first.exit_code == 0 and json.loads(first.stdout)["source"] == "stripe"
+    down = {"STRIPE_API_KEY": sandbox.api_key, "STRIPE_API_BASE": f"http://127.0.0.1:{closed_port()}"}
+    result = run(["lookup", "jane@acme.com", "--json"], **down, REDIS_URL=cache)
+    assert result.exit_code == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert (body["source"], body["status"]) == ("cache", "past_due")
