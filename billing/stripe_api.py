@@ -582,7 +582,9 @@ class StripeGateway:
             self._list_all("charges", {"customer": customer_id}),
         )
         disputed = [str(c["id"]) for c in charges if c.get("disputed")]
-        credited = any(
+        # Credit notes only matter to LTV (out-of-band refunds); ask for them when an invoice says it has
+        # some, or when older invoices were not listed and might.
+        credited = len(invoices) >= LIST_LIMIT or any(
             (inv.get("post_payment_credit_notes_amount") or 0) > 0
             or (inv.get("pre_payment_credit_notes_amount") or 0) > 0
             for inv in invoices
