@@ -100,3 +100,27 @@ def test_the_sandbox_leaves_includable_fields_out_unless_expanded(empty_sandbox:
     assert "applies_to" not in client.v1.coupons.retrieve("C1").to_dict()
     expanded = client.v1.coupons.retrieve("C1", params={"expand": ["applies_to"]}).to_dict()
     assert expanded["applies_to"] == {"products": ["p"]}
+
+
+async def test_an_old_credit_note_beyond_the_listed_invoices_still_reduces_ltv(
+    empty_sandbox: SandboxHandle,
+) -> None:
+    invoices = [
+        {"id": f"in_old{n:03d}", "object": "invoice", "customer": "cus_long", "status": "paid",
+         "amount_due": 1000, "amount_paid": 1000, "amount_remaining": 0, "currency": "usd",
+         "created": NOW - (n + 1) * DAY, "attempt_count": 1, "livemode": False,
+         "post_payment_credit_notes_amount": 500 if n == 100 else 0}
+        for n in range(101)  # the 101st (oldest) invoice is the credited one: not on the first page
+    ]
+    empty_sandbox.control.load([
+        customer("cus_long", "long@example.com"), *invoices,
+        {"id": "ch_long", "object": "charge", "customer": "cus_long", "amount": 5000, "amount_captured": 5000,
+         "amount_refunded": 0, "currency": "usd", "status": "succeeded", "captured": True, "paid": True,
+         "refunded": False, "disputed": False, "livemode": False, "created": NOW - DAY},
+        {"id": "cn_old", "object": "credit_note", "customer": "cus_long", "invoice": "in_old100",
+         "amount": 500, "out_of_band_amount": 500, "currency": "usd", "status": "issued",
+         "created": NOW - 100 * DAY, "livemode": False},
+    ])
+    async with StripeGateway(empty_sandbox.api_key, api_base=empty_sandbox.url) as gateway:
+        context = await BillingService(gateway).lookup("long@example.com")
+    assert context.ltv == {"usd": 4500}
