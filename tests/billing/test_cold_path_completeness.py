@@ -1,5 +1,6 @@
-"""Fields Stripe returns only when expanded (a coupon's applies_to, a price's currency_options) reach
-MRR on the cold path: through the real SDK, the sandbox and BillingService."""
+"""The cold path sees everything MRR and LTV need, through the real SDK, the sandbox and BillingService:
+fields Stripe returns only when expanded (a coupon's applies_to, a price's currency_options) and
+credit notes older than the invoices listed."""
 
 from __future__ import annotations
 
