@@ -76,8 +76,11 @@ class ContextStore(Protocol):
     async def linked_customer(self, key: str) -> str | None:
         """A manual link (e.g. a Slack user or an email) to a customer id, set by ``link``."""
 
-    async def save_customer(self, data: CustomerData, context: BillingContext) -> None:
-        """Store slim projections of ``data``, the context and the email index, atomically per customer."""
+    async def save_customer(
+        self, data: CustomerData, context: BillingContext, *, fetched_at: float | None = None
+    ) -> None:
+        """Store slim projections of ``data``, the context and the email index, atomically per customer;
+        ``fetched_at`` (when the fetch began) keeps newer stored state from being overwritten."""
 
 
 @dataclass(frozen=True)

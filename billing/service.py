@@ -168,11 +168,11 @@ class BillingService:
             "other_customers": other_customers,
         })
 
-    async def _save(self, data: Any, context: BillingContext) -> None:
+    async def _save(self, data: Any, context: BillingContext, fetched_at: float) -> None:
         if self.store is None:
             return
         try:
-            await self.store.save_customer(data, context)
+            await self.store.save_customer(data, context, fetched_at=fetched_at)
         except _STORE_FAILURES as err:
             log.warning("Could not save %s to the store (%s)", context.customer.id if context.customer
                         else "?", type(err).__name__)
@@ -214,10 +214,11 @@ class BillingService:
         others: Sequence[OtherCustomer],
         save: bool = False,
     ) -> BillingContext:
+        fetched_at = self._clock().timestamp()
         data = await self.gateway.fetch_customer_data(customer)
         context = build_context(
             data, query=query, match=match, now=self._clock(), source="stripe", other_customers=others
         )
         if save:
-            await self._save(data, context)
+            await self._save(data, context, fetched_at)
         return context

@@ -38,8 +38,9 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError, WatchError
 
+from billing.builder import build_context
 from billing.errors import StoreUnavailableError, StripeUnavailableError
-from billing.models import BillingContext
+from billing.models import BillingContext, Match
 from billing.ports import StripeReader, Tenant
 from billing.redis_conn import REDIS_ERRORS, RedisClient, open_redis
 from billing.slim import (
@@ -57,6 +58,7 @@ from billing.slim import (
 )
 from billing.snapshot import CustomerData, StripeDict
 
+_BY_ID = Match(method="customer_id", confidence="exact")
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
 TOMBSTONE_TTL_SECONDS = 31 * 24 * 3600  # longer than Stripe retries a webhook or lists past events
 SNAPSHOT_EVENT_ID = "snapshot"
@@ -219,8 +221,35 @@ class RedisStore:
     async def unlink(self, key: str) -> bool:
         return bool(await self.client.delete(self.tenant_key(f"link:{key}")))
 
-    async def save_customer(self, data: CustomerData, context: BillingContext) -> None:
-        await self.save_customers([(data, context)])
+    async def save_customer(
+        self, data: CustomerData, context: BillingContext, *, fetched_at: float | None = None
+    ) -> None:
+        """Store what a lookup fetched from Stripe.
+
+        With ``fetched_at`` (when the fetch began) each object is versioned by that moment and merged
+        with the stored ones in one optimistic transaction: what the worker applied meanwhile, or
+        applies later from an event newer than the fetch, is never overwritten by the snapshot. The
+        context is then rebuilt from the merged objects.
+        """
+        if fetched_at is None:
+            await self.save_customers([(data, context)])
+            return
+        customer_id = str(data.customer["id"])
+        version: Version = (int(fetched_at), SNAPSHOT_EVENT_ID)
+        stored_prices = await self._stored_prices_for([data])
+        pipe = self.client.pipeline(transaction=False)
+        self.stage_objects(pipe, customer_id, [with_version(o, version) for o in _customer_objects(data)])
+        self._queue_tenant_objects(pipe, data, version, stored_prices)
+        await pipe.execute()
+
+        def rebuild(merged: CustomerData) -> BillingContext:
+            return build_context(
+                merged, query=context.query, match=context.match or _BY_ID,
+                now=context.as_of or datetime.now(UTC), source="stripe",
+                other_customers=context.other_customers,
+            )
+
+        await self.fold_stage(customer_id, rebuild)
 
     async def save_customers(self, items: Sequence[tuple[CustomerData, BillingContext]]) -> None:
         """Store many customers in pipelined round trips (backfill writes batches of them).
@@ -228,16 +257,7 @@ class RedisStore:
         Objects carry the version ``(as_of, "snapshot")``: events older than the snapshot are ignored,
         events of the same second are settled by re-fetching.
         """
-        embedded = {
-            str(data.customer["id"]): [
-                price for sub in data.subscriptions for price in prices_of_subscription(sub)
-                if price["id"] not in data.prices
-            ]
-            for data, _ in items
-        }
-        stored_prices = await self.get_tenant_objects(
-            "prices", {p["id"] for prices in embedded.values() for p in prices}
-        )
+        stored_prices = await self._stored_prices_for([data for data, _ in items])
         pipe = self.client.pipeline(transaction=False)
         for data, context in items:
             customer_id = str(data.customer["id"])
@@ -248,23 +268,34 @@ class RedisStore:
             pipe.delete(self.customer_key(customer_id, "stage"))
             pipe.set(self.customer_key(customer_id, "ctx"), encode_context(context))
             self._queue_indexes(pipe, customer_id, data.customer.get("email"), None)
-            fetched: dict[TenantKind, list[StripeDict]] = {
-                "prices": [slim({**p, "object": "price"}) for p in data.prices.values()],
-                "products": [slim({**p, "object": "product"}) for p in data.products.values()],
-                "coupons": [slim({**c, "object": "coupon"}) for c in data.coupons.values()],
-            }
-            for kind, objs in fetched.items():
-                if objs:
-                    pipe.hset(self.tenant_key(kind), mapping={
-                        str(o["id"]): _dumps(with_version(o, version)) for o in objs
-                    })
-            # A price embedded in a subscription is fresh but lacks its includable fields (tiers,
-            # currency options): those of the stored copy are kept.
-            for price in embedded.get(customer_id, []):
-                merged = keep_included(price, stored_prices.get(price["id"]))
-                pipe.hset(self.tenant_key("prices"), price["id"], _dumps(with_version(merged, version)))
+            self._queue_tenant_objects(pipe, data, version, stored_prices)
             self._queue_refs(pipe, customer_id, objects.values())
         await pipe.execute()
+
+    async def _stored_prices_for(self, datas: Iterable[CustomerData]) -> dict[str, StripeDict]:
+        """The stored copies of the prices the subscriptions embed (to keep their includable fields)."""
+        return await self.get_tenant_objects("prices", {
+            price["id"] for data in datas for price in _embedded_prices(data)
+        })
+
+    def _queue_tenant_objects(
+        self, pipe: Any, data: CustomerData, version: Version, stored_prices: Mapping[str, StripeDict]
+    ) -> None:
+        fetched: dict[TenantKind, list[StripeDict]] = {
+            "prices": [slim({**p, "object": "price"}) for p in data.prices.values()],
+            "products": [slim({**p, "object": "product"}) for p in data.products.values()],
+            "coupons": [slim({**c, "object": "coupon"}) for c in data.coupons.values()],
+        }
+        for kind, objs in fetched.items():
+            if objs:
+                pipe.hset(self.tenant_key(kind), mapping={
+                    str(o["id"]): _dumps(with_version(o, version)) for o in objs
+                })
+        # A price embedded in a subscription is fresh but lacks its includable fields (tiers,
+        # currency options): those of the stored copy are kept.
+        for price in _embedded_prices(data):
+            merged = keep_included(price, stored_prices.get(price["id"]))
+            pipe.hset(self.tenant_key("prices"), price["id"], _dumps(with_version(merged, version)))
 
     def _queue_indexes(self, pipe: Any, customer_id: str, email: Any, old_email: Any) -> None:
         if isinstance(old_email, str) and old_email and old_email.lower() != str(email or "").lower():
@@ -511,6 +542,13 @@ def _customer_objects(data: CustomerData) -> list[StripeDict]:
     objects += [slim({**d, "object": "dispute"}) for d in data.disputes]
     objects += [slim({**n, "object": "credit_note"}) for n in data.credit_notes]
     return objects
+
+
+def _embedded_prices(data: CustomerData) -> list[StripeDict]:
+    return [
+        price for sub in data.subscriptions for price in prices_of_subscription(sub)
+        if price["id"] not in data.prices
+    ]
 
 
 def _with_staged(objects: dict[str, StripeDict], staged: Mapping[Any, Any]) -> dict[str, StripeDict]:

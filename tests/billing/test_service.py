@@ -43,7 +43,9 @@ class DictStore:
             raise StoreUnavailableError("Redis is unavailable.")
         return self.links.get(key)
 
-    async def save_customer(self, data: CustomerData, context: BillingContext) -> None:
+    async def save_customer(
+        self, data: CustomerData, context: BillingContext, *, fetched_at: float | None = None
+    ) -> None:
         if self.fail_writes:
             raise StoreUnavailableError("Redis is unavailable.")
         assert context.customer is not None

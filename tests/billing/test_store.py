@@ -8,7 +8,7 @@ from billing.builder import build_context
 from billing.models import Match
 from billing.ports import Tenant
 from billing.snapshot import CustomerData
-from billing.store import RedisStore, decide, open_store
+from billing.store import RedisStore, decide, encode_objects, open_store
 from tests.billing import stripe_factory as sf
 
 
@@ -129,3 +129,24 @@ async def test_memory_url_uses_an_in_process_server_shared_by_clients() -> None:
     second = await open_store("memory://store-test", tenant)
     await first.link("k", "cus_mem")
     assert await second.linked_customer("k") == "cus_mem"
+
+
+async def test_a_lookup_snapshot_never_overwrites_newer_state_and_replaces_older(store: RedisStore) -> None:
+    data = _data()  # the subscription is active in this snapshot
+    await store.save_customer(data, _context(data))  # type: ignore[arg-type]
+    objs = await store.get_objects("cus_A")
+    # Meanwhile the worker applied a newer state: past due as of T0 + 10.
+    newer = {**objs["sub_A"], "status": "past_due", "_v": [sf.T0 + 10, "evt_9"]}
+    await store.client.set(store.customer_key("cus_A", "objs"), encode_objects({**objs, "sub_A": newer}))
+
+    # A lookup whose fetch began before that change saves what it saw: the newer state stays.
+    await store.save_customer(data, _context(data), fetched_at=sf.T0 + 5)  # type: ignore[arg-type]
+    assert (await store.get_objects("cus_A"))["sub_A"]["status"] == "past_due"
+    cached = await store.get_context("cus_A")
+    assert cached is not None and cached.status == "past_due"
+
+    # A lookup that began after it is the newer truth.
+    await store.save_customer(data, _context(data), fetched_at=sf.T0 + 20)  # type: ignore[arg-type]
+    assert (await store.get_objects("cus_A"))["sub_A"]["status"] == "active"
+    cached = await store.get_context("cus_A")
+    assert cached is not None and cached.status == "active"
