@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -87,7 +87,11 @@ def build_asgi_app(
     async def stripe_webhook(request: Request) -> Response:
         length = request.headers.get("content-length")
         too_large = length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES
-        body = None if too_large else await _read_at_most(request, MAX_BODY_BYTES)
+        try:
+            body = None if too_large else await _read_at_most(request, MAX_BODY_BYTES)
+        except ClientDisconnect:  # the sender gave up mid-body: nothing to queue, nobody to answer
+            received.labels("rejected").inc()
+            return Response(status_code=400)
         if body is None:
             received.labels("rejected").inc()
             return JSONResponse({"error": f"The body is larger than {MAX_BODY_BYTES} bytes."}, 413)

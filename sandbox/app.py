@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from typing import Any
 
 from starlette.applications import Starlette
@@ -61,6 +62,8 @@ def _route(sandbox: Sandbox, method: str, path: str, params: Params, key: str, l
     return rendered
 
 
+log = logging.getLogger("sandbox")
+
 def build_app(sandbox: Sandbox) -> Starlette:
     async def api(request: Request) -> Response:
         path = request.url.path
@@ -89,6 +92,10 @@ def build_app(sandbox: Sandbox) -> Starlette:
             response: Response = JSONResponse(body)
         except StripeError as error:
             response = error_response(error)
+        except Exception as error:  # a sandbox bug or an odd loaded object: still Stripe's error shape
+            log.exception("sandbox request %s %s failed", request.method, path)
+            failure = StripeError(500, f"Sandbox error: {type(error).__name__}.", type="api_error")
+            response = error_response(failure)
         response.headers["Request-Id"] = f"req_sandbox{next(_request_ids):010d}"
         response.headers["Stripe-Version"] = request.headers.get("stripe-version", "")
         entry["status"] = response.status_code
