@@ -263,7 +263,7 @@ class RedisStore:
             customer_id = str(data.customer["id"])
             as_of = context.as_of or datetime.now(UTC)
             version: Version = (int(as_of.timestamp()), SNAPSHOT_EVENT_ID)
-            objects = {str(o["id"]): with_version(o, version) for o in _customer_objects(data)}
+            objects = trim_invoices({str(o["id"]): with_version(o, version) for o in _customer_objects(data)})
             pipe.set(self.customer_key(customer_id, "objs"), encode_objects(objects))
             pipe.delete(self.customer_key(customer_id, "stage"))
             pipe.set(self.customer_key(customer_id, "ctx"), encode_context(context))
@@ -354,7 +354,7 @@ class RedisStore:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return False
                     context = build(data)
-                    kept = _newest_invoices(merged)
+                    kept = trim_invoices(merged)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(objs_key, encode_objects(kept))
                     pipe.delete(stage_key)
@@ -537,7 +537,7 @@ class RedisStore:
 def _customer_objects(data: CustomerData) -> list[StripeDict]:
     objects: list[StripeDict] = [slim({**data.customer, "object": "customer"})]
     objects += [slim({**s, "object": "subscription"}) for s in data.subscriptions]
-    objects += [slim({**i, "object": "invoice"}) for i in data.invoices[:MAX_STORED_INVOICES]]
+    objects += [slim({**i, "object": "invoice"}) for i in data.invoices]
     objects += [slim({**c, "object": "charge"}) for c in data.charges]
     objects += [slim({**d, "object": "dispute"}) for d in data.disputes]
     objects += [slim({**n, "object": "credit_note"}) for n in data.credit_notes]
@@ -561,13 +561,14 @@ def _with_staged(objects: dict[str, StripeDict], staged: Mapping[Any, Any]) -> d
     return objects
 
 
-def _newest_invoices(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
-    """``objects`` without the invoices beyond the newest ``MAX_STORED_INVOICES``."""
+def trim_invoices(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
+    """``objects`` without the settled invoices beyond the newest ``MAX_STORED_INVOICES``; an open
+    invoice is kept however old (money still owed decides payment status and past-due age)."""
     invoices = sorted(
         (o for o in objects.values() if o.get("object") == "invoice"),
         key=lambda o: (o.get("created") or 0, str(o.get("id"))), reverse=True,
     )
-    dropped = {str(o["id"]) for o in invoices[MAX_STORED_INVOICES:]}
+    dropped = {str(o["id"]) for o in invoices[MAX_STORED_INVOICES:] if o.get("status") != "open"}
     return {k: v for k, v in objects.items() if k not in dropped}
 
 
@@ -615,4 +616,5 @@ def now_ts() -> float:
 __all__ = [
     "DEDUP_TTL_SECONDS", "VERSION_FIELD", "RedisStore", "StoreUnavailableError", "SyncHealth", "decide",
     "decode_context", "decode_objects", "encode_context", "encode_objects", "open_store", "open_tenant_store",
+    "trim_invoices",
 ]

@@ -46,13 +46,13 @@ from billing.slim import (
 from billing.snapshot import CustomerData, StripeDict, id_of
 from billing.store import (
     DEDUP_TTL_SECONDS,
-    MAX_STORED_INVOICES,
     RedisStore,
     decide,
     decode_context,
     decode_objects,
     encode_context,
     encode_objects,
+    trim_invoices,
 )
 from billing.transitions import diff_contexts
 
@@ -364,7 +364,7 @@ class EventWorker:
                     raw_objs, old_raw = both
                     stored = decode_objects(raw_objs)
                     updates = await self._merge(customer_id, events, stored, fetched)
-                    merged = {**stored, **updates}
+                    merged = trim_invoices({**stored, **updates})
                     rebuild = bool(updates) or any(
                         _event_object(ev).get("object") in TENANT_OBJECTS
                         or ev.get("type") == "customer.subscription.trial_will_end"
@@ -392,11 +392,9 @@ class EventWorker:
                         if old is None or ev.get("type") == "customer.subscription.trial_will_end":
                             transitions += diff_contexts(None, new, ev, versions=versions)
                     transitions = list({t.dedup_key: t for t in transitions}.values())
-                    stale_invoices = _invoices_beyond_limit(merged)
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    if updates or stale_invoices:
-                        kept = {k: v for k, v in merged.items() if k not in set(stale_invoices)}
-                        pipe.set(objs_key, encode_objects(kept))
+                    if updates or len(merged) < len(stored):
+                        pipe.set(objs_key, encode_objects(merged))
                     pipe.set(ctx_key, encode_context(new))
                     for transition in transitions:
                         pipe.rpush(outbox_key, _dumps(_transition_to_dict(transition)))
@@ -547,14 +545,6 @@ def _with_action_flag(invoice: StripeDict, current: StripeDict | None, event_typ
     if current and current.get("requires_action") and invoice.get("status") == "open":
         return {**invoice, "requires_action": True}
     return invoice
-
-
-def _invoices_beyond_limit(objects: Mapping[str, StripeDict]) -> list[str]:
-    invoices = sorted(
-        (o for o in objects.values() if o.get("object") == "invoice"),
-        key=lambda o: (o.get("created") or 0, str(o.get("id"))), reverse=True,
-    )
-    return [str(o["id"]) for o in invoices[MAX_STORED_INVOICES:]]
 
 
 def _transition_to_dict(t: Transition) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from billing.builder import build_context
 from billing.models import Match
 from billing.ports import Tenant
 from billing.snapshot import CustomerData
-from billing.store import RedisStore, decide, encode_objects, open_store
+from billing.store import RedisStore, decide, encode_objects, open_store, trim_invoices
 from tests.billing import stripe_factory as sf
 
 
@@ -150,3 +150,12 @@ async def test_a_lookup_snapshot_never_overwrites_newer_state_and_replaces_older
     assert (await store.get_objects("cus_A"))["sub_A"]["status"] == "active"
     cached = await store.get_context("cus_A")
     assert cached is not None and cached.status == "active"
+
+
+def test_trimming_keeps_the_newest_invoices_and_every_open_one() -> None:
+    invoices = {f"in_{n:02d}": {"id": f"in_{n:02d}", "object": "invoice", "status": "paid", "created": n}
+                for n in range(20)}
+    invoices["in_00"]["status"] = "open"  # the oldest is still owed
+    kept = trim_invoices({**invoices, "cus_A": {"id": "cus_A", "object": "customer"}})
+    assert sorted(k for k in kept if k.startswith("in_")) == ["in_00", *[f"in_{n:02d}" for n in range(8, 20)]]
+    assert "cus_A" in kept
