@@ -543,13 +543,7 @@ class StripeGateway:
         return price
 
     async def coupon(self, coupon_id: str) -> StripeDict | None:
-        cached = self._coupons.get(coupon_id)
-        if cached is not None:
-            return cached
-        found = await self.retrieve("coupons", coupon_id)
-        if found is not None:
-            self._coupons.set(coupon_id, found)
-        return found
+        return await self._retrieve_cached(self._coupons, "coupons", coupon_id)
 
     async def product(self, product_id: str) -> StripeDict | None:
         """Products are few: list them all once per cache period, then fetch stragglers by id."""
@@ -559,12 +553,17 @@ class StripeGateway:
                 async for product in self.iter_objects("products", {}):
                     self._products.set(product["id"], product)
                 self._products_listed_at = time.monotonic()
-        cached = self._products.get(product_id)
+        return await self._retrieve_cached(self._products, "products", product_id)
+
+    async def _retrieve_cached(
+        self, cache: TTLCache[str, StripeDict], resource: ListableResource, object_id: str
+    ) -> StripeDict | None:
+        cached = cache.get(object_id)
         if cached is not None:
             return cached
-        found = await self.retrieve("products", product_id)
+        found = await self.retrieve(resource, object_id)
         if found is not None:
-            self._products.set(product_id, found)
+            cache.set(object_id, found)
         return found
 
     # -- one customer's data --------------------------------------------------------------------
