@@ -225,6 +225,16 @@ async def test_persistent_server_errors_become_stripe_unavailable(
     assert len(sandbox.control.requests()) == 4
 
 
+async def test_a_slow_stripe_times_out_is_retried_then_unavailable(sandbox: Any) -> None:
+    sandbox.control.set_faults(latency_ms=400)
+    async with StripeGateway(sandbox.api_key, api_base=sandbox.url, timeout_seconds=0.1,
+                             retry=RetryPolicy(attempts=2, base_seconds=0.001, cap_seconds=0.01)) as gw:
+        with pytest.raises(StripeUnavailableError, match="timed out") as info:
+            await gw.retrieve_customer("cus_123")
+    assert "after 2 attempts" in str(info.value)
+    sandbox.control.clear_faults()
+
+
 async def test_unreachable_stripe_becomes_stripe_unavailable() -> None:
     async with StripeGateway(
         "rk_test_abc123SECRET", api_base=f"http://127.0.0.1:{closed_port()}", retry=FAST
