@@ -1,22 +1,10 @@
-"""Notifier implementations that need no Slack: a logging one and a recording one for tests."""
+"""A Notifier that records transitions in order (for tests and tools that inspect what was sent).
+
+The product's notifier is ``bot.alerts.RulesAlertNotifier``: the rules decide which channel hears."""
 
 from __future__ import annotations
 
-import logging
-
 from billing.ports import Transition
-
-log = logging.getLogger("billing.notify")
-
-
-class LoggingNotifier:
-    """Logs each transition (Slack alerts replace it later, through the same ``Notifier`` protocol)."""
-
-    async def notify(self, transition: Transition) -> None:
-        log.info(
-            "transition %s customer=%s object=%s", transition.name, transition.customer_id,
-            transition.object_id,
-        )
 
 
 class RecordingNotifier:

@@ -29,7 +29,6 @@ every key included, under 4 KiB.
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -609,8 +608,6 @@ async def open_store(url: str, tenant: Tenant, *, prefix: str = "bl") -> RedisSt
     return RedisStore(client, tenant, prefix=prefix)
 
 
-def now_ts() -> float:
-    return time.time()
 
 
 __all__ = [
