@@ -46,6 +46,7 @@ from billing.slim import (
 from billing.snapshot import CustomerData, StripeDict, id_of
 from billing.store import (
     DEDUP_TTL_SECONDS,
+    SNAPSHOT_EVENT_ID,
     RedisStore,
     decide,
     decode_context,
@@ -363,9 +364,9 @@ class EventWorker:
                     both: Any = await pipe.execute_command("MGET", objs_key, ctx_key)
                     raw_objs, old_raw = both
                     stored = decode_objects(raw_objs)
-                    updates = await self._merge(customer_id, events, stored, fetched)
+                    updates, absorbed = await self._merge(customer_id, events, stored, fetched)
                     merged = trim_invoices({**stored, **updates})
-                    rebuild = bool(updates) or any(
+                    rebuild = bool(updates) or bool(absorbed) or any(
                         _event_object(ev).get("object") in TENANT_OBJECTS
                         or ev.get("type") == "customer.subscription.trial_will_end"
                         for ev in events
@@ -391,6 +392,11 @@ class EventWorker:
                         # Without an old context each event speaks for itself (first sight of a customer).
                         if old is None or ev.get("type") == "customer.subscription.trial_will_end":
                             transitions += diff_contexts(None, new, ev, versions=versions)
+                    for ev in absorbed:
+                        # A lookup or backfill saw this change first and alerts nobody: the event
+                        # itself is the evidence (keyed by the event, so a duplicate adds nothing).
+                        evidence = {str(_event_object(ev).get("id")): str(ev.get("id"))}
+                        transitions += diff_contexts(None, new, ev, versions=evidence)
                     transitions = list({t.dedup_key: t for t in transitions}.values())
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if updates or len(merged) < len(stored):
@@ -421,9 +427,11 @@ class EventWorker:
     async def _merge(
         self, customer_id: str, events: Sequence[StripeDict], stored: dict[str, StripeDict],
         fetched: dict[str, StripeDict | None],
-    ) -> dict[str, StripeDict]:
-        """The stored objects that the events change (version-checked), keyed by object id."""
+    ) -> tuple[dict[str, StripeDict], list[StripeDict]]:
+        """The stored objects that the events change (version-checked), keyed by object id, and the
+        recent events whose change a snapshot (a lookup or a backfill) had already stored."""
         updates: dict[str, StripeDict] = {}
+        absorbed: list[StripeDict] = []
         for event in events:
             obj = _event_object(event)
             kind = obj.get("object")
@@ -438,6 +446,12 @@ class EventWorker:
             if current is None and event_type.endswith(".updated") and kind != "customer":
                 decision = "refetch"  # an update of an object we never saw: take Stripe's current state
             if decision == "skip":
+                stored_version = version_of(current)
+                if (
+                    stored_version is not None and stored_version[1] == SNAPSHOT_EVENT_ID
+                    and version[0] > time.time() - DEDUP_TTL_SECONDS  # older news is no news
+                ):
+                    absorbed.append(event)
                 continue
             if decision == "refetch":
                 if object_id not in fetched:
@@ -463,7 +477,7 @@ class EventWorker:
             if seen:
                 entry[SEEN_FIELD] = sorted(set(seen))
             updates[object_id] = entry
-        return updates
+        return updates, absorbed
 
     async def _retrieve(self, kind: str, object_id: str) -> StripeDict | None:
         if kind == "customer":

@@ -6,10 +6,13 @@ import json
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from billing.builder import build_context
+from billing.models import Match
 from billing.notify import RecordingNotifier
 from billing.ports import Tenant
 from billing.snapshot import CustomerData, StripeDict
@@ -360,3 +363,28 @@ async def test_tenant_objects_keep_what_events_never_carry(
     assert stored["ADDON50"]["name"] == "Renamed"
     assert stored["ADDON50"]["applies_to"] == {"products": ["prod_x"]}
     assert empty_sandbox.control.requests() == []
+
+
+async def test_a_change_a_lookup_stored_first_is_still_alerted_once(store: RedisStore) -> None:
+    now = int(time.time())
+    past_due = sf.subscription(status="past_due")
+    # An agent's lookup fetched the customer right after the subscription went past due ...
+    data = CustomerData(customer=sf.customer(), subscriptions=[past_due])
+    context = build_context(data, query="cus_A", match=Match(method="customer_id", confidence="exact"),
+                            now=datetime.fromtimestamp(now, UTC))
+    await store.save_customer(data, context, fetched_at=now)
+    # ... and Stripe's webhook for that change arrives after it, twice.
+    event = sf.event("customer.subscription.updated", past_due, now - 2)
+    event["data"]["previous_attributes"] = {"status": "active"}
+    notifier = RecordingNotifier()
+    w = worker(store, notifier)
+    await w.ensure_group()
+    await enqueue(store, [event, event])
+    await drain(w)
+    assert notifier.names() == ["subscription.past_due"]
+    # An old event (beyond the dedup window) that a snapshot absorbed is no news.
+    stale = sf.event("customer.subscription.updated", past_due, now - 30 * 86400, eid="evt_old")
+    stale["data"]["previous_attributes"] = {"status": "active"}
+    await enqueue(store, [stale])
+    await drain(w)
+    assert notifier.names() == ["subscription.past_due"]
