@@ -22,13 +22,13 @@ from bot.runtime import load_settings
 
 async def _open(settings: Settings, *, verify: bool = False) -> tuple[StripeGateway, RedisStore]:
     """The gateway and store; ``verify`` checks every read permission first (long-running commands)."""
-    check_key(settings)
+    key = check_key(settings)
     gateway = StripeGateway.from_settings(settings)
     try:
         if verify:
             await gateway.verify_permissions()
         store = await open_tenant_store(
-            settings.redis_url, gateway, key_account_id(check_key(settings)), prefix=settings.key_prefix
+            settings.redis_url, gateway, key_account_id(key), prefix=settings.key_prefix
         )
     except BaseException:
         await gateway.aclose()

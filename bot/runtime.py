@@ -40,12 +40,12 @@ def _check_api_base(settings: Settings) -> None:
         )
 
 
-async def _open_store(settings: Settings, gateway: StripeGateway) -> RedisStore | None:
+async def _open_store(settings: Settings, gateway: StripeGateway, key: str) -> RedisStore | None:
     """The Redis context store, or None when Redis does not answer: a lookup then asks Stripe, which
     is correct, only slower (the cache is an optimisation, never a dependency of an answer)."""
     try:
         return await open_tenant_store(
-            settings.redis_url, gateway, key_account_id(check_key(settings)), prefix=settings.key_prefix
+            settings.redis_url, gateway, key_account_id(key), prefix=settings.key_prefix
         )
     except StoreUnavailableError as err:
         log.warning("%s Looking customers up in Stripe directly.", err)
@@ -57,13 +57,13 @@ async def open_service(
     settings: Settings, *, verify_permissions: bool = False
 ) -> AsyncIterator[BillingService]:
     """A BillingService over a checked key; its Stripe HTTP client is closed when the block ends."""
-    check_key(settings)
+    key = check_key(settings)
     _check_api_base(settings)
     gateway = StripeGateway.from_settings(settings)
     try:
         if verify_permissions:
             await gateway.verify_permissions()
-        store = await _open_store(settings, gateway)
+        store = await _open_store(settings, gateway, key)
         try:
             yield BillingService(
                 gateway,
