@@ -13,6 +13,7 @@ class Settings(BaseSettings):
 
     stripe_api_key: SecretStr | None = Field(default=None, alias="STRIPE_API_KEY")
     stripe_api_base: str | None = Field(default=None, alias="STRIPE_API_BASE")
+    stripe_account_id: str | None = Field(default=None, alias="STRIPE_ACCOUNT_ID")
     stripe_webhook_secret: SecretStr | None = Field(default=None, alias="STRIPE_WEBHOOK_SECRET")
     redis_url: str = Field(default="memory://", alias="REDIS_URL")
     slack_bot_token: SecretStr | None = Field(default=None, alias="SLACK_BOT_TOKEN")
@@ -22,6 +23,8 @@ class Settings(BaseSettings):
     alert_channel: str | None = Field(default=None, alias="BILLING_ALERT_CHANNEL")
     rules_file: str | None = Field(default=None, alias="BILLING_RULES_FILE")
     allowed: str = Field(default="", alias="BILLING_ALLOWED")
+    # Slack user ids or user-group ids who may run admin subcommands besides workspace admins/owners.
+    admins: str = Field(default="", alias="BILLING_ADMINS")
     allow_secret_key: bool = Field(default=False, alias="BILLING_ALLOW_SECRET_KEY")
     max_staleness_seconds: float = Field(default=24 * 3600, alias="BILLING_MAX_STALENESS")
     stripe_rate_limit: float | None = Field(

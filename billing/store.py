@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError, WatchError
 
+from billing.audit import AuditLog
 from billing.builder import build_context
 from billing.errors import StoreUnavailableError, StripeUnavailableError
 from billing.models import BillingContext, Match
@@ -126,6 +127,17 @@ def _text(value: bytes | str | None) -> str | None:
 
 
 @dataclass(frozen=True)
+class Namespace:
+    """A Redis client and a tenant-scoped key prefix for one surface's own keys."""
+
+    client: RedisClient
+    prefix: str
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+
+@dataclass(frozen=True)
 class SyncHealth:
     """What ``billing status`` and ``/healthz`` show about keeping the cache current."""
 
@@ -194,6 +206,15 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def audit_log(self) -> AuditLog:
+        """The tenant's bounded audit stream of lookups."""
+        return AuditLog(self.client, self.tenant_key("audit"))
+
+    def namespace(self, name: str) -> Namespace:
+        """Keys of one surface (e.g. ``slack``) under this tenant: what the surface stores is its own
+        business, but it always carries the tenant, like every other key."""
+        return Namespace(self.client, self.tenant_key(name))
 
     # ---- ContextStore ----------------------------------------------------------------------
     async def get_context(self, customer_id: str) -> BillingContext | None:

@@ -17,12 +17,12 @@ from billing.backfill import DEFAULT_CONCURRENCY, DEFAULT_WINDOWS, RESOURCES, Ba
 from billing.config import Settings
 from billing.errors import BadQueryError, ConfigurationError
 from billing.reconcile import ReconcileReport, reconcile
-from billing.store import RedisStore, open_store
-from billing.stripe_api import StripeGateway, check_key
+from billing.store import RedisStore
+from billing.stripe_api import StripeGateway
 from billing.worker import EventWorker
 from bot.alerts import alert_notifier
 from bot.cli_support import handles_errors, run_async
-from bot.runtime import load_settings
+from bot.runtime import load_settings, open_runtime
 
 
 def parse_since(value: str | None) -> int | None:
@@ -48,17 +48,10 @@ async def _connected(settings: Settings) -> AsyncIterator[tuple[StripeGateway, R
             "REDIS_URL=memory:// keeps nothing once the command ends; point REDIS_URL at a Redis server "
             "(redis://…) to backfill."
         )
-    check_key(settings)
-    gateway = StripeGateway.from_settings(settings)
-    try:
-        await gateway.verify_permissions()  # a missing read permission is one sentence now, not mid-run
-        store = await open_store(settings.redis_url, await gateway.tenant(), prefix=settings.key_prefix)
-        try:
-            yield gateway, store
-        finally:
-            await store.aclose()
-    finally:
-        await gateway.aclose()
+    # A missing read permission is one sentence now, not mid-run.
+    async with open_runtime(settings, verify_permissions=True, require_store=True) as runtime:
+        assert runtime.store is not None
+        yield runtime.gateway, runtime.store
 
 
 @dataclass

@@ -1,20 +1,34 @@
-"""Composition root for one process: settings in, a ready ``BillingService`` out, closed on exit."""
+"""Composition root: settings in, one ``Runtime`` out (gateway, store, service, rules, audit), closed on exit.
+
+``serve``, ``worker``, the CLI commands, the Slack app and the LLM tools all open Stripe and Redis
+through ``open_runtime``; nothing else builds a gateway or a store.
+
+The tenant (which Stripe account a request reads) is an explicit value: ``Runtime.for_team`` maps a
+Slack team to its ``TenantRuntime``. Today one process serves one Stripe account; the seam is where
+an installation store (Slack OAuth) will map many teams to their accounts.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
 
+from billing.audit import AuditLog, Outcome, Surface
 from billing.config import Settings
-from billing.errors import ConfigurationError, StoreUnavailableError
+from billing.errors import BadQueryError, ConfigurationError, StoreUnavailableError, StripeUnavailableError
+from billing.models import BillingContext
+from billing.ports import Tenant
+from billing.redis_conn import REDIS_ERRORS
 from billing.service import BillingService
-from billing.store import RedisStore, open_tenant_store
-from billing.stripe_api import StripeGateway, check_key, key_account_id
+from billing.store import RedisStore, open_store, open_tenant_store
+from billing.stripe_api import StripeGateway, check_key, key_account_id, key_livemode
+from rules import RulesFile, RulesWatcher, rules_path
 
 log = logging.getLogger("billing.runtime")
 
@@ -40,38 +54,141 @@ def _check_api_base(settings: Settings) -> None:
         )
 
 
-async def _open_store(settings: Settings, gateway: StripeGateway, key: str) -> RedisStore | None:
-    """The Redis context store, or None when Redis does not answer: a lookup then asks Stripe, which
-    is correct, only slower (the cache is an optimisation, never a dependency of an answer)."""
+def _configured_tenant(settings: Settings, key: str) -> Tenant | None:
+    account = (settings.stripe_account_id or "").strip()
+    if not account:
+        return None
+    if not account.startswith("acct_") or not account[5:].isalnum():
+        raise ConfigurationError("STRIPE_ACCOUNT_ID must look like acct_1A2b3C (the Stripe account id).")
+    return Tenant(account_id=account, livemode=key_livemode(key))
+
+
+@dataclass
+class TenantRuntime:
+    """Everything that reads one Stripe account's billing data: its service, store and audit trail."""
+
+    tenant: Tenant
+    service: BillingService
+    store: RedisStore | None
+    audit: AuditLog | None
+
+    async def lookup(
+        self, query: str, *, user: str, surface: Surface, refresh: bool = False, team: str | None = None,
+    ) -> BillingContext:
+        """``BillingService.lookup`` plus one audit entry, whatever the outcome.
+
+        Raises what the service raises (BadQueryError, StripeUnavailableError); the attempt is audited
+        first. An audit trail that cannot be written never fails a lookup: it is logged.
+        """
+        try:
+            context = await self.service.lookup(query, refresh=refresh)
+        except BadQueryError:
+            await self.record(user=user, surface=surface, query=query, outcome="bad_query", team=team)
+            raise
+        except (StripeUnavailableError, StoreUnavailableError):
+            await self.record(user=user, surface=surface, query=query, outcome="unavailable", team=team)
+            raise
+        customer_id = context.customer.id if context.customer is not None else None
+        await self.record(user=user, surface=surface, query=query, team=team,
+                          outcome="found" if context.found else "not_found", customer_id=customer_id)
+        return context
+
+    async def record(
+        self, *, user: str, surface: Surface, query: str, outcome: Outcome,
+        customer_id: str | None = None, team: str | None = None,
+    ) -> None:
+        if self.audit is None:
+            return
+        try:
+            await self.audit.record(user=user, surface=surface, query=query, outcome=outcome,
+                                    customer_id=customer_id, team=team)
+        except REDIS_ERRORS as err:
+            log.warning("audit entry not written (%s): %s looked up %r", type(err).__name__, user, query[:80])
+
+
+@dataclass
+class Runtime:
+    """One process's shared parts. Build with ``open_runtime``; never at import time."""
+
+    settings: Settings
+    gateway: StripeGateway
+    default: TenantRuntime
+    _watcher: RulesWatcher | None = field(default=None, repr=False)
+
+    def for_team(self, team_id: str | None) -> TenantRuntime:
+        """The tenant a Slack team reads (one account per process today)."""
+        del team_id
+        return self.default
+
+    @property
+    def store(self) -> RedisStore | None:
+        return self.default.store
+
+    @property
+    def service(self) -> BillingService:
+        return self.default.service
+
+    def rules(self) -> RulesFile:
+        """The rules in force: loaded on first use, reloaded when the file changes (a bad edit keeps
+        the previous rules; a bad file at first load raises ``RulesError``)."""
+        if self._watcher is None:
+            self._watcher = RulesWatcher(rules_path(self.settings.rules_file))
+        return self._watcher.current()
+
+
+async def _open_store(
+    settings: Settings, gateway: StripeGateway, key: str, tenant: Tenant | None, *, required: bool,
+) -> RedisStore | None:
+    """The Redis context store. Not ``required``: None when Redis does not answer, and a lookup then
+    asks Stripe, which is correct, only slower (the cache is an optimisation, never a dependency)."""
     try:
+        if tenant is not None:
+            return await open_store(settings.redis_url, tenant, prefix=settings.key_prefix)
         return await open_tenant_store(
             settings.redis_url, gateway, key_account_id(key), prefix=settings.key_prefix
         )
     except StoreUnavailableError as err:
+        if required:
+            raise
         log.warning("%s Looking customers up in Stripe directly.", err)
         return None
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, verify_permissions: bool = False, require_store: bool = False,
+) -> AsyncIterator[Runtime]:
+    """The shared runtime over a checked key; Stripe's HTTP client and Redis are closed at the end.
+
+    ``require_store`` (serve, worker, backfill): Redis must answer. ``verify_permissions``: every
+    read permission is probed once, so a missing one is one sentence at start-up, not mid-run.
+    """
+    key = check_key(settings)
+    _check_api_base(settings)
+    configured = _configured_tenant(settings, key)
+    gateway = StripeGateway.from_settings(settings)
+    try:
+        if verify_permissions:
+            await gateway.verify_permissions()
+        store = await _open_store(settings, gateway, key, configured, required=require_store)
+        try:
+            tenant = store.tenant if store is not None else configured or await gateway.tenant()
+            service = BillingService(
+                gateway, store, max_staleness=timedelta(seconds=settings.max_staleness_seconds)
+            )
+            audit = store.audit_log() if store is not None else None
+            yield Runtime(settings, gateway, TenantRuntime(tenant, service, store, audit))
+        finally:
+            if store is not None:
+                await store.aclose()
+    finally:
+        await gateway.aclose()
 
 
 @asynccontextmanager
 async def open_service(
     settings: Settings, *, verify_permissions: bool = False
 ) -> AsyncIterator[BillingService]:
-    """A BillingService over a checked key; its Stripe HTTP client is closed when the block ends."""
-    key = check_key(settings)
-    _check_api_base(settings)
-    gateway = StripeGateway.from_settings(settings)
-    try:
-        if verify_permissions:
-            await gateway.verify_permissions()
-        store = await _open_store(settings, gateway, key)
-        try:
-            yield BillingService(
-                gateway,
-                store,
-                max_staleness=timedelta(seconds=settings.max_staleness_seconds),
-            )
-        finally:
-            if store is not None:
-                await store.aclose()
-    finally:
-        await gateway.aclose()
+    """The runtime's BillingService, for commands that need nothing else."""
+    async with open_runtime(settings, verify_permissions=verify_permissions) as runtime:
+        yield runtime.service
