@@ -1,4 +1,4 @@
-"""The one ASGI app: ``POST /stripe/webhook``, ``GET /healthz``, ``GET /metrics`` (Slack mounts later).
+"""The one ASGI app: ``POST /stripe/webhook``, ``POST /slack/events``, ``GET /healthz``, ``GET /metrics``.
 
 Built by a factory (nothing happens at import); ``billing serve`` runs it with uvicorn, tests run it
 on a loopback port.
@@ -15,6 +15,8 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
+from slack_bolt.async_app import AsyncApp
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -27,6 +29,7 @@ from billing.webhook import MAX_BODY_BYTES, WebhookIngest
 from billing.worker import EventWorker
 
 WORKER_STALL_SECONDS = 30.0
+MAX_SLACK_BODY_BYTES = 256 * 1024  # Slack's payloads are a few KiB; a view submission stays far below
 
 
 class _WorkerCollector(Collector):
@@ -72,10 +75,13 @@ def build_asgi_app(
     worker: EventWorker | None = None,
     service: Any = None,
     stripe_check: Callable[[], Any] | None = None,
+    slack_app: AsyncApp | None = None,
+    slack_status: Callable[[], dict[str, Any]] | None = None,
     extra_routes: list[BaseRoute] | None = None,
 ) -> Starlette:
-    """The app. ``worker`` (if given) runs in-process for the app's lifetime; ``extra_routes`` is where
-    ``POST /slack/events`` is mounted; ``stripe_check`` is an async callable used by ``/healthz``."""
+    """The app. ``worker`` (if given) runs in-process for the app's lifetime; ``slack_app`` answers
+    ``POST /slack/events`` (HTTP mode); ``slack_status`` reports Slack's state (e.g. Socket Mode
+    reconnects) in ``/healthz``; ``stripe_check`` is an async callable used by ``/healthz``."""
     del settings, tenant  # the store carries the tenant; settings kept in the signature for later mounts
     ingest = WebhookIngest(store, webhook_secret)
     started_at = time.time()
@@ -101,6 +107,19 @@ def build_asgi_app(
             return JSONResponse({"received": True, "outcome": result.outcome})
         return JSONResponse({"error": result.message}, result.status)
 
+    async def slack_events(request: Request) -> Response:
+        if slack_app is None:
+            return JSONResponse({"error": "Slack is not configured on this server."}, 404)
+        try:
+            body = await _read_at_most(request, MAX_SLACK_BODY_BYTES)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if body is None:
+            return JSONResponse({"error": f"The body is larger than {MAX_SLACK_BODY_BYTES} bytes."}, 413)
+        # bolt checks the signature and the 5-minute timestamp window before any listener runs.
+        response = await slack_app.async_dispatch(to_async_bolt_request(request, body))
+        return to_starlette_response(response)
+
     async def healthz(_request: Request) -> Response:
         redis_ok = await store.ping()
         stripe_state = "unchecked"
@@ -120,8 +139,10 @@ def build_asgi_app(
         else:
             worker_state = "stalled"
         ok = redis_ok and stripe_state != "unavailable" and worker_state != "stalled"
-        body = {"ok": ok, "redis": "ok" if redis_ok else "unavailable", "stripe": stripe_state,
-                "worker": worker_state}
+        body: dict[str, Any] = {"ok": ok, "redis": "ok" if redis_ok else "unavailable",
+                                "stripe": stripe_state, "worker": worker_state}
+        if slack_status is not None:
+            body["slack"] = slack_status()
         return JSONResponse(body, 200 if ok else 503)
 
     async def metrics(_request: Request) -> Response:
@@ -142,7 +163,7 @@ def build_asgi_app(
         Route("/stripe/webhook", stripe_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        # POST /slack/events is mounted here by the Slack work, through extra_routes.
+        Route("/slack/events", slack_events, methods=["POST"]),
         *(extra_routes or []),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,125 @@
+"""Turning a lookup into the message a person sees, and answering inside Slack's 3 seconds.
+
+Every outcome is a message: a card, "no customer found", a refusal, or one sentence about what went
+wrong. Nothing here raises to bolt (a raised error would show the user a generic failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from typing import Any
+
+from billing.audit import Surface
+from billing.errors import BadQueryError, StoreUnavailableError, StripeUnavailableError
+from billing.matching import parse_query
+from billing.models import BillingContext
+from bot.runtime import TenantRuntime
+from bot.slack import cards
+from bot.slack.app import SlackDeps
+from rules import RuleEvaluation, RulesError, evaluate_rules
+
+log = logging.getLogger("billing.slack")
+
+STRIPE_DOWN = "Stripe did not answer and nothing is cached for this customer; try again in a minute."
+FAILED = "Something went wrong while looking that up; it was logged. Try again in a minute."
+Respond = Callable[..., Awaitable[Any]]
+Ack = Callable[..., Awaitable[Any]]
+
+
+def _tried(query: str) -> list[str]:
+    kind = parse_query(query).kind
+    if kind == "customer_id":
+        return ["Stripe customer id"]
+    return ["manual links", "exact email", "lower-cased email", "Stripe search"]
+
+
+def _age(context: BillingContext, now: datetime) -> str:
+    if context.as_of is None:
+        return "some time ago"
+    seconds = max(0, int((now - context.as_of).total_seconds()))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} days ago"
+
+
+def evaluation_for(deps: SlackDeps, context: BillingContext, now: datetime) -> RuleEvaluation | None:
+    try:
+        return evaluate_rules(context, deps.runtime.rules(), now)
+    except RulesError as err:  # a broken rules file must not hide the card
+        log.error("rules not applied to the card: %s", err)
+        return None
+
+
+def card_message(
+    deps: SlackDeps, context: BillingContext, *, shared_by: str | None = None
+) -> cards.SlackMessage:
+    """The card (or "not found") for a lookup's result; a stale card says so first."""
+    now = deps.clock()
+    if not context.found:
+        return cards.not_found_message(context.query, _tried(context.query))
+    evaluation = evaluation_for(deps, context, now)
+    if shared_by is not None:
+        return cards.shared_card(context, evaluation, now=now, shared_by=shared_by)
+    message = cards.customer_card(context, evaluation, now=now)
+    if context.stale:
+        note = f"Stripe did not answer; showing the card cached {_age(context, now)}."
+        return cards.with_notice(message, note)
+    return message
+
+
+async def lookup_message(
+    deps: SlackDeps, tenant: TenantRuntime, query: str, *, user: str, surface: Surface,
+    team: str | None, refresh: bool = False,
+) -> tuple[cards.SlackMessage, BillingContext | None]:
+    """The message for one audited lookup, whatever happens."""
+    try:
+        context = await tenant.lookup(query, user=user, surface=surface, refresh=refresh, team=team)
+    except BadQueryError as err:
+        return cards.notice(str(err)), None
+    except (StripeUnavailableError, StoreUnavailableError):
+        return cards.notice(STRIPE_DOWN), None
+    except Exception:
+        log.exception("lookup failed")
+        return cards.notice(FAILED), None
+    return card_message(deps, context), context
+
+
+async def answer_in_time(
+    deps: SlackDeps,
+    ack: Ack,
+    respond: Respond,
+    work: Coroutine[Any, Any, cards.SlackMessage],
+    *,
+    looking: cards.SlackMessage,
+) -> None:
+    """Ack with the answer when it is ready within the budget (a cached card), else ack with
+    ``looking`` and send the answer through ``response_url`` when it comes."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=deps.ack_budget)
+    if done:
+        await ack(response_type="ephemeral", **task.result().to_payload())
+        return
+    await ack(response_type="ephemeral", **looking.to_payload())
+
+    async def follow() -> None:
+        message = await task
+        await respond(response_type="ephemeral", replace_original=True, **message.to_payload())
+
+    deps.spawn(follow(), "slack-followup")
+
+
+async def ack_with(ack: Ack, message: cards.SlackMessage) -> None:
+    """Acknowledge with a private message."""
+    await ack(response_type="ephemeral", **message.to_payload())
+
+
+async def tell(respond: Respond, text: str) -> None:
+    """One private sentence through ``response_url``, leaving the card above it in place."""
+    await respond(response_type="ephemeral", replace_original=False, **cards.notice(text).to_payload())
