@@ -10,8 +10,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from bot.slack import cards
-from bot.slack.answers import Ack, Respond, answer_in_time, card_message, lookup_message, tell
+from bot.slack.answers import Ack, Respond, card_message, lookup_message, tell
 from bot.slack.app import SlackDeps
 from bot.slack.commands import installed_team
 
@@ -52,11 +51,12 @@ async def _allowed(deps: SlackDeps, ack: Ack, respond: Respond, body: dict[str, 
 async def handle_shortcut(deps: SlackDeps, ack: Ack, respond: Respond, body: dict[str, Any],
                           context: AsyncBoltContext) -> None:
     """The card of the message's author, by the email on their Slack profile, shown to the clicker."""
+    # Slack shows nothing of a shortcut's ack body: ack at once; every answer goes through response_url.
+    await ack()
     team = installed_team(context)
     user = _clicker(body)
     decision = await deps.policy.check(user, team_id=team, channel_id=_channel(body))
     if not decision.allowed:
-        await ack()
         await tell(respond, decision.reason)
         await deps.tenant(team).record(user=user, surface="slack_shortcut", query="(shortcut)",
                                        outcome="refused", team=team)
@@ -64,21 +64,16 @@ async def handle_shortcut(deps: SlackDeps, ack: Ack, respond: Respond, body: dic
     message = body.get("message") or {}
     author = message.get("user") if isinstance(message, dict) else None
     if not author or message.get("bot_id") or message.get("subtype") == "bot_message":
-        await ack()
-        await tell(respond,
-            "That message was posted by an app or a bot, not a person, so there is no customer to look up."
-        )
+        await tell(respond, "That message was posted by an app or a bot, not a person, "
+                            "so there is no customer to look up.")
         return
-
-    async def work() -> cards.SlackMessage:
-        email, why = await _author_email(deps, str(author))
-        if email is None:
-            return cards.notice(why)
-        found, _ = await lookup_message(deps, deps.tenant(team), email, user=user,
-                                        surface="slack_shortcut", team=team)
-        return found
-
-    await answer_in_time(deps, ack, respond, work(), looking=cards.notice("Looking up the author in Stripe…"))
+    email, why = await _author_email(deps, str(author))
+    if email is None:
+        await tell(respond, why)
+        return
+    found, _ = await lookup_message(deps, deps.tenant(team), email, user=user, surface="slack_shortcut",
+                                    team=team)
+    await respond(response_type="ephemeral", **found.to_payload())
 
 
 async def _author_email(deps: SlackDeps, author: str) -> tuple[str | None, str]:

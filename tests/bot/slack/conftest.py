@@ -76,7 +76,7 @@ async def running_app(sandbox: SandboxHandle, redis_url: str, key_prefix: str, s
             server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
             task = asyncio.create_task(server.serve())
             deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:
+            while not server.started and time.monotonic() < deadline:  # noqa: ASYNC110 - uvicorn has no event
                 await asyncio.sleep(0.01)
             try:
                 async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:

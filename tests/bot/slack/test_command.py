@@ -45,7 +45,7 @@ async def test_past_due_customer_card_from_stripe_then_from_cache(harness: Slack
     assert "29.00" in text  # MRR and the failed amount, to the cent
     # Cached: the ack is the card, no Stripe request.
     harness.sandbox.control.clear_requests()
-    cached = ack_body((await harness.post(command(harness, "jane@acme.com", name="second"))))
+    cached = ack_body(await harness.post(command(harness, "jane@acme.com", name="second")))
     assert "Jane Doe" in all_text(cached)
     assert harness.sandbox.control.requests() == []
     assert not harness.slack.responses("second")
@@ -117,7 +117,9 @@ async def test_empty_and_help_show_usage(harness: SlackHarness) -> None:
         assert "/billing" in shown and "link" in shown and "Billing context" in shown
 
 
-@pytest.mark.parametrize("user", [USER_GUEST, USER_SINGLE_CHANNEL_GUEST, USER_DELETED, USER_BOT, USER_STRANGER])
+@pytest.mark.parametrize(
+    "user", [USER_GUEST, USER_SINGLE_CHANNEL_GUEST, USER_DELETED, USER_BOT, USER_STRANGER]
+)
 async def test_refused_users_see_no_billing_data(harness: SlackHarness, user: str) -> None:
     body = ack_body(await harness.post(command(harness, "jane@acme.com", user=user, name="r")))
     text = all_text(body)
@@ -187,8 +189,8 @@ async def test_link_and_unlink_are_for_admins_and_win_over_matching(harness: Sla
 
 
 async def test_link_refuses_a_customer_stripe_does_not_have(harness: SlackHarness) -> None:
-    body = ack_body(await harness.post(command(harness, "link jane@acme.com cus_doesnotexist", user=USER_ADMIN,
-                                               name="l")))
+    text = "link jane@acme.com cus_doesnotexist"
+    body = ack_body(await harness.post(command(harness, text, user=USER_ADMIN, name="l")))
     if "Checking" in all_text(body):
         body = (await harness.slack.wait_for_response_async("l"))[-1].payload
     assert "has no customer cus_doesnotexist" in all_text(body)
