@@ -1,0 +1,1 @@
+"""The Slack app: Block Kit cards, commands, interactivity and events."""
