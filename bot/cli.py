@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from bot import cli_backfill, cli_lookup, cli_rules, cli_sync
+from bot import cli_audit, cli_backfill, cli_lookup, cli_rules, cli_sync, cli_tools
 from bot.cli_support import configure_logging
 
 
@@ -19,7 +19,7 @@ def build_cli() -> typer.Typer:
         add_completion=False,
         pretty_exceptions_enable=False,
     )
-    for module in (cli_lookup, cli_rules, cli_sync, cli_backfill):
+    for module in (cli_lookup, cli_rules, cli_sync, cli_backfill, cli_tools, cli_audit):
         module.register(app)
     return app
 

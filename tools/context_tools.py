@@ -1,0 +1,195 @@
+"""``get_stripe_context`` and ``evaluate_routing_rules``: LangChain tools over the shared runtime.
+
+``BillingTools`` is the behaviour (async, one audited lookup per call, every failure turned into
+content); ``BillingToolkit`` wraps it as LangChain ``StructuredTool``s with sync and async entry
+points; the MCP server (``tools.mcp_server``) serves the same ``BillingTools``, so both surfaces give
+the same content.
+
+``tools/`` may import only ``billing`` and ``rules`` (ARCHITECTURE.md), so the runtime is described
+here by the two things the tools use (``ToolRuntime``); ``bot.runtime.Runtime`` fits it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from langchain_core.tools import BaseTool, BaseToolkit, StructuredTool
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from billing.audit import Surface
+from billing.errors import BadQueryError, BillingError
+from billing.models import BillingContext
+from billing.redis_conn import REDIS_ERRORS
+from rules import RuleEvaluation, RulesError, RulesFile, evaluate_rules
+from tools.bridge import LoopBridge
+from tools.content import (
+    ContentPolicy,
+    bad_email_content,
+    message_content,
+    not_found_content,
+    routing_content,
+    stripe_context_content,
+    unavailable_content,
+)
+from tools.descriptions import (
+    EMAIL_ARGUMENT,
+    EVALUATE_ROUTING_RULES,
+    GET_STRIPE_CONTEXT,
+    ROUTING_DESCRIPTION,
+    STRIPE_CONTEXT_DESCRIPTION,
+)
+
+log = logging.getLogger(__name__)
+
+ToolResult = tuple[str, dict[str, Any] | None]
+"""(content for the model, artifact for code: the BillingContext JSON, None when there is none)."""
+
+SURFACE: Surface = "tool"
+# Stripe or Redis unavailable (after the service's own fallbacks), or a key Stripe refused: the model
+# is told the data is unavailable, the log says why.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (BillingError, *REDIS_ERRORS)
+
+
+class AuditedLookup(Protocol):
+    async def lookup(
+        self, query: str, *, user: str, surface: Surface, refresh: bool = False, team: str | None = None,
+    ) -> BillingContext: ...
+
+
+class ToolRuntime(Protocol):
+    """What the tools need from ``bot.runtime.Runtime``: the audited lookup and the rules in force."""
+
+    @property
+    def default(self) -> AuditedLookup: ...
+
+    def rules(self) -> RulesFile: ...
+
+
+class EmailArgs(BaseModel):
+    """The one argument of both tools."""
+
+    email: str = Field(description=EMAIL_ARGUMENT)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class BillingTools:
+    """The two tools' behaviour: never raises for a lookup failure, always answers with content."""
+
+    def __init__(
+        self, runtime: ToolRuntime, *, user: str = "tool", policy: ContentPolicy | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.runtime = runtime
+        self.user = user
+        self.policy = policy or ContentPolicy()
+        self._clock = clock
+
+    async def stripe_context(self, email: str) -> ToolResult:
+        found = await self._lookup(email)
+        if isinstance(found, str):
+            return found, None
+        evaluation = self._evaluate(found) if found.found else None
+        content = stripe_context_content(found, evaluation, now=self._clock(), policy=self.policy)
+        return content, found.to_json_dict()
+
+    async def routing(self, email: str) -> ToolResult:
+        found = await self._lookup(email)
+        if isinstance(found, str):
+            return found, None
+        if not found.found:
+            return not_found_content(found.query), found.to_json_dict()
+        evaluation = self._evaluate(found)
+        if evaluation is None:
+            content = message_content(
+                "rules_unavailable", "the routing rules file could not be loaded; route this conversation "
+                "by hand", advice="The billing facts are still available from get_stripe_context.")
+            return content, found.to_json_dict()
+        return routing_content(found, evaluation, now=self._clock(), policy=self.policy), found.to_json_dict()
+
+    async def _lookup(self, email: str) -> BillingContext | str:
+        """The context, or the content that explains why there is none.
+
+        ``TenantRuntime.lookup`` validates the query with ``parse_query`` before any I/O (a malformed
+        email never reaches Stripe) and audits every call, whatever its outcome.
+        """
+        try:
+            return await self.runtime.default.lookup(email, user=self.user, surface=SURFACE)
+        except BadQueryError:
+            return bad_email_content()
+        except _UNAVAILABLE as err:
+            log.warning("billing tool lookup failed (%s): %s", type(err).__name__, err)
+            return unavailable_content()
+        except Exception:
+            # The tool boundary: a model must get content it can act on, whatever broke below.
+            log.exception("billing tool lookup failed unexpectedly")
+            return unavailable_content()
+
+    def _evaluate(self, context: BillingContext) -> RuleEvaluation | None:
+        try:
+            rules = self.runtime.rules()
+        except RulesError as err:
+            log.error("routing rules unavailable: %s", err)
+            return None
+        return evaluate_rules(context, rules, self._clock())
+
+
+def _invalid_arguments(error: ValidationError | Any) -> str:
+    del error  # the rejected value is the caller's text: not echoed
+    return bad_email_content()
+
+
+def _structured_tool(
+    name: str, description: str, run: Callable[[str], Coroutine[Any, Any, ToolResult]], bridge: LoopBridge,
+) -> StructuredTool:
+    async def call_async(email: str) -> ToolResult:
+        return await bridge.run_async(lambda: run(email))
+
+    def call_sync(email: str) -> ToolResult:
+        try:
+            return bridge.run_sync(lambda: run(email))
+        except TimeoutError:
+            return unavailable_content(), None
+
+    return StructuredTool.from_function(
+        func=call_sync, coroutine=call_async, name=name, description=description, args_schema=EmailArgs,
+        response_format="content_and_artifact", handle_validation_error=_invalid_arguments,
+    )
+
+
+class BillingToolkit(BaseToolkit):
+    """Both billing tools over one runtime: ``BillingToolkit(runtime).get_tools()``.
+
+    Build it on the event loop that opened the runtime (inside ``async with open_runtime(...)``): the
+    sync entry points run there (see ``tools.bridge``). ``user`` names the caller in the audit trail.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    _core: BillingTools = PrivateAttr()
+    _tools: list[BaseTool] = PrivateAttr()
+
+    def __init__(
+        self, runtime: ToolRuntime, *, user: str = "tool", policy: ContentPolicy | None = None,
+        clock: Callable[[], datetime] = _utcnow, bridge: LoopBridge | None = None,
+    ) -> None:
+        super().__init__()
+        self._core = BillingTools(runtime, user=user, policy=policy, clock=clock)
+        loop_bridge = bridge if bridge is not None else LoopBridge.here()
+        self._tools = [
+            _structured_tool(GET_STRIPE_CONTEXT, STRIPE_CONTEXT_DESCRIPTION, self._core.stripe_context,
+                             loop_bridge),
+            _structured_tool(EVALUATE_ROUTING_RULES, ROUTING_DESCRIPTION, self._core.routing, loop_bridge),
+        ]
+
+    @property
+    def core(self) -> BillingTools:
+        return self._core
+
+    def get_tools(self) -> list[BaseTool]:
+        return list(self._tools)
