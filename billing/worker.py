@@ -4,13 +4,21 @@ For each batch: skip events already applied (dedup markers), group the rest by c
 customer, in one optimistic transaction (WATCH the customer's keys, all in one slot): apply each
 event's object if its version is newer (re-fetching from Stripe on a tie or a missing object), rebuild
 the context, compare it with the old one and put the transitions in the customer's outbox together
-with the new context. Then notify from the outbox (a ``SET NX`` per transition makes it exactly once
-across duplicate deliveries and workers), mark the events applied, ``XACK``.
+with the new context. A customer the cache has never seen is fetched from Stripe first, so the event's
+own evidence (``previous_attributes``) still raises its transition. Then notify from the outbox, mark
+the events applied, ``XACK``.
+
+Notifying never holds an event back: the outbox is flushed by one worker at a time per customer (a
+short lock), in order, each transition removed once its notifier returned (a ``sent`` marker keeps a
+transition notified once across duplicates). When the notifier fails (Slack down), the transition stays
+in the outbox, the customer goes into the tenant's pending-outbox set, and the event is acked all the
+same: the sweeper (``sweep``, run by ``run`` every few seconds) retries pending outboxes with a backoff
+per customer. The Slack notifier makes each message exactly once by itself (lease, post, mark), so a
+notifier call repeated after a crash posts nothing twice.
 
 A crash anywhere before ``XACK`` re-delivers the entry (claimed by another worker after
-``claim_idle_ms``); re-applying is harmless because every write is version-checked and every
-notification is claimed first. An entry that fails ``max_deliveries`` times goes to the dead-letter
-stream.
+``claim_idle_ms``); re-applying is harmless because every write is version-checked. An entry that
+fails ``max_deliveries`` times goes to the dead-letter stream.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from billing.store import (
     DEDUP_TTL_SECONDS,
     SNAPSHOT_EVENT_ID,
     RedisStore,
+    _customer_objects,
     decide,
     decode_context,
     decode_objects,
@@ -93,6 +102,8 @@ class WorkerStats:
     dead_lettered: int = 0
     refetched: int = 0
     notified: int = 0
+    notify_failed: int = 0
+    fetched_customers: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,8 +140,15 @@ class EventWorker:
     # so this stays well under the client's connection-pool limit.
     max_parallel_customers: int = 32
     build: ContextBuilder | None = None
+    # The sweeper: pending outboxes are retried every ``sweep_interval`` s, a customer's after
+    # ``retry_base`` * 2^(failures - 1) s, at most ``retry_max`` s.
+    sweep_interval: float = 2.0
+    retry_base: float = 1.0
+    retry_max: float = 300.0
+    flush_lock_ms: int = 60_000
     stats: WorkerStats = field(default_factory=WorkerStats)
     last_batch_at: float | None = None
+    last_sweep_at: float | None = None
     _last_claim: float = 0.0
 
     # ---- the loop -------------------------------------------------------------------------
@@ -154,6 +172,8 @@ class EventWorker:
                     await self.ensure_group()
                     group_ready = True
                 await self.run_once()
+                if self.last_sweep_at is None or time.time() - self.last_sweep_at >= self.sweep_interval:
+                    await self.sweep()
                 backoff = 0.1
             except REDIS_ERRORS as exc:
                 log.warning("worker waiting for Redis: %s", type(exc).__name__)
@@ -277,7 +297,7 @@ class EventWorker:
 
     async def _failed(self, entry: _Entry, error: BaseException) -> None:
         self.stats.failed += 1
-        log.warning("event %s failed: %s", entry.event.get("id"), error)
+        log.warning("event %s failed: %s", entry.event.get("id"), error, exc_info=error)
         pending = await self.store.client.xpending_range(
             self.store.stream_key, self.store.GROUP, min=entry.entry_id, max=entry.entry_id, count=1
         )
@@ -352,6 +372,7 @@ class EventWorker:
             )
             return
         fetched: dict[str, StripeDict | None] = {}
+        snapshot: _Snapshot | None = None
         objs_key = self.store.customer_key(customer_id, "objs")
         ctx_key = self.store.customer_key(customer_id, "ctx")
         outbox_key = self.store.customer_key(customer_id, "outbox")
@@ -376,9 +397,18 @@ class EventWorker:
                         # A redelivery after a crash between saving and notifying: finish notifying.
                         await self._flush_outbox(customer_id)
                         return
+                    from_stripe = False
+                    if customer_id not in merged:
+                        # Never seen (no backfill yet, or created since): what the cache lacks comes
+                        # from Stripe, versioned by when the fetch began, like a lookup's snapshot.
+                        if snapshot is None:
+                            snapshot = await self._fetch_snapshot(customer_id)
+                        if snapshot is not None:
+                            merged = trim_invoices(_with_snapshot(merged, snapshot))
+                            from_stripe = True
                     data = await self.store.load_customer_data(customer_id, merged)
                     if data is None:
-                        # The customer object itself is not known yet: keep the objects, build later.
+                        # Deleted (a tombstone), or gone from Stripe: keep the objects, build later.
                         pipe.multi()  # type: ignore[no-untyped-call]
                         if updates:  # keepttl: a deleted customer's tombstone still expires
                             pipe.set(objs_key, encode_objects(merged), keepttl=True)
@@ -387,8 +417,14 @@ class EventWorker:
                     old = decode_context(old_raw) if old_raw else None
                     new = self._build(data, old)
                     versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
-                    transitions = diff_contexts(old, new, events[-1], versions=versions)
-                    for ev in events[:-1]:
+                    if from_stripe:
+                        # Stripe's current state: each event is the evidence of what changed (keyed by
+                        # the event, as when a snapshot absorbed it, so a redelivery adds nothing).
+                        transitions = [t for ev in events for t in diff_contexts(None, new, ev, versions={
+                            str(_event_object(ev).get("id")): str(ev.get("id"))})]
+                    else:
+                        transitions = diff_contexts(old, new, events[-1], versions=versions)
+                    for ev in events[:-1] if not from_stripe else ():
                         # Without an old context each event speaks for itself (first sight of a customer).
                         if old is None or ev.get("type") == "customer.subscription.trial_will_end":
                             transitions += diff_contexts(None, new, ev, versions=versions)
@@ -399,7 +435,7 @@ class EventWorker:
                         transitions += diff_contexts(None, new, ev, versions=evidence)
                     transitions = list({t.dedup_key: t for t in transitions}.values())
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    if updates or len(merged) < len(stored):
+                    if updates or from_stripe or len(merged) < len(stored):
                         pipe.set(objs_key, encode_objects(merged))
                     pipe.set(ctx_key, encode_context(new))
                     for transition in transitions:
@@ -407,11 +443,33 @@ class EventWorker:
                     await pipe.execute()
                 except WatchError:
                     continue
-            await self._after_save(customer_id, stored, updates, data, first_build=old is None)
+            if snapshot is not None and from_stripe:
+                self.stats.fetched_customers += 1
+            changed = {**updates, **merged} if from_stripe else updates
+            await self._after_save(customer_id, stored, changed, data, first_build=old is None)
             if transitions:
+                # Pending before the first attempt: a crash mid-flush leaves it to the sweeper.
+                await self._schedule(customer_id, delay=self.flush_lock_ms / 1000)
                 await self._flush_outbox(customer_id)
             return
         raise RuntimeError(f"customer {customer_id} kept changing under the worker")
+
+    async def _fetch_snapshot(self, customer_id: str) -> _Snapshot | None:
+        """The customer's data from Stripe and when the fetch began; None when Stripe has no such
+        customer (deleted, or not of this account)."""
+        started = time.time()
+        customer = await self.gateway.retrieve_customer(customer_id)
+        if customer is None:
+            return None
+        data = await self.gateway.fetch_customer_data(customer)
+        version: Version = (int(started), SNAPSHOT_EVENT_ID)
+        # Prices, products and coupons first: the build joins them from the tenant's hashes.
+        stored_prices = await self.store._stored_prices_for([data])
+        pipe = self.store.client.pipeline(transaction=False)
+        self.store._queue_tenant_objects(pipe, data, version, stored_prices)
+        await pipe.execute()
+        objects = {str(o["id"]): with_version(o, version) for o in _customer_objects(data)}
+        return _Snapshot(objects)
 
     def _build(self, data: CustomerData, old: BillingContext | None) -> BillingContext:
         build = self.build or _default_builder()
@@ -533,19 +591,126 @@ class EventWorker:
         if objects:
             await self.store.put_tenant_objects_if_missing(objects, (0, "from-subscription"))
 
-    async def _flush_outbox(self, customer_id: str) -> None:
+    # ---- the outbox -------------------------------------------------------------------------
+    @property
+    def pending_key(self) -> str:
+        """Customers whose outbox still holds transitions, scored by when to try again."""
+        return self.store.tenant_key("outbox:pending")
+
+    @property
+    def failures_key(self) -> str:
+        return self.store.tenant_key("outbox:failures")
+
+    async def _schedule(self, customer_id: str, *, delay: float) -> None:
+        await self.store.client.zadd(self.pending_key, {customer_id: time.time() + delay})
+
+    async def _flush_outbox(self, customer_id: str, *, swept: bool = False) -> bool:
+        """Notify the customer's outbox in order; True when it is empty afterwards.
+
+        One worker flushes a customer at a time (a lock with a TTL, so a crashed holder only delays
+        it). A notifier failure stops the flush (later transitions wait, so a thread's replies keep
+        their order) and schedules a retry with backoff; it never raises.
+        """
+        client = self.store.client
         outbox_key = self.store.customer_key(customer_id, "outbox")
-        for raw in await self.store.client.lrange(outbox_key, 0, -1):
-            transition = _transition_from_dict(json.loads(raw))
-            sent_key = self.store.customer_key(customer_id, f"sent:{transition.dedup_key}")
-            if await self.store.client.set(sent_key, 1, nx=True, ex=DEDUP_TTL_SECONDS):
-                try:
-                    await self.notifier.notify(transition)
-                except BaseException:
-                    await self.store.client.delete(sent_key)
-                    raise
-                self.stats.notified += 1
-            await self.store.client.lrem(outbox_key, 1, _text(raw))
+        if not await client.llen(outbox_key):  # the common case: a duplicate with nothing to finish
+            if swept:
+                pipe = client.pipeline(transaction=False)
+                pipe.zrem(self.pending_key, customer_id)
+                pipe.hdel(self.failures_key, customer_id)
+                await pipe.execute()
+            return True
+        lock_key = self.store.customer_key(customer_id, "flushing")
+        token = uuid.uuid4().hex
+        if not await client.set(lock_key, token, nx=True, px=self.flush_lock_ms):
+            # Another worker is flushing; what it may miss is found by the sweeper.
+            await self._schedule(customer_id, delay=self.retry_base)
+            return False
+        try:
+            while True:
+                raw = await client.lindex(outbox_key, 0)
+                if raw is None:
+                    break
+                transition = _transition_from_dict(json.loads(raw))
+                sent_key = self.store.customer_key(customer_id, f"sent:{transition.dedup_key}")
+                if not await client.exists(sent_key):
+                    try:
+                        await self.notifier.notify(transition)
+                    except Exception as exc:
+                        self.stats.notify_failed += 1
+                        delay = await self._retry_later(customer_id)
+                        log.warning("notifying %s of customer %s failed (%s); kept in its outbox, retried "
+                                    "in %.0f s", transition.name, customer_id, exc, delay, exc_info=True)
+                        return False
+                    await client.set(sent_key, 1, ex=DEDUP_TTL_SECONDS)
+                    self.stats.notified += 1
+                await client.lrem(outbox_key, 1, _text(raw))
+            pipe = client.pipeline(transaction=False)
+            pipe.zrem(self.pending_key, customer_id)
+            pipe.hdel(self.failures_key, customer_id)
+            await pipe.execute()
+        finally:
+            await self._unlock(lock_key, token)
+        if await client.llen(outbox_key):
+            # A transition added while this flush was finishing (its worker found the lock taken).
+            await self._schedule(customer_id, delay=0)
+            return False
+        return True
+
+    async def _retry_later(self, customer_id: str) -> float:
+        failures = int(await self.store.client.hincrby(self.failures_key, customer_id, 1))
+        delay: float = min(self.retry_base * 2 ** min(failures - 1, 30), self.retry_max)
+        await self._schedule(customer_id, delay=delay)
+        return delay
+
+    async def _unlock(self, lock_key: str, token: str) -> None:
+        async with self.store.client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(lock_key)
+                if _text(await pipe.get(lock_key) or b"") != token:
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.delete(lock_key)
+                await pipe.execute()
+            except WatchError:
+                return  # expired and taken by another worker meanwhile: theirs now
+
+    async def sweep(self, limit: int = 100) -> int:
+        """Retry the outboxes that are due (failed notifications, flushes cut short by a crash);
+        returns how many were emptied. ``run`` calls it every ``sweep_interval`` seconds."""
+        self.last_sweep_at = time.time()
+        due = await self.store.client.zrangebyscore(self.pending_key, "-inf", time.time(), start=0, num=limit)
+        emptied = 0
+        for raw in due:
+            customer_id = _text(raw)
+            try:
+                if await self._flush_outbox(customer_id, swept=True):
+                    emptied += 1
+            except REDIS_ERRORS:
+                raise
+            except Exception:
+                log.exception("sweeping the outbox of customer %s failed", customer_id)
+                await self._retry_later(customer_id)
+        return emptied
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """A never-seen customer's objects as fetched from Stripe, each versioned by the fetch start."""
+
+    objects: dict[str, StripeDict]
+
+
+def _with_snapshot(merged: Mapping[str, StripeDict], snapshot: _Snapshot) -> dict[str, StripeDict]:
+    """``merged`` with each fetched object that is newer than the stored one (a tie keeps the stored
+    one, like a lookup's snapshot: what an event applied is never overwritten by an older fetch)."""
+    out = dict(merged)
+    for object_id, candidate in snapshot.objects.items():
+        current = out.get(object_id)
+        if current is None or decide(version_of(current), version_of(candidate) or (0, "")) == "apply":
+            out[object_id] = candidate
+    return out
 
 
 def _dumps(value: Any) -> str:

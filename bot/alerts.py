@@ -1,8 +1,9 @@
 """Alerts: a transition from the worker, judged by the rules file's `alerts:` section, goes to channels.
 
-This is the composition point between ``billing`` (transitions) and ``rules`` (which alerts fire);
-the worker's outbox already makes each transition arrive here exactly once. Posting is a port: today
-a logging poster; the Slack app plugs its poster in the same way.
+This is the composition point between ``billing`` (transitions) and ``rules`` (which alerts fire).
+``build_notifier`` picks the notifier a process runs with: the Slack poster
+(``bot.slack.alerts.SlackAlertPoster``: one message per alert, exactly once, one thread per customer
+incident) when Slack is configured, else a logging poster.
 """
 
 from __future__ import annotations
@@ -10,11 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from billing.config import Settings
-from billing.ports import Transition
+from billing.ports import Notifier, Transition
 from rules import AlertMatch, RulesFile, RulesWatcher, alerts_for, rules_path
+
+if TYPE_CHECKING:
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    from bot.runtime import Runtime
 
 log = logging.getLogger("billing.alerts")
 
@@ -58,6 +64,27 @@ class RulesAlertNotifier:
         for alert in fired:
             await self._poster.post(alert, transition)
 
+
+def build_notifier(runtime: Runtime, *, slack_client: AsyncWebClient | None = None) -> Notifier:
+    """The notifier of ``serve``, ``worker``, ``backfill`` and ``reconcile``.
+
+    With Slack configured (``SLACK_BOT_TOKEN``, or a ``slack_client`` given) and a store: the Slack
+    poster, with the runtime's rules (reloaded when the file changes) and its keys in the tenant's
+    ``slack`` namespace. Otherwise each fired alert is a log line.
+    """
+    settings = runtime.settings
+    store = runtime.store
+    if (slack_client is not None or settings.slack_bot_token is not None) and store is not None:
+        from bot.slack.alerts import SlackAlertPoster  # Slack's client is only loaded when used
+
+        if slack_client is None:
+            from bot.slack.app import slack_web_client
+
+            slack_client = slack_web_client(settings)
+        return SlackAlertPoster(slack_client, store.namespace("slack"), runtime.rules)
+    if settings.slack_bot_token is not None:
+        log.warning("Slack alerts need Redis (exactly-once posting); alerts are written to this log.")
+    return RulesAlertNotifier(runtime.rules, LoggingPoster())
 
 
 def alert_notifier(settings: Settings, poster: AlertPoster | None = None) -> RulesAlertNotifier:

@@ -16,11 +16,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from billing.backfill import DEFAULT_CONCURRENCY, DEFAULT_WINDOWS, RESOURCES, Backfill, BackfillReport
 from billing.config import Settings
 from billing.errors import BadQueryError, ConfigurationError
+from billing.ports import Notifier
 from billing.reconcile import ReconcileReport, reconcile
 from billing.store import RedisStore
 from billing.stripe_api import StripeGateway
 from billing.worker import EventWorker
-from bot.alerts import alert_notifier
+from bot.alerts import build_notifier
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings, open_runtime
 
@@ -42,7 +43,7 @@ def parse_since(value: str | None) -> int | None:
 
 
 @asynccontextmanager
-async def _connected(settings: Settings) -> AsyncIterator[tuple[StripeGateway, RedisStore]]:
+async def _connected(settings: Settings) -> AsyncIterator[tuple[StripeGateway, RedisStore, Notifier]]:
     if settings.redis_url.startswith("memory://"):
         raise ConfigurationError(
             "REDIS_URL=memory:// keeps nothing once the command ends; point REDIS_URL at a Redis server "
@@ -51,7 +52,9 @@ async def _connected(settings: Settings) -> AsyncIterator[tuple[StripeGateway, R
     # A missing read permission is one sentence now, not mid-run.
     async with open_runtime(settings, verify_permissions=True, require_store=True) as runtime:
         assert runtime.store is not None
-        yield runtime.gateway, runtime.store
+        runtime.rules()  # a bad rules file is one sentence now, not at the first alert
+        # Transitions found while catching up are alerted like the worker's (Slack when configured).
+        yield runtime.gateway, runtime.store, build_notifier(runtime)
 
 
 @dataclass
@@ -133,22 +136,20 @@ def _iso(ts: int) -> str:
 async def _backfill(
     settings: Settings, *, resume: bool, since: int | None, windows: int, concurrency: int, console: Console
 ) -> str:
-    async with _connected(settings) as (gateway, store):
+    async with _connected(settings) as (gateway, store, notifier):
         with ProgressDisplay(console) as display:
             report = await Backfill(
                 gateway, store, windows=windows, concurrency=concurrency, observer=display
             ).run(resume=resume, since=since)
         # Changes made while the backfill ran reach us through the events it started before.
-        worker = EventWorker(store, gateway, alert_notifier(settings), block_ms=1)
+        worker = EventWorker(store, gateway, notifier, block_ms=1)
         sync = await reconcile(gateway, store, worker)
         return _summary(report, sync)
 
 
 async def _reconcile(settings: Settings, since: int | None) -> str:
-    async with _connected(settings) as (gateway, store):
-        sync = await reconcile(
-            gateway, store, EventWorker(store, gateway, alert_notifier(settings), block_ms=1), since=since
-        )
+    async with _connected(settings) as (gateway, store, notifier):
+        sync = await reconcile(gateway, store, EventWorker(store, gateway, notifier, block_ms=1), since=since)
     return (
         f"Reconciled {sync.listed:,} events since {_iso(sync.since)}: {sync.applied:,} applied, "
         f"{sync.already_applied:,} already applied."

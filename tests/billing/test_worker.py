@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from billing.builder import build_context
+from billing.errors import StripeUnavailableError
 from billing.models import Match
 from billing.notify import RecordingNotifier
 from billing.ports import Tenant
@@ -246,16 +247,20 @@ async def test_entries_of_a_killed_worker_are_finished_by_another(
     assert len(keys) == len(set(keys))
 
 
+class StripeDown(NoStripeNeeded):
+    """Every re-fetch fails, as when Stripe is unreachable."""
+
+    async def retrieve(self, resource: str, object_id: str) -> StripeDict | None:
+        raise StripeUnavailableError("Stripe is down (requested by the test)")
+
+
 async def test_an_event_failing_five_times_goes_to_the_dead_letter_stream(store: RedisStore) -> None:
-    notifier = RecordingNotifier(fail_times=100)
-    w = worker(store, notifier, claim_idle_ms=0)
+    w = EventWorker(store, StripeDown(), RecordingNotifier(), block_ms=10, claim_idle_ms=0)  # type: ignore[arg-type]
     await w.ensure_group()
     t = sf.T0
-    await enqueue(store, [
-        sf.event("customer.created", sf.customer(), t),
-        sf.event("customer.subscription.created", sf.subscription(), t + 1),
-    ])
+    await enqueue(store, [sf.event("customer.created", sf.customer(), t)])
     await drain(w)
+    # An update of a subscription the cache never saw needs Stripe's current state, which never comes.
     past_due = sf.subscription(status="past_due")
     await enqueue(store, [sf.event("customer.subscription.updated", past_due, t + 2)])
     for _ in range(8):
@@ -265,7 +270,7 @@ async def test_an_event_failing_five_times_goes_to_the_dead_letter_stream(store:
     assert health.dead_letters == 1
     assert health.pending == 0
     dead: Any = await store.client.xrange(store.dead_letter_key)
-    assert b"notifier failure" in dead[0][1][b"error"]
+    assert b"Stripe is down" in dead[0][1][b"error"]
 
 
 async def test_trial_will_end_is_notified_once_across_duplicates(store: RedisStore) -> None:
@@ -322,20 +327,26 @@ async def test_a_deleted_customer_is_not_brought_back_by_a_late_older_event(stor
     assert (await store.health()).customers_cached == 0
 
 
-async def test_a_price_change_reaches_a_customer_whose_subscription_came_before_the_customer(
-    store: RedisStore,
+async def test_a_price_change_reaches_a_customer_first_seen_through_its_subscription(
+    store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
 ) -> None:
-    w = worker(store, RecordingNotifier())
+    control = empty_sandbox.control
+    now = int(time.time())
+    control.set_clock(now - 60, frozen=True)
+    created = {e["type"]: e for e in sandbox_subscriber(control, now - 60)}
+    w = EventWorker(store, gateway, RecordingNotifier(), block_ms=10)
     await w.ensure_group()
-    t = sf.T0
-    # Unordered delivery: the subscription (carrying its price) is applied before its customer is known.
-    await enqueue(store, [sf.event("customer.subscription.created", sf.subscription(), t + 1)])
-    await drain(w)
-    await enqueue(store, [sf.event("customer.created", sf.customer(), t)])
+    # Unordered delivery: the subscription (carrying its price) arrives before its customer is known,
+    # so the worker fetches the customer from Stripe.
+    await enqueue(store, [created["customer.subscription.created"]])
     await drain(w)
     ctx = await store.get_context("cus_A")
     assert ctx is not None and ctx.mrr == {"usd": 2900}
-    await enqueue(store, [sf.event("price.updated", sf.price(amount=3900), t + 10)])
+    await enqueue(store, [created["customer.created"]])
+    await drain(w)
+    control.set_clock(now + 60, frozen=True)  # the price changes after the worker's fetch
+    await enqueue(store, control.update(
+        "price_pro", {"unit_amount": 3900, "unit_amount_decimal": "3900"})["events"])
     await drain(w)
     ctx = await store.get_context("cus_A")
     assert ctx is not None and ctx.mrr == {"usd": 3900}
