@@ -12,6 +12,7 @@ from rich.console import Console
 from billing.config import Settings
 from billing.matching import parse_query
 from billing.models import BillingContext
+from bot.cli_audit import audited_lookup
 from bot.cli_support import EXIT_NOT_FOUND, EXIT_OK, handles_errors, run_async
 from bot.runtime import load_settings, open_service
 from bot.terminal_card import render_context
@@ -25,11 +26,6 @@ DEMO_QUERIES = (
 )
 
 
-async def _lookup(settings: Settings, query: str, refresh: bool) -> BillingContext:
-    async with open_service(settings) as service:
-        return await service.lookup(query, refresh=refresh)
-
-
 @handles_errors
 def lookup(
     query: Annotated[str, typer.Argument(help="An email, <mailto:a@b.com|a@b.com>, or a cus_… id.")],
@@ -38,7 +34,7 @@ def lookup(
 ) -> None:
     """Show a customer's billing context (exit 1 when no customer matches)."""
     parse_query(query)  # bad input is exit 2 before any setting or network is needed
-    context = run_async(_lookup(load_settings(), query, refresh))
+    context = run_async(audited_lookup(load_settings(), query, refresh=refresh))
     if as_json:
         typer.echo(json.dumps(context.to_json_dict(), indent=2, ensure_ascii=False))
     else:

@@ -12,12 +12,12 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from billing.config import Settings
 from billing.matching import parse_query
 from billing.models import BillingContext
 from billing.money import format_money
+from bot.cli_audit import audited_lookup
 from bot.cli_support import EXIT_BAD_INPUT, EXIT_NOT_FOUND, fail, handles_errors, run_async
-from bot.runtime import load_settings, open_service
+from bot.runtime import load_settings
 from rules import RuleEvaluation, RulesError, RulesFile, evaluate_rules, load_rules, rules_path
 
 FileArgument = Annotated[
@@ -45,11 +45,6 @@ def validate(file: FileArgument = None) -> None:
     typer.echo(f"ok: {len(rules.rules)} rules, {len(rules.alerts)} alerts")
 
 
-async def _lookup(settings: Settings, query: str) -> BillingContext:
-    async with open_service(settings) as service:
-        return await service.lookup(query)
-
-
 @handles_errors
 def check(
     query: Annotated[str, typer.Argument(help="An email, <mailto:a@b.com|a@b.com>, or a cus_… id.")],
@@ -61,7 +56,7 @@ def check(
     """Show which routing rules match a customer, why, and the merged actions (exit 1 when not found)."""
     parse_query(query)  # bad input is exit 2 before any setting or network is needed
     rules = _load(rules_file)
-    context = run_async(_lookup(load_settings(), query))
+    context = run_async(audited_lookup(load_settings(), query))
     if not context.found:
         if as_json:
             typer.echo(json.dumps(check_json(context, RuleEvaluation()), indent=2, ensure_ascii=False))

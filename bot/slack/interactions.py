@@ -179,4 +179,4 @@ def register(app: AsyncApp, deps: SlackDeps) -> None:
     app.action("billing_refresh")(refresh)
     app.action("billing_switch")(switch)
     app.action("billing_share")(share)
-    app.action("billing_open")(_just_ack)
+    app.action("billing_open_stripe")(_just_ack)

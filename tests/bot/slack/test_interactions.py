@@ -149,7 +149,7 @@ async def test_a_forged_button_value_is_refused(harness: SlackHarness) -> None:
 
 
 async def test_open_in_stripe_link_is_acknowledged(harness: SlackHarness) -> None:
-    assert (await harness.post(block_action_body("billing_open", "x"))).status_code == 200
+    assert (await harness.post(block_action_body("billing_open_stripe", "x"))).status_code == 200
 
 
 def published_to(user: str) -> Any:

@@ -1,0 +1,65 @@
+"""`billing audit`: who looked up which customer, from which surface (newest first)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+from typing import Annotated
+
+import typer
+
+from billing.audit import AuditEntry
+from billing.config import Settings
+from billing.errors import BadQueryError, StoreUnavailableError
+from billing.models import BillingContext
+from bot.cli_support import handles_errors, run_async
+from bot.runtime import load_settings, open_runtime
+
+
+def cli_user() -> str:
+    """Who runs a CLI lookup, for the audit trail."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+async def audited_lookup(settings: Settings, query: str, *, refresh: bool = False) -> BillingContext:
+    """A CLI lookup through the shared runtime, recorded in the audit trail like every other surface."""
+    async with open_runtime(settings) as runtime:
+        return await runtime.default.lookup(query, user=cli_user(), surface="cli", refresh=refresh)
+
+
+async def _read(settings: Settings, user: str | None, customer: str | None, limit: int) -> list[AuditEntry]:
+    async with open_runtime(settings) as runtime:
+        if runtime.default.audit is None:
+            raise StoreUnavailableError("Redis (home of the audit trail) is unreachable; check REDIS_URL.")
+        return await runtime.default.audit.read(user=user, customer_id=customer, limit=limit)
+
+
+@handles_errors
+def audit(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    user: Annotated[str | None, typer.Option("--user", help="Only this user (U…, cli:NAME, tool).")] = None,
+    customer: Annotated[str | None, typer.Option("--customer", help="Only lookups that found cus_….")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=10_000, help="At most this many entries.")] = 50,
+) -> None:
+    """List recent lookups: when, who, from where, what query, which customer, outcome."""
+    if customer is not None and not customer.startswith("cus_"):
+        raise BadQueryError(f"--customer takes a Stripe customer id (cus_…), not {customer[:40]!r}.")
+    entries = run_async(_read(load_settings(), user, customer, limit))
+    if as_json:
+        for entry in entries:
+            typer.echo(json.dumps(entry.to_dict(), ensure_ascii=False))
+        return
+    if not entries:
+        typer.echo("No lookups recorded yet.")
+        return
+    for entry in entries:
+        row = entry.to_dict()
+        typer.echo(f"{row['at']}  {entry.user:<14} {entry.surface:<14} {entry.outcome:<10} "
+                   f"{entry.customer_id or '-':<20} {json.dumps(entry.query, ensure_ascii=False)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(audit)
