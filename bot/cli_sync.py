@@ -5,35 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from billing.config import Settings
-from billing.errors import ConfigurationError
-from billing.store import RedisStore, SyncHealth, open_tenant_store
-from billing.stripe_api import StripeGateway, check_key, key_account_id
+from billing.errors import ConfigurationError, StoreUnavailableError
+from billing.store import SyncHealth
 from billing.worker import EventWorker
-from bot.alerts import alert_notifier
+from bot.alerts import build_notifier
 from bot.cli_support import handles_errors, run_async
-from bot.runtime import load_settings
+from bot.runtime import load_settings, open_runtime
 
-
-async def _open(settings: Settings, *, verify: bool = False) -> tuple[StripeGateway, RedisStore]:
-    """The gateway and store; ``verify`` checks every read permission first (long-running commands)."""
-    key = check_key(settings)
-    gateway = StripeGateway.from_settings(settings)
-    try:
-        if verify:
-            await gateway.verify_permissions()
-        store = await open_tenant_store(
-            settings.redis_url, gateway, key_account_id(key), prefix=settings.key_prefix
-        )
-    except BaseException:
-        await gateway.aclose()
-        raise
-    return gateway, store
+log = logging.getLogger("billing.serve")
 
 
 def _webhook_secret(settings: Settings) -> str:
@@ -45,57 +31,83 @@ def _webhook_secret(settings: Settings) -> str:
     return secret
 
 
-async def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> None:
+async def _serve(settings: Settings, host: str, port: int, with_worker: bool, socket_mode: bool) -> None:
     import uvicorn
 
     from bot.asgi import build_asgi_app
+    from bot.slack.app import build_slack_app, slack_configured, slack_web_client
 
     secret = _webhook_secret(settings)
-    notifier = alert_notifier(settings)
-    gateway, store = await _open(settings, verify=True)
-    try:
-        worker = EventWorker(store, gateway, notifier) if with_worker else None
+    if socket_mode and not slack_configured(settings):
+        raise ConfigurationError("--socket-mode needs SLACK_BOT_TOKEN (xoxb-…) and SLACK_APP_TOKEN (xapp-…).")
+    async with open_runtime(settings, verify_permissions=True, require_store=True) as runtime:
+        store = runtime.store
+        assert store is not None
+        runtime.rules()  # a bad rules file is one sentence now, not at the first alert
+        slack_client = slack_web_client(settings) if slack_configured(settings) else None
+        notifier = build_notifier(runtime, slack_client=slack_client)
+        worker = EventWorker(store, runtime.gateway, notifier) if with_worker else None
+        slack_app = None
+        handler = None
+        slack_status: Any = None
+        if slack_client is None:
+            log.warning("Slack is off: SLACK_BOT_TOKEN is not set. Serving Stripe webhooks only; "
+                        "alerts are written to this log.")
+        elif socket_mode:
+            from bot.slack.socket_mode import start_socket_mode
+
+            slack_app = build_slack_app(runtime, client=slack_client, socket_mode=True)
+            handler, status = await start_socket_mode(slack_app, settings)
+            slack_status = status.to_dict
+            slack_app = None  # Slack talks over the socket; POST /slack/events stays off
+        else:
+            slack_app = build_slack_app(runtime, client=slack_client)
+            slack_status = lambda: {"mode": "http"}  # noqa: E731
         app = build_asgi_app(settings=settings, store=store, webhook_secret=secret, tenant=store.tenant,
-                             worker=worker, stripe_check=gateway.tenant)
+                             worker=worker, stripe_check=runtime.gateway.tenant, slack_app=slack_app,
+                             slack_status=slack_status)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
-        await server.serve()
-    finally:
-        await store.aclose()
-        await gateway.aclose()
+        try:
+            await server.serve()
+        finally:
+            if handler is not None:
+                await handler.close_async()  # type: ignore[no-untyped-call]
 
 
 async def _work(settings: Settings) -> None:
-    notifier = alert_notifier(settings)
-    gateway, store = await _open(settings, verify=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await EventWorker(store, gateway, notifier).run(stop)
-    finally:
-        await store.aclose()
-        await gateway.aclose()
+    from bot.slack.app import slack_configured, slack_web_client
+
+    async with open_runtime(settings, verify_permissions=True, require_store=True) as runtime:
+        assert runtime.store is not None
+        runtime.rules()
+        slack_client = slack_web_client(settings) if slack_configured(settings) else None
+        notifier = build_notifier(runtime, slack_client=slack_client)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await EventWorker(runtime.store, runtime.gateway, notifier).run(stop)
 
 
 async def _status(settings: Settings) -> SyncHealth:
-    gateway, store = await _open(settings)
-    try:
-        return await store.health()
-    finally:
-        await store.aclose()
-        await gateway.aclose()
+    async with open_runtime(settings) as runtime:
+        if runtime.store is None:
+            raise StoreUnavailableError("Redis is not reachable; check REDIS_URL.")
+        return await runtime.store.health()
 
 
 @handles_errors
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 3000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 3000,
     no_worker: Annotated[bool, typer.Option("--no-worker", help="Do not run a worker in-process.")] = False,
+    socket_mode: Annotated[
+        bool, typer.Option("--socket-mode", help="Talk to Slack over Socket Mode (SLACK_APP_TOKEN).")
+    ] = False,
 ) -> None:
-    """Serve POST /stripe/webhook, GET /healthz and GET /metrics (and a worker unless --no-worker)."""
-    run_async(_serve(load_settings(), host, port, not no_worker))
+    """Serve POST /stripe/webhook, POST /slack/events, GET /healthz and GET /metrics, with a worker."""
+    run_async(_serve(load_settings(), host, port, not no_worker, socket_mode))
 
 
 @handles_errors
