@@ -21,13 +21,20 @@ from billing.errors import ConfigurationError
 log = logging.getLogger("billing.slack.socket")
 
 
-@dataclass
+@dataclass(eq=False)
 class SocketModeStatus:
     connects: int = 0
     closes: int = 0
-    connected: bool = False
     last_connect_at: float | None = None
     last_close_at: float | None = None
+    client: SocketModeClient | None = None
+
+    @property
+    def connected(self) -> bool:
+        # Read from the live session: slack_sdk runs close listeners after it has reconnected.
+        client = self.client
+        session = client.current_session if client is not None else None
+        return bool(client is not None and not client.closed and session is not None and not session.closed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,7 +63,6 @@ class _TrackedClient(SocketModeClient):
     async def connect(self) -> None:
         await super().connect()  # type: ignore[no-untyped-call]
         self.status.connects += 1
-        self.status.connected = True
         self.status.last_connect_at = time.time()
         if self.status.connects > 1:
             log.warning("Socket Mode reconnected (reconnect %d).", self.status.connects - 1)
@@ -74,10 +80,10 @@ async def start_socket_mode(
     client = _TrackedClient(app_token=token, logger=handler.client.logger, web_client=app.client,
                             auto_reconnect_enabled=True)
     client.status = status
+    status.client = client
 
     async def closed(_message: Any) -> None:
         status.closes += 1
-        status.connected = False
         status.last_close_at = time.time()
         log.warning("Socket Mode connection closed by Slack; reconnecting.")
 
