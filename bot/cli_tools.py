@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,14 +19,18 @@ from billing.config import Settings
 from billing.matching import parse_query
 from bot.cli_support import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, fail, handles_errors, run_async
 from bot.runtime import load_settings, open_runtime
-from tools.context_tools import BillingToolkit
-from tools.drafter import DEFAULT_MAX_STEPS, DraftResult, ToolCallingModel, draft_reply
-from tools.mcp_server import serve_stdio
+
+if TYPE_CHECKING:
+    from tools.drafter import DraftResult, ToolCallingModel
+
+# LangChain and the MCP SDK take a second or two to import: they are loaded by these two commands only,
+# so every other `billing` command starts without them.
 
 log = logging.getLogger(__name__)
 
 MODEL_ENV = "BILLING_DRAFT_MODEL"
 MODEL_EXAMPLE = "tools.scripted_model:demo_model"
+DEFAULT_MAX_STEPS = 4  # tools.drafter.DEFAULT_MAX_STEPS, literal here to keep LangChain out of start-up
 
 
 def _first_line(err: BaseException) -> str:
@@ -66,6 +70,9 @@ class ModelFailedError(Exception):
 
 async def _draft(settings: Settings, email: str, message: str, model: ToolCallingModel,
                  max_steps: int) -> DraftResult:
+    from tools.context_tools import BillingToolkit
+    from tools.drafter import draft_reply
+
     async with open_runtime(settings) as runtime:
         toolkit = BillingToolkit(runtime, user="drafter")
         try:
@@ -118,6 +125,8 @@ def draft(
 @handles_errors
 def mcp() -> None:
     """Serve get_stripe_context and evaluate_routing_rules over MCP on stdin/stdout (for AI agents)."""
+    from tools.mcp_server import serve_stdio
+
     settings = load_settings()
     run_async(serve_stdio(lambda: open_runtime(settings)))
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bot.runtime import Runtime, load_settings, open_runtime
@@ -53,5 +54,14 @@ async def toolkit(runtime: Runtime) -> BillingToolkit:
     return BillingToolkit(runtime)
 
 
-def stripe_requests(sandbox: SandboxHandle) -> list[dict[str, Any]]:
-    return sandbox.control.requests()
+def request_log(sandbox: SandboxHandle) -> list[dict[str, Any]]:
+    """The sandbox's ``/v1`` request log.
+
+    Read once more on a transport error: after a subprocess ran for a few seconds, the sandbox's server
+    (uvicorn, 5 s keep-alive) may close the control client's idle connection just as this read reuses it.
+    The read is idempotent.
+    """
+    try:
+        return sandbox.control.requests()
+    except httpx.TransportError:
+        return sandbox.control.requests()

@@ -47,7 +47,7 @@ def customer(name: str | None = "Jane Doe", **metadata: str) -> CustomerInfo:
 
 def subscription(i: int, status: str = "active", plan: str = "Pro Monthly") -> SubscriptionInfo:
     return SubscriptionInfo(
-        id=f"sub_{i:04d}", status=status, plan=plan, product_id="prod_1", price_id="price_1",  # type: ignore[arg-type]
+        id=f"sub_{i:04d}", status=status, plan=plan, product_id="prod_1", price_id="price_1",
         interval="month", interval_count=1, quantity=1, currency="usd",
         current_period_end=NOW + timedelta(days=12), trial_end=None, cancel_at_period_end=False,
         cancel_at=None, dashboard_url="https://dashboard.stripe.com/test/subscriptions/sub_1",

@@ -23,7 +23,7 @@ from bot.runtime import Runtime, load_settings, open_runtime
 from tests.cluster import RedisServer
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
-from tests.tools.conftest import settings_overrides
+from tests.tools.conftest import request_log, settings_overrides
 from tools.bridge import run_in_background
 from tools.content import MAX_CONTENT_CHARS, UNAVAILABLE, UNTRUSTED_NOTE
 from tools.context_tools import BillingToolkit
@@ -100,7 +100,7 @@ async def test_every_demo_customer_fits_the_bound(toolkit: BillingToolkit, sandb
     async with httpx.AsyncClient(base_url=sandbox.url, headers=headers) as http:
         after: str | None = None
         while True:
-            params = {"limit": 100, **({"starting_after": after} if after else {})}
+            params: dict[str, str | int] = {"limit": 100, **({"starting_after": after} if after else {})}
             page = (await http.get("/v1/customers", params=params)).json()
             emails += [c["email"] for c in page["data"] if c.get("email")]
             if not page["has_more"]:
@@ -218,7 +218,7 @@ async def test_a_malformed_email_is_a_message_and_no_stripe_request(
     doc = json.loads(str(message.content))
     assert doc["error"] == "bad_email" and "no lookup was made" in doc["message"]
     assert message.artifact is None
-    assert sandbox.control.requests() == []
+    assert request_log(sandbox) == []
     assert runtime.default.audit is not None
     assert (await runtime.default.audit.read(limit=1))[0].outcome == "bad_query"
 
@@ -236,7 +236,7 @@ async def test_stripe_unavailable_without_a_cached_answer(
     doc = json.loads(str(message.content))
     assert doc["ok"] is False and doc["error"] == "unavailable" and doc["message"] == UNAVAILABLE
     assert message.artifact is None
-    assert any(r["status"] == 500 for r in sandbox.control.requests())  # it did ask Stripe
+    assert any(r["status"] == 500 for r in request_log(sandbox))  # it did ask Stripe
 
 
 async def test_stripe_down_serves_the_cached_answer_marked_stale(
