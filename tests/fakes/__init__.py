@@ -1,0 +1,1 @@
+"""Local fakes of remote services, served over real loopback HTTP for tests."""
