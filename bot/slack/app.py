@@ -15,11 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
-from slack_sdk.http_retry.builtin_async_handlers import (
-    AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
-    AsyncServerErrorRetryHandler,
-)
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from billing.config import Settings
@@ -39,20 +35,23 @@ def slack_configured(settings: Settings) -> bool:
 
 
 def slack_web_client(settings: Settings) -> AsyncWebClient:
-    """The Web API client: ``SLACK_API_URL`` when given; 429s, 5xx and dropped connections retried."""
+    """The Web API client: ``SLACK_API_URL`` when given; a 429 is waited out and retried.
+
+    Only 429s: Slack did not take the call. After a 5xx or a dropped connection Slack may have posted
+    the message already, and a blind retry would post an alert twice; the alert poster settles those
+    from Slack's history instead (its lease and sweeper), and a read simply fails to one sentence.
+    """
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
-    options: dict[str, Any] = {"token": token, "timeout": 10}
+    options: dict[str, Any] = {
+        "token": token, "timeout": 10,
+        # Replaces the SDK's defaults, which retry a dropped connection once.
+        "retry_handlers": [AsyncRateLimitErrorRetryHandler(max_retry_count=3)],
+    }
     if settings.slack_api_url:
         if not settings.slack_api_url.startswith(("http://", "https://")):
             raise ConfigurationError("SLACK_API_URL must be an http(s) URL ending in /api/.")
         options["base_url"] = settings.slack_api_url.rstrip("/") + "/"
-    client = AsyncWebClient(**options)
-    client.retry_handlers.extend([
-        AsyncRateLimitErrorRetryHandler(max_retry_count=3),
-        AsyncServerErrorRetryHandler(max_retry_count=2),
-        AsyncConnectionErrorRetryHandler(max_retry_count=1),
-    ])
-    return client
+    return AsyncWebClient(**options)
 
 
 @dataclass
