@@ -1,7 +1,7 @@
 """``get_stripe_context`` and ``evaluate_routing_rules``: LangChain tools over the shared runtime.
 
 ``BillingTools`` is the behaviour (async, one audited lookup per call, every failure turned into
-content); ``BillingToolkit`` wraps it as LangChain ``StructuredTool``s with sync and async entry
+content); ``BillingToolkit`` wraps it as LangChain tools (``BillingTool``) with sync and async entry
 points; the MCP server (``tools.mcp_server``) serves the same ``BillingTools``, so both surfaces give
 the same content.
 
@@ -12,12 +12,12 @@ here by the two things the tools use (``ToolRuntime``); ``bot.runtime.Runtime`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from langchain_core.tools import BaseTool, BaseToolkit, StructuredTool
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from langchain_core.tools import BaseTool, BaseToolkit
+from pydantic import ConfigDict, PrivateAttr
 
 from billing.audit import Surface
 from billing.errors import BadQueryError, BillingError
@@ -35,17 +35,14 @@ from tools.content import (
     unavailable_content,
 )
 from tools.descriptions import (
-    EMAIL_ARGUMENT,
     EVALUATE_ROUTING_RULES,
     GET_STRIPE_CONTEXT,
     ROUTING_DESCRIPTION,
     STRIPE_CONTEXT_DESCRIPTION,
 )
+from tools.langchain_tool import BillingTool, ToolResult
 
 log = logging.getLogger(__name__)
-
-ToolResult = tuple[str, dict[str, Any] | None]
-"""(content for the model, artifact for code: the BillingContext JSON, None when there is none)."""
 
 SURFACE: Surface = "tool"
 # Stripe or Redis unavailable (after the service's own fallbacks), or a key Stripe refused: the model
@@ -66,12 +63,6 @@ class ToolRuntime(Protocol):
     def default(self) -> AuditedLookup: ...
 
     def rules(self) -> RulesFile: ...
-
-
-class EmailArgs(BaseModel):
-    """The one argument of both tools."""
-
-    email: str = Field(description=EMAIL_ARGUMENT)
 
 
 def _utcnow() -> datetime:
@@ -139,29 +130,6 @@ class BillingTools:
         return evaluate_rules(context, rules, self._clock())
 
 
-def _invalid_arguments(error: ValidationError | Any) -> str:
-    del error  # the rejected value is the caller's text: not echoed
-    return bad_email_content()
-
-
-def _structured_tool(
-    name: str, description: str, run: Callable[[str], Coroutine[Any, Any, ToolResult]], bridge: LoopBridge,
-) -> StructuredTool:
-    async def call_async(email: str) -> ToolResult:
-        return await bridge.run_async(lambda: run(email))
-
-    def call_sync(email: str) -> ToolResult:
-        try:
-            return bridge.run_sync(lambda: run(email))
-        except TimeoutError:
-            return unavailable_content(), None
-
-    return StructuredTool.from_function(
-        func=call_sync, coroutine=call_async, name=name, description=description, args_schema=EmailArgs,
-        response_format="content_and_artifact", handle_validation_error=_invalid_arguments,
-    )
-
-
 class BillingToolkit(BaseToolkit):
     """Both billing tools over one runtime: ``BillingToolkit(runtime).get_tools()``.
 
@@ -182,9 +150,10 @@ class BillingToolkit(BaseToolkit):
         self._core = BillingTools(runtime, user=user, policy=policy, clock=clock)
         loop_bridge = bridge if bridge is not None else LoopBridge.here()
         self._tools = [
-            _structured_tool(GET_STRIPE_CONTEXT, STRIPE_CONTEXT_DESCRIPTION, self._core.stripe_context,
-                             loop_bridge),
-            _structured_tool(EVALUATE_ROUTING_RULES, ROUTING_DESCRIPTION, self._core.routing, loop_bridge),
+            BillingTool(call=self._core.stripe_context, bridge=loop_bridge, name=GET_STRIPE_CONTEXT,
+                        description=STRIPE_CONTEXT_DESCRIPTION),
+            BillingTool(call=self._core.routing, bridge=loop_bridge, name=EVALUATE_ROUTING_RULES,
+                        description=ROUTING_DESCRIPTION),
         ]
 
     @property

@@ -1,0 +1,87 @@
+"""What a ``get_stripe_context`` tool call adds to the lookup itself, for a cached customer (target: p99
+of the added cost <= 1 ms).
+
+One runtime (the in-process sandbox, REDIS_URL under a private prefix): the demo customers are looked
+up once so they are cached, then N rounds each time ``TenantRuntime.lookup`` alone, the LangChain
+tool's ``ainvoke`` (lookup + rules + bounded content + LangChain's own overhead) and ``BillingTools``
+directly (the same without LangChain), interleaved so drift hits all three alike. Every measured
+lookup is a cache hit (checked). The audited lookup is the same in all three: one audit entry each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from common import REDIS_URL, SANDBOX_KEY, median, percentile, table, unlink_prefix
+
+from bot.runtime import load_settings, open_runtime
+from sandbox.server import SandboxServer
+from tools.context_tools import BillingToolkit
+
+EMAILS = ("jane@acme.com", "bigco@example.com", "trial@startup.io", "shared@example.com")
+
+
+async def _timed(samples: list[float], call: Callable[[], Awaitable[object]]) -> None:
+    start = time.perf_counter()
+    await call()
+    samples.append(time.perf_counter() - start)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.3f} ms"
+
+
+async def bench(url: str, n: int) -> list[tuple[str, str, str]]:
+    prefix = f"blbench{uuid.uuid4().hex[:8]}"
+    settings = load_settings(STRIPE_API_KEY=SANDBOX_KEY, STRIPE_API_BASE=url, REDIS_URL=REDIS_URL,
+                             BILLING_KEY_PREFIX=prefix)
+    try:
+        async with open_runtime(settings) as runtime:
+            tenant = runtime.default
+            toolkit = BillingToolkit(runtime, user="bench")
+            tool = next(t for t in toolkit.get_tools() if t.name == "get_stripe_context")
+            for email in EMAILS:  # fill the cache, then prove every email is a hit
+                await tenant.lookup(email, user="bench", surface="tool")
+                context = await tenant.lookup(email, user="bench", surface="tool")
+                assert context.source == "cache", email
+            lookups: list[float] = []
+            tool_calls: list[float] = []
+            core_calls: list[float] = []
+            for i in range(n):
+                email = EMAILS[i % len(EMAILS)]
+                await _timed(lookups, lambda e=email: tenant.lookup(e, user="bench", surface="tool"))
+                await _timed(tool_calls, lambda e=email: tool.ainvoke({"email": e}))
+                await _timed(core_calls, lambda e=email: toolkit.core.stripe_context(e))
+            content, artifact = await toolkit.core.stripe_context(EMAILS[0])
+            assert artifact is not None and artifact["source"] == "cache" and '"source":"cache"' in content
+    finally:
+        await unlink_prefix(prefix)
+    added_p50 = median(tool_calls) - median(lookups)
+    added_p99 = percentile(tool_calls, 99) - percentile(lookups, 99)
+    return [
+        ("calls each", f"{n:,}", ""),
+        ("lookup p50", _ms(median(lookups)), ""),
+        ("lookup p99", _ms(percentile(lookups, 99)), ""),
+        ("tool call p50", _ms(median(tool_calls)), ""),
+        ("tool call p99", _ms(percentile(tool_calls, 99)), ""),
+        ("added by the tool p50", _ms(added_p50), ""),
+        ("added by the tool p99", _ms(added_p99), "target <= 1 ms"),
+        ("without LangChain p50", _ms(median(core_calls) - median(lookups)), "BillingTools directly"),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=2_000, help="measured rounds (after warming the cache)")
+    args = parser.parse_args()
+    with SandboxServer() as sandbox:
+        rows = asyncio.run(bench(sandbox.url, args.n))
+    table("get_stripe_context vs TenantRuntime.lookup, cached customer", rows)
+
+
+if __name__ == "__main__":
+    main()
