@@ -35,6 +35,7 @@ test: $(STAMP) redis lint typecheck pytest
 bench: $(STAMP) redis
 	$(BIN)/python bench/lookup.py
 	$(BIN)/python bench/webhooks.py
+	$(BIN)/python bench/tool_call.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ("redis_bytes.py", ["--n", "20", "--months", "2"], ["per customer, all keys"]),
     ("webhooks.py", ["--n", "200", "--connections", "4", "--rate", "50", "--seconds", "1"],
      ["accepted events/s", "applied events/s", "lag p99 at 50/s"]),
+    ("tool_call.py", ["--n", "50"], ["lookup p99", "tool call p99", "added by the tool p99"]),
 ])
 def test_bench_prints_its_figures(script: str, args: list[str], lines: list[str], redis_url: str) -> None:
     result = subprocess.run(
