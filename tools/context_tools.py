@@ -12,7 +12,7 @@ here by the two things the tools use (``ToolRuntime``); ``bot.runtime.Runtime`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -82,6 +82,23 @@ class BillingTools:
         self._clock = clock
 
     async def stripe_context(self, email: str) -> ToolResult:
+        """``get_stripe_context``: content and artifact; never raises (but for cancellation)."""
+        return await self._guarded(self._stripe_context, email)
+
+    async def routing(self, email: str) -> ToolResult:
+        """``evaluate_routing_rules``: content and artifact; never raises (but for cancellation)."""
+        return await self._guarded(self._routing, email)
+
+    async def _guarded(self, run: Callable[[str], Awaitable[ToolResult]], email: str) -> ToolResult:
+        try:
+            return await run(email)
+        except Exception:
+            # The tool boundary: a model gets content it can act on, whatever broke below (a bug
+            # included); the log keeps the traceback.
+            log.exception("billing tool failed unexpectedly")
+            return unavailable_content(), None
+
+    async def _stripe_context(self, email: str) -> ToolResult:
         found = await self._lookup(email)
         if isinstance(found, str):
             return found, None
@@ -89,7 +106,7 @@ class BillingTools:
         content = stripe_context_content(found, evaluation, now=self._clock(), policy=self.policy)
         return content, found.to_json_dict()
 
-    async def routing(self, email: str) -> ToolResult:
+    async def _routing(self, email: str) -> ToolResult:
         found = await self._lookup(email)
         if isinstance(found, str):
             return found, None
@@ -115,10 +132,6 @@ class BillingTools:
             return bad_email_content()
         except _UNAVAILABLE as err:
             log.warning("billing tool lookup failed (%s): %s", type(err).__name__, err)
-            return unavailable_content()
-        except Exception:
-            # The tool boundary: a model must get content it can act on, whatever broke below.
-            log.exception("billing tool lookup failed unexpectedly")
             return unavailable_content()
 
     def _evaluate(self, context: BillingContext) -> RuleEvaluation | None:
