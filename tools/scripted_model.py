@@ -70,7 +70,7 @@ def _reply_from(content: str) -> str:
         parts.append(f"Your recurring charge is {data['mrr']} per month.")
     if data.get("stale"):
         parts.append("These details may be slightly out of date.")
-    parts.append("If you'd like a refund or credit, I've passed that to the team to review.")
+    parts.append("If you are asking for a refund or credit, our team will review that request.")
     return "Hi, thanks for reaching out. " + " ".join(parts)
 
 
