@@ -2,8 +2,73 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+import re
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_STALENESS_SECONDS = 10 * 365 * 24 * 3600  # ten years: far past any use, far below timedelta's limit
+_ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]+")
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+def parse_log_level(value: str | None) -> str | None:
+    """``BILLING_LOG_LEVEL`` as a logging level name (None when unset); ValueError names the choices."""
+    level = (value or "").strip().upper()
+    if not level:
+        return None
+    if level not in LOG_LEVELS:
+        raise ValueError(f"BILLING_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _port_of(variable: str, url: str) -> int | None:
+    """The URL's port; ValueError (a sentence naming ``variable``, never the URL) when out of range."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{variable} has a port that is not a number from 1 to 65535")
+    return port
+
+
+def check_redis_url(url: str) -> str:
+    """``REDIS_URL`` when usable; ValueError otherwise. The URL may hold a password: never echoed."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError("REDIS_URL is not a valid URL (check its brackets and characters)") from None
+    if parts.scheme == "memory":
+        return url
+    if parts.scheme not in {"redis", "rediss"}:
+        raise ValueError(
+            f"REDIS_URL has scheme {parts.scheme or '(none)'!r}; use redis://, rediss:// or memory://"
+        )
+    _port_of("REDIS_URL", url)
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError(
+            f"REDIS_URL names database {database[:40]!r}; a Redis database is a number such as /0"
+        )
+    for value in parse_qs(parts.query).get("db", []):
+        if not value.isdigit():
+            raise ValueError(f"REDIS_URL has db={value[:40]!r}; a Redis database is a number such as db=0")
+    return url
+
+
+def check_http_url(variable: str, url: str, example: str) -> str:
+    """An http(s) base URL with a host and a valid port; ValueError naming ``variable`` otherwise."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError(f"{variable} is not a valid URL; use one such as {example}") from None
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{variable} must be an http(s) URL such as {example}, not {url[:80]!r}")
+    _port_of(variable, url)
+    return url
 
 
 class Settings(BaseSettings):
@@ -26,11 +91,61 @@ class Settings(BaseSettings):
     # Slack user ids or user-group ids who may run admin subcommands besides workspace admins/owners.
     admins: str = Field(default="", alias="BILLING_ADMINS")
     allow_secret_key: bool = Field(default=False, alias="BILLING_ALLOW_SECRET_KEY")
-    max_staleness_seconds: float = Field(default=24 * 3600, alias="BILLING_MAX_STALENESS")
+    max_staleness_seconds: float = Field(
+        default=24 * 3600, ge=0, le=MAX_STALENESS_SECONDS, allow_inf_nan=False, alias="BILLING_MAX_STALENESS"
+    )
     stripe_rate_limit: float | None = Field(
         # client-side requests/s; default 20 with a test key, 90 with a live key
-        default=None, alias="BILLING_STRIPE_RATE"
+        default=None, gt=0, allow_inf_nan=False, alias="BILLING_STRIPE_RATE"
     )
-    stripe_timeout_seconds: float = Field(default=10.0, alias="BILLING_STRIPE_TIMEOUT")
-    stripe_max_retries: int = Field(default=3, alias="BILLING_STRIPE_RETRIES")
+    stripe_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, allow_inf_nan=False, alias="BILLING_STRIPE_TIMEOUT"
+    )
+    stripe_max_retries: int = Field(default=3, ge=0, le=20, alias="BILLING_STRIPE_RETRIES")
     key_prefix: str = Field(default="bl", alias="BILLING_KEY_PREFIX")
+    log_level: str | None = Field(default=None, alias="BILLING_LOG_LEVEL")
+    # ``serve`` and ``worker`` on ``memory://`` lose every queued event when they stop: only for a demo.
+    demo: bool = Field(default=False, alias="BILLING_DEMO")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return check_redis_url(value.strip())
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _stripe_api_base(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return check_http_url("STRIPE_API_BASE", value.strip(), "http://127.0.0.1:12111")
+
+    @field_validator("slack_api_url")
+    @classmethod
+    def _slack_api_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return check_http_url("SLACK_API_URL", value.strip(), "https://slack.com/api/")
+
+    @field_validator("stripe_account_id")
+    @classmethod
+    def _stripe_account_id(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not _ACCOUNT_ID.fullmatch(value.strip()):
+            raise ValueError("STRIPE_ACCOUNT_ID must look like acct_1A2b3C (the Stripe account id)")
+        return value.strip()
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not _KEY_PREFIX.fullmatch(value):
+            raise ValueError(
+                "BILLING_KEY_PREFIX must be a non-empty run of letters, digits, underscores, dots, "
+                "colons or hyphens (no braces or spaces), such as bl"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str | None) -> str | None:
+        return parse_log_level(value)

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from bot import cli_audit, cli_backfill, cli_lookup, cli_rules, cli_sync, cli_tools
-from bot.cli_support import configure_logging
+from bot.cli_support import configure_logging, run_cli
 
 
 def build_cli() -> typer.Typer:
@@ -32,4 +32,4 @@ def main() -> None:
     # stay quiet (an expected failure is one sentence), long-running ones log their work.
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     configure_logging(logging.INFO if command in LONG_RUNNING else logging.ERROR)
-    build_cli()()
+    run_cli(build_cli())

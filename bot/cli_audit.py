@@ -31,7 +31,7 @@ async def audited_lookup(settings: Settings, query: str, *, refresh: bool = Fals
 
 
 async def _read(settings: Settings, user: str | None, customer: str | None, limit: int) -> list[AuditEntry]:
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, require_store=True) as runtime:
         if runtime.default.audit is None:
             raise StoreUnavailableError("Redis (home of the audit trail) is unreachable; check REDIS_URL.")
         return await runtime.default.audit.read(user=user, customer_id=customer, limit=limit)

@@ -17,6 +17,7 @@ import stripe
 import typer
 from redis.exceptions import RedisClusterException, RedisError
 
+from billing.config import parse_log_level
 from billing.errors import BillingError
 from rules import RulesError
 
@@ -29,19 +30,57 @@ EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
 
 
-def configure_logging(default: int) -> None:
-    """Log to stderr at ``BILLING_LOG_LEVEL`` (e.g. DEBUG, INFO), else at ``default``.
+NOTICE_LOGGERS = ("billing.runtime",)
+"""Loggers whose warnings a one-shot command still prints (as the bare sentence): e.g. that the cache
+is unreachable and the lookup goes to Stripe directly. Silence there would hide a misconfiguration."""
 
-    One-shot commands default to ERROR so an expected failure stays one sentence (no retry chatter);
-    long-running ones (serve, worker) default to INFO.
+
+def configure_logging(default: int) -> None:
+    """Log to stderr at ``BILLING_LOG_LEVEL`` (DEBUG, INFO, WARNING, ERROR, CRITICAL), else at ``default``.
+
+    One-shot commands default to ERROR so an expected failure stays one sentence (no retry chatter),
+    except the runtime's warnings, printed as one bare line each; long-running ones (serve, worker)
+    default to INFO. A bad ``BILLING_LOG_LEVEL`` is one sentence and exit 2, before any command runs.
     """
-    level = os.environ.get("BILLING_LOG_LEVEL", "").strip().upper()
-    chosen = level if level in logging.getLevelNamesMapping() else default
-    logging.basicConfig(level=chosen, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
-    if not level:
-        # The SDKs log every HTTP request at INFO: our own lines say what matters.
-        for chatty in ("stripe", "httpx"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
+    try:
+        level = parse_log_level(os.environ.get("BILLING_LOG_LEVEL"))
+    except ValueError as err:
+        typer.echo(f"{err}.", err=True)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    logging.basicConfig(level=level or default, format="%(asctime)s %(levelname)s %(name)s %(message)s",
+                        force=True)
+    if level is not None:
+        return
+    # The SDKs log every HTTP request at INFO: our own lines say what matters.
+    for chatty in ("stripe", "httpx"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    if default > logging.WARNING:
+        notice = logging.StreamHandler()
+        notice.setFormatter(logging.Formatter("%(message)s"))
+        for name in NOTICE_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.handlers = [notice]
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False
+
+
+def run_cli(app: typer.Typer) -> NoReturn:
+    """Run the CLI; a usage error (unknown option, value out of range) is one sentence, exit 2.
+
+    Typer's own rendering is a usage line, a hint and a boxed error: several lines on stderr.
+    """
+    try:
+        code = app(standalone_mode=False)
+    except Exception as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # the help is already printed
+            raise SystemExit(EXIT_BAD_INPUT) from None
+        message, exit_code = getattr(err, "format_message", None), getattr(err, "exit_code", None)
+        if not callable(message) or not isinstance(exit_code, int):
+            raise  # not a usage error: a bug, shown as one
+        command = getattr(getattr(err, "ctx", None), "command_path", None) or "billing"
+        typer.echo(f"{str(message()).rstrip('.')} (see {command} --help).", err=True)
+        raise SystemExit(exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else EXIT_OK)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

@@ -31,12 +31,24 @@ def _webhook_secret(settings: Settings) -> str:
     return secret
 
 
+def _refuse_memory_store(settings: Settings, command: str) -> None:
+    """``serve`` and ``worker`` need a Redis server: on ``memory://`` every queued event, already
+    acknowledged to Stripe, dies with the process. Only ``BILLING_DEMO=1`` says that is fine."""
+    if settings.redis_url.startswith("memory:") and not settings.demo:
+        raise ConfigurationError(
+            f"REDIS_URL is memory:// (the default when unset), so billing {command} would acknowledge "
+            "Stripe's events and lose them when the process stops; point REDIS_URL at a Redis server "
+            "(redis://…), or set BILLING_DEMO=1 for a demo."
+        )
+
+
 async def _serve(settings: Settings, host: str, port: int, with_worker: bool, socket_mode: bool) -> None:
     import uvicorn
 
     from bot.asgi import build_asgi_app
     from bot.slack.app import build_slack_app, slack_configured, slack_web_client
 
+    _refuse_memory_store(settings, "serve")
     secret = _webhook_secret(settings)
     if socket_mode and not slack_configured(settings):
         raise ConfigurationError("--socket-mode needs SLACK_BOT_TOKEN (xoxb-…) and SLACK_APP_TOKEN (xapp-…).")
@@ -77,6 +89,7 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool, so
 async def _work(settings: Settings) -> None:
     from bot.slack.app import slack_configured, slack_web_client
 
+    _refuse_memory_store(settings, "worker")
     async with open_runtime(settings, verify_permissions=True, require_store=True) as runtime:
         assert runtime.store is not None
         runtime.rules()
@@ -91,7 +104,7 @@ async def _work(settings: Settings) -> None:
 
 
 async def _status(settings: Settings) -> SyncHealth:
-    async with open_runtime(settings) as runtime:
+    async with open_runtime(settings, require_store=True) as runtime:
         if runtime.store is None:
             raise StoreUnavailableError("Redis is not reachable; check REDIS_URL.")
         return await runtime.store.health()

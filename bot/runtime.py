@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from billing.audit import AuditLog, Outcome, Surface
 from billing.config import Settings
@@ -33,33 +34,45 @@ from rules import RulesFile, RulesWatcher, rules_path
 log = logging.getLogger("billing.runtime")
 
 
+def _variable(loc: tuple[int | str, ...]) -> str:
+    """The environment variable a validation error is about (its alias, never the python name)."""
+    name = str(loc[0]) if loc else ""
+    field_info = Settings.model_fields.get(name)
+    if field_info is not None and field_info.alias:
+        return field_info.alias
+    return name or "A setting"
+
+
+def _sentence(error: ErrorDetails) -> str:
+    """One sentence naming the variable; the offending value is never repeated (it may be a secret)."""
+    variable = _variable(error["loc"])
+    if error["type"] == "value_error":
+        # Our own validators name the variable (and only echo what is safe to show).
+        reason = str(error.get("ctx", {}).get("error", error["msg"]))
+        if reason.startswith(variable):
+            return reason.rstrip(".") + "."
+    else:
+        reason = str(error["msg"]).split(",")[0]  # "Input should be a valid number, unable to …"
+        reason = reason[:1].lower() + reason[1:]
+    return f"{variable} is invalid: {reason.rstrip('.')}."
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment (``overrides`` by env name win); a bad value is one sentence."""
+    """Settings from the environment (``overrides`` by env name win), every value checked; a bad
+    value is ConfigurationError: one sentence naming the variable."""
     try:
         return Settings(**overrides)
     except ValidationError as err:
-        first = err.errors()[0]
-        name = ".".join(str(part) for part in first["loc"]) or "a setting"
-        # The offending value is not repeated: it may be a key or a token.
-        reason = str(first["msg"]).split(",")[0].rstrip(".")
-        more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-        raise ConfigurationError(f"{name} is invalid: {reason}{more}.") from None
-
-
-def _check_api_base(settings: Settings) -> None:
-    base = settings.stripe_api_base
-    if base and not base.startswith(("http://", "https://")):
-        raise ConfigurationError(
-            f"STRIPE_API_BASE must be an http(s) URL such as http://127.0.0.1:12111, not {base!r}."
-        )
+        sentence = _sentence(err.errors()[0])
+        if err.error_count() > 1:
+            sentence = f"{sentence[:-1]} (and {err.error_count() - 1} more)."
+        raise ConfigurationError(sentence) from None
 
 
 def _configured_tenant(settings: Settings, key: str) -> Tenant | None:
-    account = (settings.stripe_account_id or "").strip()
+    account = settings.stripe_account_id  # its shape is checked with every other setting
     if not account:
         return None
-    if not account.startswith("acct_") or not account[5:].isalnum():
-        raise ConfigurationError("STRIPE_ACCOUNT_ID must look like acct_1A2b3C (the Stripe account id).")
     return Tenant(account_id=account, livemode=key_livemode(key))
 
 
@@ -150,7 +163,9 @@ async def _open_store(
     except StoreUnavailableError as err:
         if required:
             raise
-        log.warning("%s Looking customers up in Stripe directly.", err)
+        # One line, also on a one-shot command's stderr (see bot.cli_support.NOTICE_LOGGERS).
+        log.warning("%s; looking customers up in Stripe directly, without the cache (check REDIS_URL).",
+                    str(err).rstrip("."))
         return None
 
 
@@ -164,7 +179,6 @@ async def open_runtime(
     read permission is probed once, so a missing one is one sentence at start-up, not mid-run.
     """
     key = check_key(settings)
-    _check_api_base(settings)
     configured = _configured_tenant(settings, key)
     gateway = StripeGateway.from_settings(settings)
     try:

@@ -128,7 +128,7 @@ def test_serve_refuses_a_missing_or_malformed_webhook_secret(
     assert named in message and SECRET_MARK not in result.output
 
 
-@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "0"], ["backfill"]])
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "3000"], ["backfill"]])
 def test_long_running_commands_check_every_read_permission_at_start(
     sandbox: SandboxHandle, redis_url: str, key_prefix: str, command: list[str]
 ) -> None:
