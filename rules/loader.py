@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -18,6 +19,11 @@ from rules.conditions import Path, Problem, parse_currency
 from rules.schema import Actions, Alert, ExchangeRates, Rule, RulesFile
 
 DEFAULT_RULES_FILE = "default_rules.yml"
+# Bounds that keep a hostile or broken file cheap to refuse: a few hundred bytes of aliases can
+# otherwise expand to billions of values (the "billion laughs").
+MAX_RULES_BYTES = 256 * 1024
+MAX_ALIASED_VALUES = 100_000  # values repeated through aliases, counted while walking the file
+MAX_NESTING = 64  # lists and mappings inside each other; a rules file needs about 10
 _STR_TAG = "tag:yaml.org,2002:str"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _VAR_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -32,10 +38,28 @@ class RulesError(Exception):
         self.lines = lines
 
 
+class _TooDeep(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 booleans: only true/false. In YAML 1.1 ``on:`` (the alert key) and ``no`` are booleans,
     which would make ``on: subscription.past_due`` a key ``True``: a file that says one thing and means
-    another."""
+    another.
+
+    Composing is recursive: nesting is bounded here, before Python's own recursion limit is reached."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise _TooDeep(self.peek_event().start_mark.line + 1)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -59,7 +83,11 @@ def load_rules(path: str | os.PathLike[str], env: Mapping[str, str] | None = Non
     """Read and validate a rules file; raises ``RulesError`` naming the file and line of each problem."""
     source = os.fspath(path)
     try:
-        text = FilePath(source).read_text(encoding="utf-8")
+        with open(source, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_RULES_BYTES:
+                raise RulesError([_too_big(source, size)])
+            text = file.read(MAX_RULES_BYTES + 1).decode("utf-8")
     except FileNotFoundError:
         raise RulesError([f"{source}: no such rules file"]) from None
     except (OSError, UnicodeDecodeError) as err:
@@ -68,9 +96,17 @@ def load_rules(path: str | os.PathLike[str], env: Mapping[str, str] | None = Non
     return load_rules_text(text, source, env)
 
 
+def _too_big(source: str, size: int) -> str:
+    return (f"{source}:1: the rules file is {size:,} bytes; "
+            f"a rules file may have at most {MAX_RULES_BYTES:,} bytes ({MAX_RULES_BYTES // 1024} KiB)")
+
+
 def load_rules_text(text: str, source: str = "<string>", env: Mapping[str, str] | None = None) -> RulesFile:
     """Validate rules YAML held in a string; ``source`` names it in error lines."""
     environ = os.environ if env is None else env
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_RULES_BYTES:
+        raise RulesError([_too_big(source, size)])
     lines: dict[Path, int] = {}
     problems: list[tuple[int, str]] = []
     loader = _Loader(text)
@@ -78,11 +114,18 @@ def load_rules_text(text: str, source: str = "<string>", env: Mapping[str, str] 
         node = loader.get_single_node()
         if node is None:
             raise RulesError([f"{source}:1: the rules file is empty (expected 'version: 1' and 'rules:')"])
-        _walk(node, (), lines, problems, environ, frozenset())
+        # The walk expands aliases (and bounds that) before anything is built from the nodes.
+        _walk(node, (), lines, problems, environ, frozenset(), _Expansion())
         data = loader.construct_document(node)
     except _RecursiveAlias as err:
         raise RulesError([f"{source}:{err.line}: an alias refers to a mapping or list that contains it"]) \
             from None
+    except _TooDeep as err:
+        raise RulesError([f"{source}:{err.line}: the rules file nests lists and mappings more than "
+                          f"{MAX_NESTING} deep"]) from None
+    except _AliasBomb as err:
+        raise RulesError([f"{source}:{err.line}: the rules file expands to more than {MAX_ALIASED_VALUES} "
+                          "values through aliases (each *alias repeats its &anchor's content)"]) from None
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         line = mark.line + 1 if mark is not None else 1
@@ -112,13 +155,42 @@ class _RecursiveAlias(Exception):
         self.line = line
 
 
+class _AliasBomb(Exception):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+@dataclass
+class _Expansion:
+    """What the walk has seen: nodes met once (a second meeting is an alias), values met again."""
+
+    seen: set[int] = field(default_factory=set)
+    repeated: int = 0
+
+
 def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], problems: list[tuple[int, str]],
-          env: Mapping[str, str], ancestors: frozenset[int]) -> None:
-    """Record the line of every key and list item, substitute ``${VAR}`` in string values."""
+          env: Mapping[str, str], ancestors: frozenset[int], expansion: _Expansion,
+          alias_line: int | None = None) -> None:
+    """Record the line of every key and list item, substitute ``${VAR}`` in string values.
+
+    Aliases are walked where they are used, so the walk sees the document as it will be built: it
+    counts the values repeated through aliases and stops past ``MAX_ALIASED_VALUES``, naming the line
+    of the outermost alias being expanded (``alias_line``)."""
     lines.setdefault(path, node.start_mark.line + 1)
+    # An alias node keeps its anchor's marks: the line of the key (or list) holding the alias.
+    holder = lines[path[:-1]] if path and isinstance(path[-1], int) else lines[path]
     if id(node) in ancestors:  # `a: &x [*x]`: the node graph has a cycle, walking it never ends
-        # An alias node keeps its anchor's marks: name the line of the key holding the alias.
-        raise _RecursiveAlias(lines[path[:-1]] if isinstance(path[-1], int) else lines[path])
+        raise _RecursiveAlias(holder)
+    if len(path) > MAX_NESTING:  # aliases inside anchors inside aliases can nest past what was composed
+        raise _TooDeep(alias_line or holder)
+    if alias_line is None and id(node) in expansion.seen:
+        alias_line = holder
+    if alias_line is not None:
+        expansion.repeated += 1
+        if expansion.repeated > MAX_ALIASED_VALUES:
+            raise _AliasBomb(alias_line)
+    else:
+        expansion.seen.add(id(node))
     ancestors = ancestors | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -129,11 +201,11 @@ def _walk(node: yaml.Node, path: Path, lines: dict[Path, int], problems: list[tu
                 problems.append((line, f"duplicate key {key!r} (the later one would silently win)"))
             seen.add(key)
             lines[(*path, key)] = line
-            _walk(value_node, (*path, key), lines, problems, env, ancestors)
+            _walk(value_node, (*path, key), lines, problems, env, ancestors, expansion, alias_line)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[(*path, i)] = item.start_mark.line + 1
-            _walk(item, (*path, i), lines, problems, env, ancestors)
+            _walk(item, (*path, i), lines, problems, env, ancestors, expansion, alias_line)
     elif isinstance(node, yaml.ScalarNode) and node.tag == _STR_TAG and "${" in node.value:
         node.value = _substitute(node.value, node.start_mark.line + 1, problems, env)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -344,3 +347,97 @@ def test_a_secret_variable_never_reaches_the_rules_or_the_error() -> None:
     with pytest.raises(RulesError) as info:
         load_rules_text(text, env={"SLACK_BOT_TOKEN": secret})
     assert secret not in str(info.value)
+
+
+# --- hostile files: alias bombs, huge files, deep nesting ------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+LOAD_IN_A_SMALL_PROCESS = """
+import resource, sys
+limit = 512 * 1024 * 1024  # a small rules file must load in far less; an alias bomb needs gigabytes
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+from rules import RulesError, load_rules
+try:
+    load_rules(sys.argv[1], env={})
+except RulesError as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+def refused_in_a_small_process(path: Path) -> str:
+    """Load ``path`` in a child limited to 512 MiB of address space; return the refusal it printed."""
+    proc = subprocess.run([sys.executable, "-c", LOAD_IN_A_SMALL_PROCESS, str(path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    return proc.stdout.strip()
+
+
+def billion_laughs(levels: int = 9, width: int = 9) -> str:
+    """The classic: each level is a list of ``width`` aliases of the level before (width**levels leaves)."""
+    names = "abcdefghijklmnopqrstuvwxyz"[:levels]
+    lines = ["version: 1", "a: &a [" + ",".join(["lol"] * width) + "]"]
+    for before, name in itertools.pairwise(names):
+        lines.append(f"{name}: &{name} [" + ",".join([f"*{before}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+EXPANDS = "expands to more than 100000 values through aliases (each *alias repeats its &anchor's content)"
+
+
+def test_the_billion_laughs_is_refused_without_exhausting_memory(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yml"
+    path.write_text(billion_laughs())
+    assert path.stat().st_size < 400
+    # a .. e expand to 66,430 values; the first alias in f (line 7) passes 100,000.
+    assert refused_in_a_small_process(path) == f"{path}:7: the rules file {EXPANDS}"
+
+
+def test_a_bomb_of_mappings_inside_a_rule_is_refused_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "mapping-bomb.yml"
+    lines = ["version: 1", "rules:", "  - name: r", "    when: {status: active}", "    then: {assign: x}",
+             "    extra:", "      m0: &m0 {" + ", ".join(f"k{i}: v" for i in range(10)) + "}"]
+    for level in range(1, 7):
+        keys = ", ".join(f"k{i}: *m{level - 1}" for i in range(10))
+        lines.append(f"      m{level}: &m{level} {{{keys}}}")
+    lines.append("      merged: {<<: *m6}")
+    path.write_text("\n".join(lines) + "\n")
+    # m1 .. m3 repeat 24,630 values; m4 (line 11) would repeat 222,210 more.
+    assert refused_in_a_small_process(path) == f"{path}:11: the rules file {EXPANDS}"
+
+
+def test_a_big_file_with_legitimate_aliases_still_loads(tmp_path: Path) -> None:
+    tags = ", ".join(f"team-{n}" for n in range(30))
+    header = ("version: 1\nrules:\n  - name: r0\n    when: &common\n      all:\n"
+              "        - {status: past_due}\n        - {mrr: {gt: 1000, currency: usd}}\n"
+              f"    then: &urgent {{priority: urgent, tags: [{tags}]}}\n")
+    rule = "  - {{name: escalation-{n:04d}, when: *common, then: *urgent}}\n"
+    path = tmp_path / "big.yml"
+    path.write_text(header + "".join(rule.format(n=n) for n in range(1, 1500)))
+    # 1,500 rules whose aliases repeat over 70,000 values: within bounds.
+    rules = load_rules(path, env={})
+    assert len(rules.rules) == 1500 and rules.rules[-1].name == "escalation-1499"
+    assert rules.rules[-1].then == rules.rules[0].then and len(rules.rules[0].then.tags) == 30
+    # A file of exactly the size limit is read.
+    padded = "version: 1\nrules: []\n"
+    path.write_text(padded + "#" * (256 * 1024 - len(padded)))
+    assert load_rules(path, env={}).rules == []
+
+
+def test_an_oversized_file_is_refused_with_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yml"
+    path.write_text("version: 1\n" + "#" * (256 * 1024))
+    with pytest.raises(RulesError) as info:
+        load_rules(path, env={})
+    assert info.value.lines == [f"{path}:1: the rules file is 262,155 bytes; "
+                                f"a rules file may have at most 262,144 bytes (256 KiB)"]
+    assert errors("version: 1\n" + "#" * (256 * 1024)) == [
+        "rules/bad.yml:1: the rules file is 262,155 bytes; "
+        "a rules file may have at most 262,144 bytes (256 KiB)"
+    ]
+
+
+def test_lists_nested_thousands_deep_are_refused_with_a_line() -> None:
+    assert errors("version: 1\nrules:\n  - " + "[" * 5000 + "]" * 5000 + "\n") == [
+        "rules/bad.yml:3: the rules file nests lists and mappings more than 64 deep"
+    ]
