@@ -21,7 +21,45 @@ log = logging.getLogger("billing.webhook")
 
 MAX_BODY_BYTES = 1024 * 1024
 SIGNATURE_TOLERANCE_SECONDS = 300
+MAX_JSON_DEPTH = 64  # Stripe's events nest about 10 levels (list > item > price > recurring ...)
 _HEALTH_WRITE_INTERVAL = 1.0
+_TOO_DEEP = "The body is not a Stripe event: nested too deeply."
+_NOT_A_BRACKET = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def nested_deeper_than(body: bytes, limit: int) -> bool:
+    """Whether the JSON in ``body`` opens more than ``limit`` arrays/objects inside each other.
+
+    Checked before parsing (``json.loads`` recurses, and a body nested 200,000 deep is 400 KB), with C-speed
+    byte operations: fewer brackets than ``limit`` settles it; otherwise escapes are dropped, the text
+    between quotes (string contents, whose brackets are text) is dropped, and the brackets left are
+    counted, stopping at the first one past ``limit``. Malformed JSON is left to the parser.
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = b"".join(unescaped.split(b'"')[::2]).translate(None, _NOT_A_BRACKET)
+    depth = 0
+    for char in skeleton:
+        if char in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _signature_timestamp(header: str) -> int | None:
+    """The ``t=`` of a ``Stripe-Signature`` header, read as stripe-python reads it (the first one)."""
+    for item in header.split(","):
+        key, _, value = item.partition("=")
+        if key == "t":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 @dataclass(frozen=True)
@@ -58,8 +96,22 @@ class WebhookIngest:
                 f"The Stripe-Signature does not match the body or is older than {self.tolerance} s.",
                 "rejected",
             )
+        # stripe-python only refuses old timestamps: a signature made for the future would stay
+        # replayable until then.
+        timestamp = _signature_timestamp(signature)
+        if timestamp is not None and timestamp > time.time() + self.tolerance:
+            return WebhookResult(
+                400,
+                f"The Stripe-Signature timestamp is more than {self.tolerance} s in the future; "
+                "check the clock of this server.",
+                "rejected",
+            )
+        if nested_deeper_than(body, MAX_JSON_DEPTH):
+            return WebhookResult(400, _TOO_DEEP, "rejected")
         try:
             event = json.loads(text)
+        except RecursionError:  # the scan above makes this unreachable; kept as the last guard
+            return WebhookResult(400, _TOO_DEEP, "rejected")
         except ValueError:
             return WebhookResult(400, "The body is not valid JSON.", "rejected")
         if not (

@@ -29,6 +29,7 @@ from billing.webhook import MAX_BODY_BYTES, WebhookIngest
 from billing.worker import EventWorker
 
 WORKER_STALL_SECONDS = 30.0
+BODY_READ_SECONDS = 10.0  # Stripe and Slack send a few KiB at once; a body taking longer is an attack
 MAX_SLACK_BODY_BYTES = 256 * 1024  # Slack's payloads are a few KiB; a view submission stays far below
 
 
@@ -54,16 +55,34 @@ class _WorkerCollector(Collector):
         )
 
 
-async def _read_at_most(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it passes ``limit`` (a chunked body has no Content-Length)."""
+class _TooSlow(Exception):
+    """The sender did not finish its body within the time allowed."""
+
+
+async def _read_at_most(request: Request, limit: int, seconds: float) -> bytes | None:
+    """The body, or None as soon as it passes ``limit`` (a chunked body has no Content-Length).
+
+    Raises ``_TooSlow`` when the whole body has not arrived within ``seconds``: a sender trickling a
+    byte a second would otherwise hold its connection and its task for as long as it likes.
+    """
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _TooSlow from None
     return b"".join(chunks)
+
+
+def _too_slow(seconds: float) -> Response:
+    # Closing the connection: the rest of the body is never read, so the connection cannot be reused.
+    return JSONResponse({"error": f"The body did not arrive in time ({seconds:g} s)."}, 408,
+                        headers={"Connection": "close"})
 
 
 def build_asgi_app(
@@ -78,10 +97,12 @@ def build_asgi_app(
     slack_app: AsyncApp | None = None,
     slack_status: Callable[[], dict[str, Any]] | None = None,
     extra_routes: list[BaseRoute] | None = None,
+    body_timeout: float = BODY_READ_SECONDS,
 ) -> Starlette:
     """The app. ``worker`` (if given) runs in-process for the app's lifetime; ``slack_app`` answers
     ``POST /slack/events`` (HTTP mode); ``slack_status`` reports Slack's state (e.g. Socket Mode
-    reconnects) in ``/healthz``; ``stripe_check`` is an async callable used by ``/healthz``."""
+    reconnects) in ``/healthz``; ``stripe_check`` is an async callable used by ``/healthz``;
+    ``body_timeout`` bounds the time to receive a request body (408 past it)."""
     del settings, tenant  # the store carries the tenant; settings kept in the signature for later mounts
     ingest = WebhookIngest(store, webhook_secret)
     started_at = time.time()
@@ -94,10 +115,13 @@ def build_asgi_app(
         length = request.headers.get("content-length")
         too_large = length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES
         try:
-            body = None if too_large else await _read_at_most(request, MAX_BODY_BYTES)
+            body = None if too_large else await _read_at_most(request, MAX_BODY_BYTES, body_timeout)
         except ClientDisconnect:  # the sender gave up mid-body: nothing to queue, nobody to answer
             received.labels("rejected").inc()
             return Response(status_code=400)
+        except _TooSlow:
+            received.labels("rejected").inc()
+            return _too_slow(body_timeout)
         if body is None:
             received.labels("rejected").inc()
             return JSONResponse({"error": f"The body is larger than {MAX_BODY_BYTES} bytes."}, 413)
@@ -111,9 +135,11 @@ def build_asgi_app(
         if slack_app is None:
             return JSONResponse({"error": "Slack is not configured on this server."}, 404)
         try:
-            body = await _read_at_most(request, MAX_SLACK_BODY_BYTES)
+            body = await _read_at_most(request, MAX_SLACK_BODY_BYTES, body_timeout)
         except ClientDisconnect:
             return Response(status_code=400)
+        except _TooSlow:
+            return _too_slow(body_timeout)
         if body is None:
             return JSONResponse({"error": f"The body is larger than {MAX_SLACK_BODY_BYTES} bytes."}, 413)
         # bolt checks the signature and the 5-minute timestamp window before any listener runs.

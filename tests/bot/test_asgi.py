@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,6 +17,7 @@ import uvicorn
 
 from billing.config import Settings
 from billing.notify import RecordingNotifier
+from billing.ports import Transition
 from billing.redis_conn import open_redis
 from billing.store import RedisStore
 from billing.worker import EventWorker
@@ -25,9 +29,11 @@ from tests.fixtures_redis import TEST_TENANT
 
 
 @asynccontextmanager
-async def serve(store: RedisStore, worker: EventWorker | None = None) -> AsyncIterator[httpx.AsyncClient]:
+async def serve(
+    store: RedisStore, worker: EventWorker | None = None, **options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
     app = build_asgi_app(settings=Settings(), store=store, webhook_secret=sf.SECRET, tenant=TEST_TENANT,
-                         worker=worker)
+                         worker=worker, **options)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            lifespan="on"))
@@ -49,8 +55,26 @@ async def post_event(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
                              headers={"Stripe-Signature": sf.sign(body), "Content-Type": "application/json"})
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
+    """Wait until ``check()`` holds, polling, for at most ``seconds`` (then the test fails)."""
+    deadline = time.monotonic() + seconds
+    while not await check():
+        assert time.monotonic() < deadline, f"not true within {seconds} s"
+        await asyncio.sleep(0.01)
+
+
+class SlowNotifier(RecordingNotifier):
+    """Records each alert a moment after it is sent, as a real Slack post would take."""
+
+    async def notify(self, transition: Transition) -> None:
+        await asyncio.sleep(0.2)
+        await super().notify(transition)
+
+
 async def test_webhook_to_cache_through_the_in_process_worker(store: RedisStore) -> None:
-    notifier = RecordingNotifier()
+    # The worker saves the context, then alerts: the context shows past_due before the alert is out,
+    # so the test waits for each thing it asserts (a slow notifier makes that gap certain).
+    notifier = SlowNotifier()
     worker = EventWorker(store, NoStripeNeeded(), notifier, block_ms=50)  # type: ignore[arg-type]
     await worker.ensure_group()
     async with serve(store, worker) as client:
@@ -58,13 +82,14 @@ async def test_webhook_to_cache_through_the_in_process_worker(store: RedisStore)
                     sf.event("customer.subscription.created", sf.subscription(), sf.T0 + 1),
                     sf.event("customer.subscription.updated", sf.subscription(status="past_due"), sf.T0 + 2)):
             assert (await post_event(client, sf.body_of(evt))).status_code == 200
-        for _ in range(200):
-            ctx = await store.get_context("cus_A")
-            if ctx is not None and ctx.status == "past_due":
-                break
-            await asyncio.sleep(0.02)
-        assert ctx is not None and ctx.status == "past_due" and ctx.source == "cache"
+
+        async def alerted() -> bool:
+            return bool(notifier.transitions)
+
+        await eventually(alerted)
         assert notifier.names() == ["subscription.past_due"]
+        ctx = await store.get_context("cus_A")
+        assert ctx is not None and ctx.status == "past_due" and ctx.source == "cache"
         health = await client.get("/healthz")
         assert health.json()["redis"] == "ok" and health.json()["worker"] == "ok"
         metrics = (await client.get("/metrics")).text
@@ -91,6 +116,66 @@ async def test_bad_requests_get_4xx_over_http(store: RedisStore) -> None:
                                      headers={"Stripe-Signature": "t=1,v1=0"})
         assert streamed.status_code == 413
     assert await store.client.exists(store.stream_key) == 0
+
+
+async def test_a_validly_signed_body_nested_200000_deep_is_a_400(
+    store: RedisStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    deep = b"[" * 200_000 + b"]" * 200_000
+    async with serve(store) as client:
+        answer = await post_event(client, deep)
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "The body is not a Stripe event: nested too deeply."}
+    assert "RecursionError" not in caplog.text
+    assert await store.client.exists(store.stream_key) == 0
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length."""
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)
+
+
+async def test_a_body_trickling_in_is_cut_off_with_408_while_others_are_served(store: RedisStore) -> None:
+    body = sf.body_of(sf.event("customer.created", sf.customer(), sf.T0))
+    bound = 1.5
+    async with serve(store, body_timeout=bound) as client:
+        port = client.base_url.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /stripe/webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                     f"Stripe-Signature: {sf.sign(body)}\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        await writer.drain()
+        sent_all = asyncio.Event()
+
+        async def trickle() -> None:  # one byte every 0.5 s: the whole body would take minutes
+            for i in range(len(body)):
+                writer.write(body[i:i + 1])
+                await writer.drain()
+                await asyncio.sleep(0.5)
+            sent_all.set()
+
+        sender = asyncio.create_task(trickle())
+        answer = asyncio.create_task(read_response(reader))
+        try:
+            # Meanwhile the app answers others at once: the trickle holds no lock and no worker.
+            other = await post_event(client, sf.body_of(sf.event("customer.created", sf.customer("cus_B"),
+                                                                 sf.T0)))
+            assert other.status_code == 200 and not answer.done()
+            async with asyncio.timeout(bound + 10):  # a generous deadline; without a bound: minutes
+                status, text = await answer
+                with contextlib.suppress(ConnectionResetError):  # a byte sent after the close: RST
+                    assert await reader.read() == b""  # and the connection is closed
+        finally:
+            sender.cancel()
+            writer.close()
+        assert status == 408 and not sent_all.is_set()
+        assert b"in time" in text
+    entries = await store.client.xrange(store.stream_key)
+    assert len(entries) == 1  # only the other sender's event
 
 
 async def test_redis_down_means_503_and_nothing_lost_after_retry(
