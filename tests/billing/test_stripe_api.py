@@ -274,8 +274,14 @@ async def test_missing_permission_is_named(sandbox: Any, caplog: pytest.LogCaptu
     assert "SECRET42" not in caplog.text and "narrow" not in caplog.text
 
 
-async def test_full_key_passes_the_permission_check(gateway: StripeGateway) -> None:
-    await gateway.verify_permissions()
+async def test_full_key_passes_the_permission_check(sandbox: Any, gateway: StripeGateway) -> None:
+    # A key with every read permission passes, after really asking Stripe: one limit=1 read of
+    # each needed resource, each answered 200, and nothing else (never a write).
+    sandbox.control.clear_requests()
+    assert await gateway.verify_permissions() is None
+    probes = sorted((r["method"], r["path"], r["query"].get("limit"), r["status"])
+                    for r in sandbox.control.requests())
+    assert probes == sorted(("GET", f"/v1/{resource}", "1", 200) for resource in PERMISSIONS)
 
 
 async def test_tenant_from_account_or_key(sandbox: Any, gateway: StripeGateway) -> None:
