@@ -39,7 +39,7 @@ from redis.exceptions import RedisError, WatchError
 
 from billing.audit import AuditLog
 from billing.builder import build_context
-from billing.errors import StoreUnavailableError, StripeUnavailableError
+from billing.errors import StoreUnavailableError
 from billing.models import BillingContext, Match
 from billing.ports import StripeReader, Tenant
 from billing.redis_conn import REDIS_ERRORS, RedisClient, open_redis
@@ -601,21 +601,19 @@ async def open_tenant_store(
 ) -> RedisStore:
     """A store for the account the gateway's key belongs to.
 
-    Stripe names the account; the answer is remembered in Redis under a fingerprint of the key, so a
-    process started while Stripe is unreachable still finds its cache and serves it.
+    Redis first: the account a key belongs to never changes, so once Stripe has named it, the answer
+    remembered under a fingerprint of the key is the answer, and a cache hit never waits on Stripe
+    (nor fails with it). Stripe is asked only for a key seen for the first time.
     """
     client = await open_redis(url)
     memo = f"{prefix}:tenant-of:{key_fingerprint}"
     try:
-        try:
-            tenant = await gateway.tenant()
-        except StripeUnavailableError:
-            remembered = _text(await client.get(memo))
-            if remembered is None:
-                raise
+        remembered = _text(await client.get(memo))
+        if remembered is not None:
             account, _, mode = remembered.rpartition(":")
             tenant = Tenant(account_id=account, livemode=mode == "live")
         else:
+            tenant = await gateway.tenant()
             await client.set(memo, tenant.key)
     except BaseException:
         await client.aclose()

@@ -108,6 +108,15 @@ def key_account_id(key: str) -> str:
     return "key_" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+_ACCOUNT_IN_MESSAGE = re.compile(r"\bon account '(acct_[A-Za-z0-9]+)'")
+
+
+def account_named_in(message: str) -> str | None:
+    """The account id a Stripe 403 names ("… for this endpoint on account 'acct_1A2b'."), if any."""
+    found = _ACCOUNT_IN_MESSAGE.search(message)
+    return found.group(1) if found else None
+
+
 def _permission_sentence(missing: Iterable[str], resources: Iterable[str]) -> str:
     names = sorted(set(missing))
     what = ", ".join(sorted({r.replace("_", " ") for r in resources}))
@@ -437,18 +446,30 @@ class StripeGateway:
     # -- account and key checks ----------------------------------------------------------------
 
     async def tenant(self) -> Tenant:
-        """The account the key belongs to; a key-derived id when the key may not read the account."""
+        """The account the key belongs to, asked of Stripe once.
+
+        A restricted key usually may not read ``/v1/account``, but Stripe's 403 names the account
+        ("… for this endpoint on account 'acct_…'"). Only when nothing names it is the tenant derived
+        from the key, with a warning: rolling that key would start an empty cache.
+        """
         if self._tenant is None:
-            account_id = key_account_id(self._key)
+            account_id: str | None = None
             try:
                 account = await self._call(
                     "reading the account", lambda: self._client.v1.accounts.retrieve_current_async()
                 )
                 account_id = str(account.id)
-            except stripe.PermissionError:
-                log.info("The key may not read /v1/account; using a key-derived tenant id")
+            except stripe.PermissionError as err:
+                account_id = account_named_in(str(err))
             except stripe.InvalidRequestError:
-                log.info("Stripe has no /v1/account for this key; using a key-derived tenant id")
+                pass  # no /v1/account here (a Stripe-compatible server): nothing names the account
+            if account_id is None:
+                account_id = key_account_id(self._key)
+                log.warning(
+                    "Stripe did not name the account of this key (it may not read /v1/account), so the "
+                    "cache is keyed by the key itself and a key roll would start it empty; set "
+                    "STRIPE_ACCOUNT_ID=acct_… (Dashboard → Settings → Account details) to keep it."
+                )
             self._tenant = Tenant(account_id=account_id, livemode=self.livemode)
         return self._tenant
 
