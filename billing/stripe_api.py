@@ -473,6 +473,20 @@ class StripeGateway:
             self._tenant = Tenant(account_id=account_id, livemode=self.livemode)
         return self._tenant
 
+    async def ping(self) -> None:
+        """One real request, never retried, for health checks (the caller bounds its time): returns
+        when Stripe answered GET /v1/account, a restricted key's 403 included. Raises
+        ConfigurationError for a refused key (401), StripeUnavailableError for anything else."""
+        await self._limiter.acquire()
+        try:
+            await self._client.v1.accounts.retrieve_current_async()
+        except (stripe.PermissionError, stripe.InvalidRequestError):
+            return  # Stripe answered; the key just may not read the account
+        except stripe.AuthenticationError:
+            raise ConfigurationError(_BAD_KEY_401) from None
+        except stripe.StripeError as err:
+            raise StripeUnavailableError(f"Stripe is unavailable ({_reason(err)}).") from None
+
     async def verify_permissions(self) -> None:
         """One ``limit=1`` read per needed resource, concurrently; a missing permission is one sentence."""
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -23,12 +24,17 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from billing.config import Settings
+from billing.errors import BillingError, ConfigurationError
 from billing.ports import Tenant
 from billing.store import RedisStore
 from billing.webhook import MAX_BODY_BYTES, WebhookIngest
 from billing.worker import EventWorker
 
 WORKER_STALL_SECONDS = 30.0
+REDIS_PROBE_SECONDS = 2.0
+STRIPE_PROBE_TTL_SECONDS = 5.0  # a health check asks Stripe at most this often
+STRIPE_PROBE_TIMEOUT_SECONDS = 2.0
+STRIPE_PROBE_WAIT_SECONDS = 0.5  # what a health check waits for a new answer before using the last
 BODY_READ_SECONDS = 10.0  # Stripe and Slack send a few KiB at once; a body taking longer is an attack
 MAX_SLACK_BODY_BYTES = 256 * 1024  # Slack's payloads are a few KiB; a view submission stays far below
 
@@ -85,6 +91,66 @@ def _too_slow(seconds: float) -> Response:
                         headers={"Connection": "close"})
 
 
+@dataclass(frozen=True)
+class _Probed:
+    state: str
+    latency_ms: float
+    at: float  # time.monotonic() when the answer came
+    reason: str | None
+
+
+class StripeProbe:
+    """Stripe's state for ``/healthz``: one real request (``check``) at most every ``ttl`` seconds,
+    given up after ``timeout``. Concurrent health checks share the request, and none waits more than
+    ``wait`` for it: meanwhile they report the previous answer with its age (a deploy probe with a
+    1 s timeout must not fail because Stripe hangs)."""
+
+    FAILED = frozenset({"unavailable", "key refused"})
+
+    def __init__(
+        self, check: Callable[[], Awaitable[Any]], *, ttl: float = STRIPE_PROBE_TTL_SECONDS,
+        timeout: float = STRIPE_PROBE_TIMEOUT_SECONDS, wait: float = STRIPE_PROBE_WAIT_SECONDS,
+    ) -> None:
+        self._check, self._ttl, self._timeout, self._wait = check, ttl, timeout, wait
+        self._last: _Probed | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def report(self) -> dict[str, Any]:
+        """``{"state", "latency_ms", "checked_seconds_ago"[, "reason"]}``; state ``checking`` until the
+        first answer."""
+        last = self._last
+        if last is None or time.monotonic() - last.at >= self._ttl:
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._probe())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), self._wait)
+            last = self._last
+        if last is None:
+            return {"state": "checking", "latency_ms": None}
+        report: dict[str, Any] = {"state": last.state, "latency_ms": round(last.latency_ms, 1),
+                                  "checked_seconds_ago": round(time.monotonic() - last.at, 1)}
+        if last.reason:
+            report["reason"] = last.reason
+        return report
+
+    async def _probe(self) -> None:
+        started = time.monotonic()
+        state, reason = "ok", None
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._check()
+        except TimeoutError:
+            state, reason = "unavailable", f"no answer within {self._timeout:g} s"
+        except ConfigurationError as err:  # a revoked key: Stripe answers, but not to us
+            state, reason = "key refused", str(err)
+        except BillingError as err:
+            state, reason = "unavailable", str(err)
+        except Exception as err:  # whatever the transport raised; its text may quote a URL, not shown
+            state, reason = "unavailable", type(err).__name__
+        now = time.monotonic()
+        self._last = _Probed(state, (now - started) * 1000, now, reason)
+
+
 def build_asgi_app(
     *,
     settings: Settings,
@@ -101,7 +167,8 @@ def build_asgi_app(
 ) -> Starlette:
     """The app. ``worker`` (if given) runs in-process for the app's lifetime; ``slack_app`` answers
     ``POST /slack/events`` (HTTP mode); ``slack_status`` reports Slack's state (e.g. Socket Mode
-    reconnects) in ``/healthz``; ``stripe_check`` is an async callable used by ``/healthz``;
+    reconnects) in ``/healthz``; ``stripe_check`` is one cheap real Stripe request
+    (``StripeGateway.ping``) that ``/healthz`` makes at most every few seconds;
     ``body_timeout`` bounds the time to receive a request body (408 past it)."""
     del settings, tenant  # the store carries the tenant; settings kept in the signature for later mounts
     ingest = WebhookIngest(store, webhook_secret)
@@ -146,15 +213,19 @@ def build_asgi_app(
         response = await slack_app.async_dispatch(to_async_bolt_request(request, body))
         return to_starlette_response(response)
 
+    stripe_probe = StripeProbe(stripe_check) if stripe_check is not None else None
+
     async def healthz(_request: Request) -> Response:
-        redis_ok = await store.ping()
-        stripe_state = "unchecked"
-        if stripe_check is not None:
-            try:
-                await asyncio.wait_for(stripe_check(), timeout=3)
-                stripe_state = "ok"
-            except Exception:
-                stripe_state = "unavailable"
+        """200 while the process can do its job (Redis answers, the worker is not stalled), else 503;
+        Stripe down is "degraded", still 200: cached cards and queued webhooks work without it."""
+        redis_started = time.monotonic()
+        try:
+            redis_ok = await asyncio.wait_for(store.ping(), REDIS_PROBE_SECONDS)
+        except TimeoutError:
+            redis_ok = False
+        redis = {"state": "ok" if redis_ok else "unavailable",
+                 "latency_ms": round((time.monotonic() - redis_started) * 1000, 1)}
+        stripe = await stripe_probe.report() if stripe_probe is not None else {"state": "unchecked"}
         now = time.time()
         if worker is None:
             worker_state = "not running here"
@@ -164,9 +235,13 @@ def build_asgi_app(
             worker_state = "starting"  # a deploy probe right after start must not see a failure
         else:
             worker_state = "stalled"
-        ok = redis_ok and stripe_state != "unavailable" and worker_state != "stalled"
-        body: dict[str, Any] = {"ok": ok, "redis": "ok" if redis_ok else "unavailable",
-                                "stripe": stripe_state, "worker": worker_state}
+        ok = redis_ok and worker_state != "stalled"
+        degraded = stripe["state"] in StripeProbe.FAILED
+        body: dict[str, Any] = {
+            "ok": ok, "status": "failing" if not ok else "degraded" if degraded else "ok",
+            "redis": redis["state"], "stripe": stripe["state"], "worker": worker_state,
+            "dependencies": {"redis": redis, "stripe": stripe},
+        }
         if slack_status is not None:
             body["slack"] = slack_status()
         return JSONResponse(body, 200 if ok else 503)

@@ -76,7 +76,7 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool, so
             slack_app = build_slack_app(runtime, client=slack_client)
             slack_status = lambda: {"mode": "http"}  # noqa: E731
         app = build_asgi_app(settings=settings, store=store, webhook_secret=secret, tenant=store.tenant,
-                             worker=worker, stripe_check=runtime.gateway.tenant, slack_app=slack_app,
+                             worker=worker, stripe_check=runtime.gateway.ping, slack_app=slack_app,
                              slack_status=slack_status)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
         try:
