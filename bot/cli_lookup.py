@@ -15,7 +15,7 @@ from billing.models import BillingContext
 from bot.cli_audit import audited_lookup
 from bot.cli_support import EXIT_NOT_FOUND, EXIT_OK, handles_errors, run_async
 from bot.runtime import load_settings, open_service
-from bot.terminal_card import render_context
+from bot.terminal_card import render_context, stale_notice
 from rules import RuleEvaluation, default_rules_path, evaluate_rules, load_rules
 
 DEMO_KEY = "rk_test_billinglensdemo"
@@ -35,10 +35,13 @@ def lookup(
     """Show a customer's billing context (exit 1 when no customer matches)."""
     parse_query(query)  # bad input is exit 2 before any setting or network is needed
     context = run_async(audited_lookup(load_settings(), query, refresh=refresh))
+    now = datetime.now(UTC)
+    if context.stale:  # said where a script or a person sees it, whatever the output format
+        typer.echo(stale_notice(context, now), err=True)
     if as_json:
         typer.echo(json.dumps(context.to_json_dict(), indent=2, ensure_ascii=False))
     else:
-        Console().print(render_context(context))
+        Console().print(render_context(context, now=now))
     raise typer.Exit(EXIT_OK if context.found else EXIT_NOT_FOUND)
 
 

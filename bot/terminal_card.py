@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -105,12 +105,46 @@ def _invoices(context: BillingContext, limit: int = 3) -> Table:
     return table
 
 
-def render_context(context: BillingContext) -> RenderableType:
-    """The card: who, what they pay, how payment is going, and where the data came from."""
+def age_text(age: timedelta) -> str:
+    """``12 s``, ``5 min``, ``3 h``, ``2 d``: how long ago, as a person would say it."""
+    seconds = max(0, int(age.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
+
+
+def freshness(context: BillingContext, now: datetime | None) -> str:
+    """``cached 3 h ago`` (``as of 2026-11-22 10:00Z`` without ``now``)."""
+    if context.as_of is None:
+        return "cached, age unknown"
+    if now is None:
+        return f"as of {context.as_of.strftime('%Y-%m-%d %H:%MZ')}"
+    return f"cached {age_text(now - context.as_of)} ago"
+
+
+def stale_notice(context: BillingContext, now: datetime) -> str:
+    """The one line ``billing lookup`` prints on stderr for a stale card."""
+    return f"Stripe did not answer; showing the card {freshness(context, now)}."
+
+
+def render_context(context: BillingContext, *, now: datetime | None = None) -> RenderableType:
+    """The card: who, what they pay, how payment is going, and where the data came from.
+
+    A stale card (Stripe did not answer, the cache is past its freshness) says so first in its
+    header, where the eye lands and where no terminal width cuts it off; ``now`` gives its age.
+    """
     if not context.found or context.customer is None:
         return render_not_found(context.query)
     customer = context.customer
-    title = Text(customer.name or customer.email or customer.id, style="bold")
+    title = Text()
+    if context.stale:
+        title.append(" STALE ", style="bold white on red")
+        title.append(f" {freshness(context, now)} · ", style="bold red")
+    title.append(customer.name or customer.email or customer.id, style="bold")
     if customer.email and customer.name:
         title.append(f"  <{customer.email}>", style="")
     if customer.livemode:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -153,3 +154,31 @@ async def test_an_account_nobody_names_falls_back_to_the_key_and_says_so_once(
     again, context, _ = await look_up(sandbox, redis_url, prefix, sandbox.api_key)
     assert again == tenant and context.source == "cache"  # remembered: neither asked nor warned again
     assert not [r for r in caplog.records if "STRIPE_ACCOUNT_ID" in r.getMessage()]
+
+
+# --- item 5: a stale card is said on stderr, once -------------------------------------------------------
+
+
+def test_a_stale_card_says_so_on_stderr_and_in_its_header(
+    sandbox: SandboxHandle, redis_url: str, prefix: str
+) -> None:
+    env = {"STRIPE_API_KEY": sandbox.api_key, "STRIPE_API_BASE": sandbox.url, "REDIS_URL": redis_url,
+           "BILLING_KEY_PREFIX": prefix, "BILLING_STRIPE_RETRIES": "0"}
+    first = billing(["lookup", "jane@acme.com", "--json"], env)
+    assert first.returncode == 0, first.stderr
+    sandbox.control.set_faults(error_probability=1.0, error_status=503)  # Stripe down
+    stale = {**env, "BILLING_MAX_STALENESS": "0"}  # every cached card is past its freshness
+
+    card = billing(["lookup", "jane@acme.com"], stale)
+    assert card.returncode == 0, card.stderr
+    notice = r"Stripe did not answer; showing the card cached \d+ s ago\.\n"
+    assert re.fullmatch(notice, card.stderr), card.stderr
+    assert "STALE" in card.stdout.splitlines()[0]
+
+    as_json = billing(["lookup", "jane@acme.com", "--json"], stale)
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["stale"] is True
+    assert as_json.stderr.startswith("Stripe did not answer; showing the card cached ")
+
+    sandbox.control.clear_faults()
+    fresh = billing(["lookup", "jane@acme.com"], env)
+    assert fresh.returncode == 0 and fresh.stderr == "" and "STALE" not in fresh.stdout

@@ -54,3 +54,36 @@ def test_merchant_text_in_brackets_is_shown_as_typed() -> None:
 def test_a_stray_closing_tag_in_a_plan_name_does_not_crash_the_card() -> None:
     text = _text(_context("Legacy [/] plan", "[/bold]"))
     assert "Legacy [/] plan" in text and "[/bold]" in text
+
+
+# --- issue #9 item 5: freshness where the eye lands ----------------------------------------------------
+
+
+def _lines(context: BillingContext, width: int = 80, now: datetime | None = None) -> list[str]:
+    console = Console(width=width, record=True, color_system=None)
+    console.print(render_context(context, now=now))
+    return console.export_text().splitlines()
+
+
+def test_a_stale_card_says_so_in_its_header_at_80_columns() -> None:
+    base = _context("Pro", "INV-1")
+    assert base.customer is not None
+    customer = base.customer.model_copy(
+        update={"name": "Jane Doe-Featherstonehaugh of the Very Long Company Name Limited"})
+    long_name = base.model_copy(update={"stale": True, "customer": customer})
+    header = _lines(long_name, now=datetime(2026, 11, 22, 13, 5, tzinfo=UTC))[0]
+    assert "STALE" in header and "cached 3 h ago" in header, header
+
+
+def test_a_fresh_card_has_no_stale_marker() -> None:
+    assert not any("STALE" in line for line in _lines(_context("Pro", "INV-1")))
+
+
+def test_age_text_reads_like_a_person_would_say_it() -> None:
+    from datetime import timedelta
+
+    from bot.terminal_card import age_text
+
+    cases = {timedelta(seconds=12): "12 s", timedelta(minutes=5, seconds=40): "5 min",
+             timedelta(hours=3, minutes=5): "3 h", timedelta(hours=49): "2 d", timedelta(seconds=-3): "0 s"}
+    assert {age: age_text(age) for age in cases} == cases
