@@ -19,7 +19,10 @@ class SandboxControlError(RuntimeError):
 class SandboxControl:
     def __init__(self, url: str, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=f"{self.url}/_sandbox", timeout=timeout)
+        # One connection per call: the server closes idle keep-alive connections after a few seconds,
+        # and a call made on one it just closed would fail with "Server disconnected".
+        self._http = httpx.Client(base_url=f"{self.url}/_sandbox", timeout=timeout,
+                                  limits=httpx.Limits(max_keepalive_connections=0))
 
     def close(self) -> None:
         self._http.close()

@@ -49,7 +49,8 @@ class Served:
         try:
             found: list[Any] = self.slack.wait_for(match, timeout=30)
         except AssertionError as err:
-            raise AssertionError(f"{err}\n--- billing serve log ---\n{self.log_path.read_text()[-4000:]}") from None
+            log = self.log_path.read_text()[-4000:]
+            raise AssertionError(f"{err}\n--- billing serve log ---\n{log}") from None
         return found
 
     def billing(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,7 +65,8 @@ def served(sandbox: SandboxHandle, redis_url: str, key_prefix: str, tmp_path: Pa
         slack.add_user(JANE_SLACK, email="jane@acme.com", real_name="Jane Doe")
         env = product_env(
             sandbox, redis_url, key_prefix, STRIPE_WEBHOOK_SECRET=secret, SLACK_BOT_TOKEN="xoxb-e2e-token",
-            SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=slack.url, BILLING_ALERT_CHANNEL=CHANNEL_ALERTS,
+            SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=slack.url,
+            BILLING_ALERT_CHANNEL=CHANNEL_ALERTS,
         )
         url = f"http://127.0.0.1:{free_port()}"
         log_path = tmp_path / "serve.log"
@@ -139,7 +141,8 @@ def test_slack_app_done_when(served: Served, sandbox: SandboxHandle) -> None:
 
     # 4. Paying the invoice replies "recovered" in that thread.
     sandbox.control.pay_invoice(invoice_id)
-    replies = served.wait_for(lambda c: c.method == "chat.postMessage" and c.params.get("thread_ts") == parent_ts
+    replies = served.wait_for(lambda c: c.method == "chat.postMessage"
+                              and c.params.get("thread_ts") == parent_ts
                               and "recovered" in all_text(c.params).lower())
     assert replies
     top_level = [m for m in slack.messages(CHANNEL_ALERTS) if m.get("thread_ts") in (None, m["ts"])]
