@@ -324,6 +324,8 @@ class StripeGateway:
         self._products_lock = asyncio.Lock()
         self._cache_ttl = cache_ttl_seconds
         self._tenant: Tenant | None = None
+        self._account_asked = False
+        self._account_id: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> StripeGateway:
@@ -445,6 +447,22 @@ class StripeGateway:
 
     # -- account and key checks ----------------------------------------------------------------
 
+    async def named_account(self) -> str | None:
+        """The ``acct_…`` Stripe names for this key, asked once: GET /v1/account, or the 403 a
+        restricted key gets there ("… on account 'acct_…'"); None when nothing names it."""
+        if not self._account_asked:
+            try:
+                account = await self._call(
+                    "reading the account", lambda: self._client.v1.accounts.retrieve_current_async()
+                )
+                self._account_id = str(account.id)
+            except stripe.PermissionError as err:
+                self._account_id = account_named_in(str(err))
+            except stripe.InvalidRequestError:
+                pass  # no /v1/account here (a Stripe-compatible server): nothing names the account
+            self._account_asked = True
+        return self._account_id
+
     async def tenant(self) -> Tenant:
         """The account the key belongs to, asked of Stripe once.
 
@@ -453,16 +471,7 @@ class StripeGateway:
         from the key, with a warning: rolling that key would start an empty cache.
         """
         if self._tenant is None:
-            account_id: str | None = None
-            try:
-                account = await self._call(
-                    "reading the account", lambda: self._client.v1.accounts.retrieve_current_async()
-                )
-                account_id = str(account.id)
-            except stripe.PermissionError as err:
-                account_id = account_named_in(str(err))
-            except stripe.InvalidRequestError:
-                pass  # no /v1/account here (a Stripe-compatible server): nothing names the account
+            account_id = await self.named_account()
             if account_id is None:
                 account_id = key_account_id(self._key)
                 log.warning(

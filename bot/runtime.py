@@ -76,6 +76,20 @@ def _configured_tenant(settings: Settings, key: str) -> Tenant | None:
     return Tenant(account_id=account, livemode=key_livemode(key))
 
 
+async def _check_configured_account(gateway: StripeGateway, configured: Tenant | None) -> None:
+    """STRIPE_ACCOUNT_ID against the account Stripe names for the key, for the commands that check the
+    key at start (serve, worker, backfill): off the lookup path, which trusts the setting. A wrong id
+    would file this account's events and cards under another account's cache."""
+    if configured is None:
+        return
+    named = await gateway.named_account()
+    if named is not None and named != configured.account_id:
+        raise ConfigurationError(
+            f"STRIPE_ACCOUNT_ID is {configured.account_id} but the Stripe key belongs to {named}; "
+            "set STRIPE_ACCOUNT_ID to the key's account."
+        )
+
+
 @dataclass
 class TenantRuntime:
     """Everything that reads one Stripe account's billing data: its service, store and audit trail."""
@@ -184,6 +198,7 @@ async def open_runtime(
     try:
         if verify_permissions:
             await gateway.verify_permissions()
+            await _check_configured_account(gateway, configured)
         store = await _open_store(settings, gateway, key, configured, required=require_store)
         try:
             tenant = store.tenant if store is not None else configured or await gateway.tenant()

@@ -26,6 +26,7 @@ import pytest
 import stripe
 from stripe._account_service import AccountService
 
+from billing.errors import ConfigurationError
 from billing.models import BillingContext
 from billing.ports import Tenant
 from billing.redis_conn import open_redis
@@ -182,3 +183,22 @@ def test_a_stale_card_says_so_on_stderr_and_in_its_header(
     sandbox.control.clear_faults()
     fresh = billing(["lookup", "jane@acme.com"], env)
     assert fresh.returncode == 0 and fresh.stderr == "" and "STALE" not in fresh.stdout
+
+
+# --- item 2: a configured account is checked off the hit path (serve, worker, backfill) ----------------
+
+
+async def test_a_configured_account_the_key_does_not_belong_to_is_refused_at_start(
+    sandbox: SandboxHandle, redis_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_account_reads(monkeypatch, NAMED_403)  # a restricted key: the 403 names the account
+    wrong = load_settings(STRIPE_API_KEY=sandbox.api_key, STRIPE_API_BASE=sandbox.url, REDIS_URL=redis_url,
+                          BILLING_KEY_PREFIX=prefix, STRIPE_ACCOUNT_ID="acct_1SomeoneElse")
+    with pytest.raises(ConfigurationError) as caught:
+        async with open_runtime(wrong, verify_permissions=True):
+            pass
+    assert "STRIPE_ACCOUNT_ID" in str(caught.value) and ACCOUNT_ID in str(caught.value)
+
+    right = wrong.model_copy(update={"stripe_account_id": ACCOUNT_ID})
+    async with open_runtime(right, verify_permissions=True) as runtime:
+        assert runtime.default.tenant == Tenant(ACCOUNT_ID, livemode=False)
