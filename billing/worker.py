@@ -84,6 +84,16 @@ _CUSTOMER_OBJECTS = frozenset({"customer", "subscription", "invoice", "charge", 
 _MAX_CAS_ATTEMPTS = 20
 
 
+class NotifyLater(RuntimeError):
+    """Raised by a notifier when a transition cannot be notified yet and nothing failed (e.g. another
+    poster holds its message's lease): the worker retries after ``retry_after`` seconds (or its
+    backoff), logging no traceback."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -379,8 +389,10 @@ class EventWorker:
         for _attempt in range(_MAX_CAS_ATTEMPTS):
             async with self.store.client.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(objs_key, ctx_key)
-                    # Both keys share the customer's slot: one MGET (redis-py's cluster pipeline
+                    # The outbox is watched too: a transition is queued once, unless already queued
+                    # or notified (checked below), whatever another worker does meanwhile.
+                    await pipe.watch(objs_key, ctx_key, outbox_key)
+                    # The keys share the customer's slot: one MGET (redis-py's cluster pipeline
                     # refuses its mget() helper, not the command).
                     both: Any = await pipe.execute_command("MGET", objs_key, ctx_key)
                     raw_objs, old_raw = both
@@ -433,26 +445,42 @@ class EventWorker:
                         # itself is the evidence (keyed by the event, so a duplicate adds nothing).
                         evidence = {str(_event_object(ev).get("id")): str(ev.get("id"))}
                         transitions += diff_contexts(None, new, ev, versions=evidence)
-                    transitions = list({t.dedup_key: t for t in transitions}.values())
+                    transitions = await self._not_yet_queued(pipe, customer_id, transitions)
+                    queued = [_dumps(_transition_to_dict(t)) for t in transitions]
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if updates or from_stripe or len(merged) < len(stored):
                         pipe.set(objs_key, encode_objects(merged))
                     pipe.set(ctx_key, encode_context(new))
-                    for transition in transitions:
-                        pipe.rpush(outbox_key, _dumps(_transition_to_dict(transition)))
+                    if queued:
+                        pipe.rpush(outbox_key, *queued)
                     await pipe.execute()
                 except WatchError:
                     continue
             if snapshot is not None and from_stripe:
                 self.stats.fetched_customers += 1
+            if transitions:
+                # Notified first (people wait for it; the indexes below do not). A crash before the
+                # event is acked redelivers it, and its redelivery finishes this outbox.
+                await self._flush_outbox(customer_id, fresh=queued)
             changed = {**updates, **merged} if from_stripe else updates
             await self._after_save(customer_id, stored, changed, data, first_build=old is None)
-            if transitions:
-                # Pending before the first attempt: a crash mid-flush leaves it to the sweeper.
-                await self._schedule(customer_id, delay=self.flush_lock_ms / 1000)
-                await self._flush_outbox(customer_id)
             return
         raise RuntimeError(f"customer {customer_id} kept changing under the worker")
+
+    async def _not_yet_queued(
+        self, pipe: Any, customer_id: str, transitions: Sequence[Transition]
+    ) -> list[Transition]:
+        """``transitions`` without repeats, without those already in the outbox and without those
+        already notified (read in ``pipe``'s WATCH phase: same slot, no extra key in the MULTI)."""
+        unique = list({t.dedup_key: t for t in transitions}.values())
+        if not unique:
+            return []
+        outbox_key = self.store.customer_key(customer_id, "outbox")
+        queued = {_key_of(json.loads(raw)) for raw in await pipe.lrange(outbox_key, 0, -1)}
+        sent_keys = [self.store.customer_key(customer_id, f"sent:{t.dedup_key}") for t in unique]
+        notified: Any = await pipe.execute_command("MGET", *sent_keys)
+        return [t for t, done in zip(unique, notified, strict=True)
+                if done is None and t.dedup_key not in queued]
 
     async def _fetch_snapshot(self, customer_id: str) -> _Snapshot | None:
         """The customer's data from Stripe and when the fetch began; None when Stripe has no such
@@ -520,6 +548,14 @@ class EventWorker:
                     continue
                 obj = fresh
                 stored_version = version_of(current)
+                if (
+                    stored_version is not None and stored_version[1] == SNAPSHOT_EVENT_ID
+                    and version[0] > time.time() - DEDUP_TTL_SECONDS
+                ):
+                    # A snapshot of the same second (a lookup, a backfill, or the fetch of a customer
+                    # first seen through another event) may already hold this change: the event is
+                    # the evidence, as when the snapshot is strictly newer.
+                    absorbed.append(event)
                 if stored_version and stored_version[0] == version[0]:
                     seen = [*seen, stored_version[1], version[1]]
                 else:
@@ -604,60 +640,92 @@ class EventWorker:
     async def _schedule(self, customer_id: str, *, delay: float) -> None:
         await self.store.client.zadd(self.pending_key, {customer_id: time.time() + delay})
 
-    async def _flush_outbox(self, customer_id: str, *, swept: bool = False) -> bool:
+    async def _flush_outbox(
+        self, customer_id: str, *, swept: bool = False, fresh: Sequence[str] = ()
+    ) -> bool:
         """Notify the customer's outbox in order; True when it is empty afterwards.
 
         One worker flushes a customer at a time (a lock with a TTL, so a crashed holder only delays
         it). A notifier failure stops the flush (later transitions wait, so a thread's replies keep
-        their order) and schedules a retry with backoff; it never raises.
+        their order) and schedules a retry with backoff; it never raises but for Redis errors.
+        ``fresh``: the entries this worker just queued, known to be neither queued before nor notified
+        (when the outbox holds only them, the first is notified after one round trip).
         """
         client = self.store.client
         outbox_key = self.store.customer_key(customer_id, "outbox")
-        if not await client.llen(outbox_key):  # the common case: a duplicate with nothing to finish
+        if not fresh and not await client.llen(outbox_key):  # a duplicate with nothing to finish
             if swept:
-                pipe = client.pipeline(transaction=False)
-                pipe.zrem(self.pending_key, customer_id)
-                pipe.hdel(self.failures_key, customer_id)
-                await pipe.execute()
+                await self._unschedule(customer_id)
             return True
         lock_key = self.store.customer_key(customer_id, "flushing")
         token = uuid.uuid4().hex
-        if not await client.set(lock_key, token, nx=True, px=self.flush_lock_ms):
+        pipe = client.pipeline(transaction=False)
+        pipe.set(lock_key, token, nx=True, px=self.flush_lock_ms)
+        pipe.lrange(outbox_key, 0, -1)
+        locked, queued = await pipe.execute()
+        if not locked:
             # Another worker is flushing; what it may miss is found by the sweeper.
             await self._schedule(customer_id, delay=self.retry_base)
             return False
         try:
-            while True:
-                raw = await client.lindex(outbox_key, 0)
-                if raw is None:
-                    break
-                transition = _transition_from_dict(json.loads(raw))
-                sent_key = self.store.customer_key(customer_id, f"sent:{transition.dedup_key}")
-                if not await client.exists(sent_key):
-                    try:
-                        await self.notifier.notify(transition)
-                    except Exception as exc:
-                        self.stats.notify_failed += 1
-                        delay = await self._retry_later(customer_id)
-                        log.warning("notifying %s of customer %s failed (%s); kept in its outbox, retried "
-                                    "in %.0f s", transition.name, customer_id, exc, delay, exc_info=True)
-                        return False
-                    await client.set(sent_key, 1, ex=DEDUP_TTL_SECONDS)
-                    self.stats.notified += 1
-                await client.lrem(outbox_key, 1, _text(raw))
-            pipe = client.pipeline(transaction=False)
-            pipe.zrem(self.pending_key, customer_id)
-            pipe.hdel(self.failures_key, customer_id)
-            await pipe.execute()
+            checked = [_text(raw) for raw in queued] == list(fresh)
+            while queued:
+                if not await self._notify_in_order(customer_id, queued, checked=checked):
+                    return False
+                checked = False
+                queued = await client.lrange(outbox_key, 0, -1)  # queued meanwhile
+            await self._unschedule(customer_id)
         finally:
             await self._unlock(lock_key, token)
         if await client.llen(outbox_key):
-            # A transition added while this flush was finishing (its worker found the lock taken).
+            # A transition queued while this flush was finishing (its worker found the lock taken).
             await self._schedule(customer_id, delay=0)
             return False
         return True
 
-    async def _retry_later(self, customer_id: str) -> float:
+    async def _notify_in_order(self, customer_id: str, queued: Sequence[Any], *, checked: bool) -> bool:
+        """Notify ``queued`` (the outbox's entries, oldest first) and drop each from the outbox; a
+        transition already notified (``sent`` marker) is dropped unnotified, unless ``checked`` says
+        none is. False at the first failure."""
+        client = self.store.client
+        outbox_key = self.store.customer_key(customer_id, "outbox")
+        transitions = [_transition_from_dict(json.loads(raw)) for raw in queued]
+        sent_keys = [self.store.customer_key(customer_id, f"sent:{t.dedup_key}") for t in transitions]
+        already: Any = (  # one slot: the customer's
+            [None] * len(sent_keys) if checked else await client.execute_command("MGET", *sent_keys)
+        )
+        for raw, transition, sent_key, done in zip(queued, transitions, sent_keys, already, strict=True):
+            if done is None:
+                try:
+                    await self.notifier.notify(transition)
+                except NotifyLater as later:
+                    delay = await self._retry_later(customer_id, later.retry_after)
+                    log.info("%s of customer %s waits: %s; retried in %.1f s", transition.name,
+                             customer_id, later, delay)
+                    return False
+                except Exception as exc:
+                    self.stats.notify_failed += 1
+                    delay = await self._retry_later(customer_id)
+                    log.warning("notifying %s of customer %s failed (%s); kept in its outbox, retried "
+                                "in %.0f s", transition.name, customer_id, exc, delay, exc_info=True)
+                    return False
+                self.stats.notified += 1
+            pipe = client.pipeline(transaction=False)
+            pipe.set(sent_key, 1, ex=DEDUP_TTL_SECONDS)
+            pipe.lrem(outbox_key, 1, _text(raw))
+            await pipe.execute()
+        return True
+
+    async def _unschedule(self, customer_id: str) -> None:
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.zrem(self.pending_key, customer_id)
+        pipe.hdel(self.failures_key, customer_id)
+        await pipe.execute()
+
+    async def _retry_later(self, customer_id: str, after: float | None = None) -> float:
+        if after is not None:  # the notifier knows when: no failure counted
+            await self._schedule(customer_id, delay=min(max(after, 0.0), self.retry_max))
+            return min(max(after, 0.0), self.retry_max)
         failures = int(await self.store.client.hincrby(self.failures_key, customer_id, 1))
         delay: float = min(self.retry_base * 2 ** min(failures - 1, 30), self.retry_max)
         await self._schedule(customer_id, delay=delay)
@@ -726,10 +794,15 @@ def _with_action_flag(invoice: StripeDict, current: StripeDict | None, event_typ
     return invoice
 
 
+def _key_of(entry: Mapping[str, Any]) -> str:
+    """The ``dedup_key`` of a queued transition (``Transition.dedup_key``, without parsing its context)."""
+    return str(entry.get("key") or f"{entry['name']}:{entry['object_id']}:{entry['event_id']}")
+
+
 def _transition_to_dict(t: Transition) -> dict[str, Any]:
     return {
-        "name": t.name, "customer_id": t.customer_id, "object_id": t.object_id, "event_id": t.event_id,
-        "context": t.context.model_dump(mode="json"),
+        "key": t.dedup_key, "name": t.name, "customer_id": t.customer_id, "object_id": t.object_id,
+        "event_id": t.event_id, "context": t.context.model_dump(mode="json"),
     }
 
 

@@ -54,6 +54,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from billing.ports import Transition
 from billing.store import Namespace
+from billing.worker import NotifyLater
 from bot.slack import cards
 from bot.slack.incidents import Incident, incident_key, message_key, open_incident, queue_recent
 from rules import AlertMatch, RulesFile, alerts_for
@@ -77,7 +78,7 @@ _MAX_ROUNDS = 10
 Kind = Literal["alert", "reply"]
 
 
-class AlertPending(RuntimeError):
+class AlertPending(NotifyLater):
     """A message is leased by a poster that may still be posting it: try again after the lease timeout."""
 
 
@@ -221,7 +222,8 @@ class SlackAlertPoster:
             age = self._wall() - leased_at
             if age < self.lease_timeout:
                 raise AlertPending(f"{key} is leased by {owner or 'another poster'} since {age:.1f} s; "
-                                   f"settled after {self.lease_timeout:.0f} s")
+                                   f"settled after {self.lease_timeout:.0f} s",
+                                   retry_after=self.lease_timeout - age + 0.01)
             ts = await self._find_posted(message, key, since=leased_at - self.history_margin)
             if ts is not None:
                 log.info("%s was posted (ts %s) by %s, which did not record it: marked sent", key, ts, owner)
