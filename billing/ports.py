@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from billing.models import BillingContext
 from billing.snapshot import CustomerData, StripeDict
@@ -81,6 +81,20 @@ class ContextStore(Protocol):
     ) -> None:
         """Store slim projections of ``data``, the context and the email index, atomically per customer;
         ``fetched_at`` (when the fetch began) keeps newer stored state from being overwritten."""
+
+
+@runtime_checkable
+class EmailReader(Protocol):
+    """A store that reads everything an email lookup needs at once (``RedisStore``: one round trip
+    on a single server); ``BillingService`` uses it when the store has it, the three calls otherwise."""
+
+    async def read_email(
+        self, link_keys: Sequence[str], email: str
+    ) -> tuple[str | None, list[BillingContext]]:
+        """The first of ``link_keys`` manually linked and that customer's stored context (none when
+        not cached), or, with no link, ``(None, contexts)`` of every customer indexed under
+        ``email``, in customer id order; contexts as stored (``source`` as saved)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from billing.builder import build_context, other_customer
 from billing.errors import StoreUnavailableError, StripeUnavailableError
 from billing.lifecycle import most_urgent_status
 from billing.matching import Query, parse_query, rank_customers
 from billing.models import BillingContext, Match, OtherCustomer
-from billing.ports import ContextStore, StripeReader
+from billing.ports import ContextStore, EmailReader, StripeReader
 from billing.redis_conn import REDIS_ERRORS
 from billing.snapshot import StripeDict
 
@@ -47,6 +47,24 @@ def _subscriptions_of(customer: StripeDict) -> list[StripeDict]:
 def _status_of(customer: StripeDict) -> str | None:
     urgent = most_urgent_status(_subscriptions_of(customer))
     return urgent[0] if urgent else None
+
+
+_EMAIL_READERS: dict[type, bool] = {}  # store class -> whether it is an EmailReader (isinstance: ~6 µs)
+
+
+def _email_reader(store: ContextStore | None) -> EmailReader | None:
+    if store is None:
+        return None
+    kind = type(store)
+    known = _EMAIL_READERS.get(kind)
+    if known is None:
+        known = _EMAIL_READERS[kind] = isinstance(store, EmailReader)
+    return cast(EmailReader, store) if known else None
+
+
+def _link_keys(parsed: Query) -> list[str]:
+    """Manual links are looked up under the email as given, then lower-cased."""
+    return list(dict.fromkeys((parsed.value, parsed.value.lower())))
 
 
 def _as_ranking_dict(context: BillingContext) -> StripeDict:
@@ -88,8 +106,10 @@ class BillingService:
     async def lookup(self, query: str, *, refresh: bool = False) -> BillingContext:
         """The customer's BillingContext, or ``BillingContext.not_found``; raises BadQueryError first."""
         parsed = parse_query(query)
-        link = await self._manual_link(parsed)
-        cached = None if refresh else await self._from_store(parsed, link)
+        if refresh:
+            link, cached = await self._manual_link(parsed), None
+        else:
+            link, cached = await self._cached(parsed)
         if cached is not None and not self._is_stale(cached):
             return cached
         try:
@@ -112,11 +132,25 @@ class BillingService:
     def _is_stale(self, context: BillingContext) -> bool:
         return context.as_of is None or self._clock() - context.as_of > self.max_staleness
 
+    async def _cached(self, parsed: Query) -> tuple[str | None, BillingContext | None]:
+        """The manual link (for an email) and the cached context: one read when the store can
+        (``EmailReader``: a cache hit is one round trip to Redis), else link, index and contexts."""
+        reader = _email_reader(self.store) if parsed.kind == "email" else None
+        if reader is None:
+            link = await self._manual_link(parsed)
+            return link, await self._from_store(parsed, link)
+        try:
+            link, contexts = await reader.read_email(_link_keys(parsed), parsed.value)
+        except _STORE_FAILURES as err:
+            log.warning("Store unavailable (%s); asking Stripe", type(err).__name__)
+            return None, None
+        return link, self._choose(parsed, link, contexts)
+
     async def _manual_link(self, parsed: Query) -> str | None:
         if self.store is None or parsed.kind != "email":
             return None
         try:
-            for key in dict.fromkeys((parsed.value, parsed.value.lower())):
+            for key in _link_keys(parsed):
                 linked = await self.store.linked_customer(key)
                 if linked:
                     return linked
@@ -137,18 +171,27 @@ class BillingService:
         self, store: ContextStore, parsed: Query, link: str | None
     ) -> BillingContext | None:
         if link is not None or parsed.kind == "customer_id":
-            customer_id = link if link is not None else parsed.value
-            context = await store.get_context(customer_id)
-            if context is None or not context.found:
-                return None
-            match = LINKED if link is not None else BY_ID
-            return context.model_copy(update={"query": parsed.value, "match": match, "source": "cache"})
-
+            context = await store.get_context(link if link is not None else parsed.value)
+            return self._choose(parsed, link, [context] if context is not None else [])
         contexts: list[BillingContext] = []
         for customer_id in await store.customer_ids_for_email(parsed.value):
             context = await store.get_context(customer_id)
-            if context is not None and context.found and context.customer is not None:
+            if context is not None:
                 contexts.append(context)
+        return self._choose(parsed, link, contexts)
+
+    def _choose(
+        self, parsed: Query, link: str | None, stored: Sequence[BillingContext]
+    ) -> BillingContext | None:
+        """The cached answer from the stored contexts of the linked customer, the customer id, or
+        the customers indexed under the email (in customer id order)."""
+        if link is not None or parsed.kind == "customer_id":
+            if not stored or not stored[0].found:
+                return None
+            match = LINKED if link is not None else BY_ID
+            return stored[0].model_copy(update={"query": parsed.value, "match": match, "source": "cache"})
+
+        contexts = [c for c in stored if c.found and c.customer is not None]
         if not contexts:
             return None
         by_id = {c.customer.id: c for c in contexts if c.customer is not None}

@@ -29,13 +29,15 @@ every key included, under 4 KiB.
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from redis.exceptions import RedisError, WatchError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError, WatchError
 
 from billing.audit import AuditLog
 from billing.builder import build_context
@@ -58,6 +60,7 @@ from billing.slim import (
 )
 from billing.snapshot import CustomerData, StripeDict
 
+log = logging.getLogger(__name__)
 _BY_ID = Match(method="customer_id", confidence="exact")
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
 TOMBSTONE_TTL_SECONDS = 31 * 24 * 3600  # longer than Stripe retries a webhook or lists past events
@@ -126,6 +129,27 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# An email lookup's whole cache read in one round trip on a single server: the manual links in order,
+# then the linked customer's context, or the email index and every indexed customer's context. It
+# reads keys it is not given (the contexts, named after the index's members), which a single server
+# allows; a cluster keeps them in other slots, so there the same reads are two pipelined round trips.
+_READ_EMAIL_LUA = """
+local links = tonumber(ARGV[3])
+for i = 1, links do
+  local linked = redis.call('GET', KEYS[i])
+  if linked and linked ~= '' then
+    return {1, linked, redis.call('GET', ARGV[1] .. linked .. ARGV[2])}
+  end
+end
+local out = {0}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[links + 1])) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('GET', ARGV[1] .. id .. ARGV[2])
+end
+return out
+"""
+
+
 @dataclass(frozen=True)
 class Namespace:
     """A Redis client and a tenant-scoped key prefix for one surface's own keys."""
@@ -185,6 +209,8 @@ class RedisStore:
         self.client = client
         self.tenant = tenant
         self.prefix = f"{prefix}:{tenant.key}"
+        self._scripted: bool | None = None  # None: not decided yet (see _script_reads)
+        self._email_script: Any = None
 
     # ---- keys -------------------------------------------------------------------------------
     def customer_key(self, customer_id: str, part: str) -> str:
@@ -240,6 +266,68 @@ class RedisStore:
 
     async def unlink(self, key: str) -> bool:
         return bool(await self.client.delete(self.tenant_key(f"link:{key}")))
+
+    async def read_email(
+        self, link_keys: Sequence[str], email: str
+    ) -> tuple[str | None, list[BillingContext]]:
+        """``billing.ports.EmailReader``: the manual links, the email index and the contexts they
+        name, in one scripted round trip on a single server, two pipelined ones on a cluster."""
+        links = [self.tenant_key(f"link:{k}") for k in link_keys]
+        reply: list[Any] | None = None
+        if self._script_reads():
+            try:
+                reply = await self._read_email_script(
+                    keys=[*links, self.email_key(email)],
+                    args=[f"{self.prefix}:{{", "}:ctx", len(links)],
+                )
+            except ResponseError as err:  # scripting refused (ACL, a proxy): never ask again
+                self._scripted = False
+                log.info("Redis refused the lookup script (%s); reading in pipelined round trips", err)
+        if reply is None:
+            reply = await self._read_email_pipelined(links, email)
+        if reply[0] == 1:
+            linked = _text(reply[1]) or ""
+            return linked, [decode_context(reply[2])] if reply[2] is not None else []
+        pairs = sorted((_text(i) or "", raw) for i, raw in zip(reply[1::2], reply[2::2], strict=True))
+        return None, [decode_context(raw) for _, raw in pairs if raw is not None]
+
+    def _script_reads(self) -> bool:
+        if self._scripted is None:
+            # fakeredis (memory://) runs Lua only with an optional package; it has no round trips.
+            self._scripted = isinstance(self.client, Redis) and not type(self.client).__module__.startswith(
+                "fakeredis"
+            )
+        return self._scripted
+
+    async def _read_email_script(self, *, keys: list[str], args: list[Any]) -> list[Any]:
+        if self._email_script is None:
+            self._email_script = self.client.register_script(_READ_EMAIL_LUA)
+        reply: list[Any] = await self._email_script(keys=keys, args=args)
+        return reply
+
+    async def _read_email_pipelined(self, links: Sequence[str], email: str) -> list[Any]:
+        """The script's reply, read in two pipelined round trips (keys of different slots)."""
+        pipe = self.client.pipeline(transaction=False)
+        for key in links:
+            pipe.get(key)
+        pipe.smembers(self.email_key(email))
+        *linked, members = await pipe.execute()
+        found = next((t for t in map(_text, linked) if t), None)
+        ids = [found] if found is not None else sorted(_text(m) or "" for m in members)
+        if not ids:
+            return [0]
+        pipe = self.client.pipeline(transaction=False)
+        for customer_id in ids:
+            pipe.get(self.customer_key(customer_id, "ctx"))
+        if found is not None:
+            try:
+                [raw] = await pipe.execute()
+            except REDIS_ERRORS as err:  # the link still decides whom Stripe is asked for
+                log.warning("Store unavailable (%s); asking Stripe", type(err).__name__)
+                raw = None
+            return [1, found, raw]
+        raws = await pipe.execute()
+        return [0, *(x for pair in zip(ids, raws, strict=True) for x in pair)]
 
     async def save_customer(
         self, data: CustomerData, context: BillingContext, *, fetched_at: float | None = None

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from billing.builder import build_context
-from billing.models import Match
+from billing.models import BillingContext, Match
 from billing.ports import Tenant
 from billing.snapshot import CustomerData
 from billing.store import RedisStore, decide, encode_objects, open_store, trim_invoices
@@ -159,3 +159,101 @@ def test_trimming_keeps_the_newest_invoices_and_every_open_one() -> None:
     kept = trim_invoices({**invoices, "cus_A": {"id": "cus_A", "object": "customer"}})
     assert sorted(k for k in kept if k.startswith("in_")) == ["in_00", *[f"in_{n:02d}" for n in range(8, 20)]]
     assert "cus_A" in kept
+
+
+class _RecordingStripe:
+    """Stripe that has nobody: records what a lookup asks for (a cache hit asks nothing)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def retrieve_customer(self, customer_id: str) -> None:
+        self.calls.append(("retrieve_customer", customer_id))
+
+    async def list_customers_by_email(self, email: str) -> list[object]:
+        self.calls.append(("list_customers_by_email", email))
+        return []
+
+    async def search_customers_by_email(self, email: str) -> list[object]:
+        self.calls.append(("search_customers_by_email", email))
+        return []
+
+
+async def _save_two_on_one_email(store: RedisStore) -> None:
+    paying = _data()
+    lapsed = CustomerData(customer=sf.customer("cus_B", name="Jane Old", created=sf.T0 - 86400 * 90))
+    for data in (paying, lapsed):
+        await store.save_customer(data, _context(data))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("reads", ["auto", "pipelined"])
+async def test_a_cache_hit_reads_links_index_and_contexts_at_once_with_the_same_answers(
+    store: RedisStore, reads: str
+) -> None:
+    from billing.service import BillingService
+
+    if reads == "pipelined":
+        store._scripted = False  # what a cluster (or a server refusing scripts) gets
+    await _save_two_on_one_email(store)
+    stripe = _RecordingStripe()
+    service = BillingService(stripe, store, max_staleness=timedelta(days=36500))  # type: ignore[arg-type]
+
+    lowered = await service.lookup("jane@acme.com")
+    assert lowered.source == "cache" and lowered.customer is not None and lowered.customer.id == "cus_A"
+    assert lowered.match is not None and lowered.match.method == "email_lowercase"
+    assert [o.id for o in lowered.other_customers] == ["cus_B"]
+    exact = await service.lookup("Jane@Acme.com")
+    assert exact.match is not None and exact.match.method == "email" and exact.query == "Jane@Acme.com"
+
+    await store.link("jane@acme.com", "cus_B")  # a link under the lower-cased email wins for both
+    for query in ("Jane@Acme.com", "jane@acme.com"):
+        linked = await service.lookup(query)
+        assert linked.customer is not None and linked.customer.id == "cus_B"
+        assert linked.match is not None and linked.match.method == "manual_link"
+    assert await service.lookup("nobody@acme.com") == BillingContext.not_found("nobody@acme.com")
+    assert stripe.calls == [
+        ("list_customers_by_email", "nobody@acme.com"), ("search_customers_by_email", "nobody@acme.com"),
+    ]
+    stripe.calls.clear()
+    await store.link("Someone@Acme.com", "cus_Z")  # linked to a customer the cache does not hold
+    await service.lookup("Someone@Acme.com")
+    assert stripe.calls[0] == ("retrieve_customer", "cus_Z")
+
+
+async def test_a_cache_hit_is_one_command_on_a_single_server_and_pipelines_when_scripts_are_refused(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.asyncio import Redis
+    from redis.exceptions import NoPermissionError
+
+    from billing.service import BillingService
+
+    if not isinstance(store.client, Redis):
+        pytest.skip("a cluster reads in two pipelined round trips (keys of different slots)")
+    await _save_two_on_one_email(store)
+    service = BillingService(_RecordingStripe(), store, max_staleness=timedelta(days=36500))  # type: ignore[arg-type]
+    await service.lookup("jane@acme.com")  # loads the script
+    sent: list[object] = []
+    real_execute, real_pipeline = store.client.execute_command, store.client.pipeline
+
+    async def execute(*args: object, **options: object) -> object:
+        sent.append(args[0])
+        return await real_execute(*args, **options)
+
+    def pipeline(*args: object, **options: object) -> object:
+        sent.append("pipeline")
+        return real_pipeline(*args, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.client, "execute_command", execute)
+    monkeypatch.setattr(store.client, "pipeline", pipeline)
+    hit = await service.lookup("jane@acme.com")
+    assert hit.source == "cache" and [o.id for o in hit.other_customers] == ["cus_B"]
+    assert sent == ["EVALSHA"]
+
+    async def refused(**kwargs: object) -> object:
+        raise NoPermissionError("NOPERM this user has no permissions to run the 'evalsha' command")
+
+    monkeypatch.setattr(store, "_read_email_script", refused)
+    sent.clear()
+    fallback = await service.lookup("jane@acme.com")
+    assert fallback == hit and sent == ["pipeline", "pipeline"] and store._scripted is False
