@@ -33,6 +33,17 @@ projection must keep them; any may be missing or null):
 - dispute: ``charge status amount``
 - credit note: ``currency out_of_band_amount status``
 - product (``CustomerData.products`` values): ``name``
+
+Read for the timeline (``billing.timeline``), next invoice, cancellation and payment method:
+
+- customer: ``invoice_settings.default_payment_method`` (expanded: ``card.brand last4 exp_month exp_year``)
+- subscription: ``start_date trial_start canceled_at ended_at cancellation_details.reason|feedback|comment
+  default_payment_method`` (expanded like the customer's), ``discounts[k].id start end``, and our own
+  ``next_invoice_preview`` (``billing.snapshot.PREVIEW_FIELD``)
+- invoice: ``billing_reason status_transitions.paid_at``
+- charge: ``created amount failure_code failure_message outcome.reason invoice``
+- dispute: ``id created currency reason``
+- coupon: ``name``
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ from typing import Any, Literal
 
 from billing.lifecycle import (
     URGENCY,
+    card_expiry,
     invoice_subscription_id,
     lifecycle_stage,
     most_urgent_status,
@@ -57,23 +69,30 @@ from billing.metrics import (
     compute_mrr,
     is_licensed,
     items_of,
+    next_invoice_estimate,
     price_terms,
     renewal_date,
 )
 from billing.models import (
     BillingContext,
+    Cancellation,
     CustomerInfo,
     InvoiceInfo,
     Match,
     Money,
     MrrDetail,
+    NextInvoice,
     OtherCustomer,
+    PaymentMethodInfo,
     Source,
     SubscriptionInfo,
 )
-from billing.snapshot import CustomerData, StripeDict
+from billing.snapshot import PREVIEW_FIELD, CustomerData, StripeDict
+from billing.timeline import build_timeline
 
 RECENT_INVOICES = 5
+# Statuses whose subscription will invoice again (a next invoice is shown and previewed).
+INVOICING_STATUSES = frozenset({"active", "trialing", "past_due"})
 _EPOCH = datetime.fromtimestamp(0, UTC)
 
 
@@ -161,12 +180,104 @@ def _period_end(subscription: StripeDict) -> datetime | None:
     return to_datetime(subscription.get("current_period_end"))
 
 
+def cancellation(subscription: StripeDict) -> Cancellation | None:
+    """A cancellation done or scheduled: ``cancellation_details`` and when it takes (or took) effect."""
+    ended = to_datetime(subscription.get("ended_at"))
+    cancel_at = to_datetime(subscription.get("cancel_at"))
+    if subscription.get("status") == "canceled" or ended is not None:
+        effective = ended or to_datetime(subscription.get("canceled_at"))
+    elif cancel_at is not None:
+        effective = cancel_at
+    elif subscription.get("cancel_at_period_end") is True:
+        effective = _period_end(subscription)
+    else:
+        return None
+    details = subscription.get("cancellation_details")
+    details = details if isinstance(details, dict) else {}
+    return Cancellation(
+        reason=_str(details.get("reason")),
+        feedback=_str(details.get("feedback")),
+        comment=_str(details.get("comment")),
+        effective_at=effective,
+    )
+
+
+def _next_charge_at(subscription: StripeDict) -> datetime | None:
+    if subscription.get("status") == "trialing" and (end := to_datetime(subscription.get("trial_end"))):
+        return end
+    return _period_end(subscription)
+
+
+def next_invoice(subscription: StripeDict, *, data: CustomerData, now: datetime) -> NextInvoice | None:
+    """The preview Stripe gave (while its date is ahead), else an estimate from the subscription;
+    None for a subscription that will not invoice again (ended, paused, or canceling first)."""
+    if subscription.get("status") not in INVOICING_STATUSES or subscription.get("pause_collection"):
+        return None
+    at = _next_charge_at(subscription)
+    if subscription.get("cancel_at_period_end") is True:
+        return None
+    cancel_at = to_datetime(subscription.get("cancel_at"))
+    if cancel_at is not None and (at is None or cancel_at <= at):
+        return None
+    preview = subscription.get(PREVIEW_FIELD)
+    if isinstance(preview, dict) and isinstance(preview.get("amount_due"), int):
+        date = (
+            to_datetime(preview.get("next_payment_attempt"))
+            or to_datetime(preview.get("period_end"))
+            or to_datetime(preview.get("created"))
+        )
+        if date is None or date >= now:
+            return NextInvoice(
+                amount_due=preview["amount_due"],
+                currency=_str(preview.get("currency")) or _str(subscription.get("currency")) or "",
+                date=date,
+                estimate=False,
+            )
+    estimate = next_invoice_estimate(
+        subscription, customer=data.customer, coupons=data.coupons, prices=data.prices, at=at or now
+    )
+    if estimate is None:
+        return None
+    currency, amount = estimate
+    return NextInvoice(amount_due=amount, currency=currency, date=at, estimate=True)
+
+
+def _card_of(value: Any) -> PaymentMethodInfo | None:
+    if not isinstance(value, dict):
+        return None  # an unexpanded id says nothing about the card
+    card = value.get("card")
+    if not isinstance(card, dict):
+        return None
+    month, year = card.get("exp_month"), card.get("exp_year")
+    return PaymentMethodInfo(
+        brand=_str(card.get("brand")),
+        last4=_str(card.get("last4")),
+        exp_month=month if isinstance(month, int) and not isinstance(month, bool) else None,
+        exp_year=year if isinstance(year, int) and not isinstance(year, bool) else None,
+    )
+
+
+def default_payment_method(
+    customer: StripeDict, subscriptions: Sequence[StripeDict]
+) -> PaymentMethodInfo | None:
+    """The card that pays next: the default payment method of the most urgent live subscription that
+    has one (it overrides the customer's), else the customer's ``invoice_settings`` default."""
+    live = [sub for sub in subscriptions if sub.get("status") not in ("canceled", "incomplete_expired")]
+    ranked = sorted(live, key=lambda s: URGENCY.index(s["status"]) if s.get("status") in URGENCY else 99)
+    for sub in ranked:
+        if (card := _card_of(sub.get("default_payment_method"))) is not None:
+            return card
+    settings = customer.get("invoice_settings")
+    return _card_of(settings.get("default_payment_method")) if isinstance(settings, dict) else None
+
+
 def _subscription_info(
     subscription: StripeDict,
     *,
     data: CustomerData,
     livemode: bool,
     mrr: Money,
+    now: datetime,
 ) -> SubscriptionInfo:
     main = _main_item(subscription, data.prices)
     item, terms = main if main is not None else ({}, None)
@@ -192,6 +303,8 @@ def _subscription_info(
         created=to_datetime(subscription.get("created")),
         paused=subscription.get("status") == "paused" or bool(subscription.get("pause_collection")),
         mrr=mrr,
+        next_invoice=next_invoice(subscription, data=data, now=now),
+        cancellation=cancellation(subscription),
     )
 
 
@@ -249,10 +362,14 @@ def build_context(
     )
     infos = [
         _subscription_info(
-            sub, data=data, livemode=customer.livemode, mrr=mrr.per_subscription.get(sub["id"], {})
+            sub, data=data, livemode=customer.livemode, mrr=mrr.per_subscription.get(sub["id"], {}), now=now
         )
         for sub in subscriptions
     ]
+    card = default_payment_method(data.customer, subscriptions)
+    renewal = renewal_date(subscriptions, prices=data.prices)
+    trial_end = _trial_end(subscriptions, now)
+    upcoming = [end for end in (renewal, trial_end) if end is not None and end >= now]
     urgent = most_urgent_status(subscriptions)
     urgent_info = next((info for info in infos if urgent and info.id == urgent[1]["id"]), None)
     overdue_since = past_due_since(subscriptions, invoices)
@@ -273,16 +390,23 @@ def build_context(
             excluded_paused=mrr.excluded_paused,
         ),
         ltv=compute_ltv(data.charges, disputes=data.disputes, credit_notes=data.credit_notes),
-        renewal_date=renewal_date(subscriptions, prices=data.prices),
-        trial_end=_trial_end(subscriptions, now),
+        renewal_date=renewal,
+        trial_end=trial_end,
         payment_status=payment_status(subscriptions, invoices),
         recent_invoices=[_invoice_info(inv) for inv in invoices[:RECENT_INVOICES]],
         lifecycle_stage=lifecycle_stage(subscriptions),
         segments=segments(
-            subscriptions, now=now, past_due_since=overdue_since, mrr_by_subscription=mrr.per_subscription
+            subscriptions,
+            now=now,
+            past_due_since=overdue_since,
+            mrr_by_subscription=mrr.per_subscription,
+            card_expires_at=card_expiry(card.exp_month, card.exp_year) if card else None,
+            next_renewal=min(upcoming) if upcoming else None,
         ),
         other_customers=list(other_customers),
         as_of=now,
         source=source,
         past_due_since=overdue_since,
+        timeline=build_timeline(data, plans={info.id: info.plan for info in infos}, now=now),
+        payment_method=card,
     )

@@ -82,8 +82,13 @@ def segments(
     now: datetime,
     past_due_since: datetime | None,
     mrr_by_subscription: Mapping[str, Money] | None = None,
+    card_expires_at: datetime | None = None,
+    next_renewal: datetime | None = None,
 ) -> list[str]:
     """The segments the customer belongs to, in ``billing.models.SEGMENTS`` order.
+
+    ``card_expiring``: the default card (``card_expires_at``, see ``card_expiry``) stops working
+    before ``next_renewal`` (the next charge of a live subscription).
 
     ``mrr_by_subscription`` (``MrrResult.per_subscription``) decides ``paying``; without it MRR is
     computed here with no coupons or tiers-expanded prices at hand.
@@ -110,7 +115,23 @@ def segments(
         found.add("churned")
     if past_due_since is not None and now - past_due_since > AT_RISK_PAST_DUE:
         found.add("at_risk")
+    if (
+        card_expires_at is not None
+        and next_renewal is not None
+        and card_expires_at <= next_renewal
+        and any(_is_live(sub) for sub in subscriptions)
+    ):
+        found.add("card_expiring")
     return [name for name in SEGMENTS if name in found]
+
+
+def card_expiry(exp_month: int | None, exp_year: int | None) -> datetime | None:
+    """The instant a card stops working: the end of its expiry month (UTC)."""
+    if exp_month is None or exp_year is None or not 1 <= exp_month <= 12 or exp_year < 1:
+        return None
+    if exp_month == 12:
+        return datetime(exp_year + 1, 1, 1, tzinfo=UTC)
+    return datetime(exp_year, exp_month + 1, 1, tzinfo=UTC)
 
 
 def most_urgent_status(

@@ -417,15 +417,10 @@ def _tax_divisor(item: StripeDict, subscription: StripeDict, terms: PriceTerms) 
     return 1 + inclusive / 100
 
 
-def _subscription_mrr(
-    subscription: StripeDict,
-    *,
-    customer: StripeDict | None,
-    coupons: Mapping[str, StripeDict],
-    prices: Mapping[str, StripeDict],
-    now: int,
-) -> tuple[str | None, Fraction, Fraction, bool]:
-    """(currency, primary, with temporary discounts, has metered items) of one subscription."""
+def _lines(
+    subscription: StripeDict, prices: Mapping[str, StripeDict]
+) -> tuple[str | None, list[_Line], bool]:
+    """(currency, licensed recurring lines, has metered items) of one subscription."""
     lines: list[_Line] = []
     metered = False
     currency = _lower(subscription.get("currency"))
@@ -452,10 +447,28 @@ def _subscription_mrr(
                 item_discounts=discounts if isinstance(discounts, list) else [],
             )
         )
+    return currency, lines, metered
+
+
+def _discounts_of(subscription: StripeDict, customer: StripeDict | None) -> list[Any]:
     sub_discounts = subscription.get("discounts")
     if not isinstance(sub_discounts, list) or not sub_discounts:
         customer_discount = (customer or {}).get("discount")
         sub_discounts = [customer_discount] if customer_discount else []
+    return sub_discounts
+
+
+def _subscription_mrr(
+    subscription: StripeDict,
+    *,
+    customer: StripeDict | None,
+    coupons: Mapping[str, StripeDict],
+    prices: Mapping[str, StripeDict],
+    now: int,
+) -> tuple[str | None, Fraction, Fraction, bool]:
+    """(currency, primary, with temporary discounts, has metered items) of one subscription."""
+    currency, lines, metered = _lines(subscription, prices)
+    sub_discounts = _discounts_of(subscription, customer)
 
     def total(durations: frozenset[str]) -> Fraction:
         work = [_Line(ln.product_id, ln.amount, ln.cadence, ln.factor, ln.tax_divisor, []) for ln in lines]
@@ -475,6 +488,39 @@ def _subscription_mrr(
     primary = total(frozenset({"forever"}))
     temporary = total(frozenset({"forever", "repeating", "once"}))
     return currency, primary, temporary, metered
+
+
+def next_invoice_estimate(
+    subscription: StripeDict,
+    *,
+    customer: StripeDict | None = None,
+    coupons: Mapping[str, StripeDict] | None = None,
+    prices: Mapping[str, StripeDict] | None = None,
+    at: datetime,
+) -> tuple[str, int] | None:
+    """(currency, amount) of the subscription's next regular invoice at ``at``, estimated from its
+    licensed items × quantity with the ``forever`` and ``repeating`` discounts still running then.
+
+    An estimate: no prorations, pending invoice items, metered usage, exclusive tax or customer
+    balance (Stripe's invoice preview has them). None when no licensed recurring item is priced.
+    """
+    coupons = coupons or _EMPTY
+    currency, lines, _ = _lines(subscription, prices or _EMPTY)
+    if currency is None or not lines:
+        return None
+    now = _unix(at)
+    work = [_Line(ln.product_id, ln.amount, ln.cadence, Fraction(1), Fraction(1), []) for ln in lines]
+    durations = frozenset({"forever", "repeating"})
+    for line, original in zip(work, lines, strict=True):
+        for discount in original.item_discounts:
+            coupon = _resolve(discount, currency, coupons, now)
+            if coupon is not None and coupon.duration in durations:
+                _apply(coupon, [line])
+    for discount in _discounts_of(subscription, customer):
+        coupon = _resolve(discount, currency, coupons, now)
+        if coupon is not None and coupon.duration in durations:
+            _apply(coupon, work)
+    return currency, round_half_up(sum((ln.amount for ln in work), Fraction(0)))
 
 
 def _unix(moment: datetime) -> int:

@@ -23,7 +23,9 @@ SubscriptionStatus = Literal[
     "incomplete", "incomplete_expired", "trialing", "active", "past_due", "canceled", "unpaid", "paused"
 ]
 
-SEGMENTS = ("current_trial", "expiring_trial", "past_due", "paying", "churned", "at_risk")
+SEGMENTS = (
+    "current_trial", "expiring_trial", "past_due", "paying", "churned", "at_risk", "card_expiring"
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -57,6 +59,55 @@ class CustomerInfo(_Model):
         return _iso(value)
 
 
+class TimelineEntry(_Model):
+    """One billing event in plain words: ``kind`` is a stable name (``payment_failed``), ``text`` is
+    for people (money in major units with the currency)."""
+
+    at: datetime
+    kind: str
+    text: str
+
+    @field_serializer("at")
+    def _ser_at(self, value: datetime) -> str | None:
+        return _iso(value)
+
+
+class PaymentMethodInfo(_Model):
+    """The default card: the subscription's default payment method, else the customer's."""
+
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+
+
+class NextInvoice(_Model):
+    """The next invoice of a subscription: Stripe's invoice preview, or (``estimate``) a figure
+    computed from the subscription's items, quantities and discounts when the preview is unavailable."""
+
+    amount_due: int
+    currency: str
+    date: datetime | None = None
+    estimate: bool = False
+
+    @field_serializer("date")
+    def _ser_date(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
+class Cancellation(_Model):
+    """A subscription's cancellation, done or scheduled: ``cancellation_details`` and when it takes effect."""
+
+    reason: str | None = None
+    feedback: str | None = None
+    comment: str | None = None
+    effective_at: datetime | None = None
+
+    @field_serializer("effective_at")
+    def _ser_effective_at(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
 class SubscriptionInfo(_Model):
     id: str
     status: SubscriptionStatus
@@ -75,6 +126,8 @@ class SubscriptionInfo(_Model):
     created: datetime | None = None
     paused: bool = False
     mrr: Money = Field(default_factory=dict)
+    next_invoice: NextInvoice | None = None
+    cancellation: Cancellation | None = None
 
     @field_serializer("current_period_end", "trial_end", "cancel_at", "created")
     def _ser_dt(self, value: datetime | None) -> str | None:
@@ -148,6 +201,8 @@ class BillingContext(_Model):
     source: Source = "stripe"
     past_due_since: datetime | None = None
     stale: bool = False
+    timeline: list[TimelineEntry] = Field(default_factory=list)
+    payment_method: PaymentMethodInfo | None = None
 
     @field_serializer("renewal_date", "trial_end", "as_of", "past_due_since")
     def _ser_dt(self, value: datetime | None) -> str | None:

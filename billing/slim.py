@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from billing.snapshot import StripeDict
+from billing.snapshot import PREVIEW_FIELD, StripeDict
 
 Spec = dict[str, Any]
 """field -> None (keep the value as is) | Spec (project a nested dict) | [Spec] (project each list item)."""
@@ -24,9 +24,15 @@ DISCOUNT: Spec = {
     "id": None, "object": None, "start": None, "end": None, "coupon": None,
     "source": {"coupon": None, "type": None}, "subscription_item": None,
 }
+# an expanded default payment method keeps only its card's brand, last 4 and expiry
+PAYMENT_METHOD: Spec = {
+    "id": None, "object": None, "type": None,
+    "card": {"brand": None, "last4": None, "exp_month": None, "exp_year": None},
+}
 CUSTOMER: Spec = {
     "id": None, "object": None, "email": None, "name": None, "livemode": None, "created": None,
     "delinquent": None, "currency": None, "metadata": None, "discount": DISCOUNT, "deleted": None,
+    "invoice_settings": {"default_payment_method": PAYMENT_METHOD},
 }
 PRICE: Spec = {
     "id": None, "object": None, "active": None, "currency": None, "currency_options": None,
@@ -53,6 +59,12 @@ SUBSCRIPTION: Spec = {
     "canceled_at": None, "ended_at": None, "trial_start": None, "trial_end": None,
     "pause_collection": None, "discounts": None, "items": {"data": [ITEM]}, "latest_invoice": None,
     "metadata": None, "default_tax_rates": [TAX_RATE], "current_period_end": None,
+    "cancellation_details": {"reason": None, "feedback": None, "comment": None},
+    "default_payment_method": PAYMENT_METHOD,
+    PREVIEW_FIELD: {
+        "amount_due": None, "currency": None, "created": None, "next_payment_attempt": None,
+        "period_end": None,
+    },
 }
 INVOICE: Spec = {
     "id": None, "object": None, "customer": None, "number": None, "status": None, "amount_due": None,
@@ -62,16 +74,19 @@ INVOICE: Spec = {
     "parent": {"type": None, "subscription_details": {"subscription": None}},
     "period_start": None, "period_end": None, "total": None,
     # read by billing.lifecycle (past_due_since, payment_status)
-    "status_transitions": {"finalized_at": None}, "requires_action": None,
+    "status_transitions": {"finalized_at": None, "paid_at": None}, "requires_action": None,
 }
 CHARGE: Spec = {
     "id": None, "object": None, "customer": None, "amount": None, "amount_captured": None,
     "amount_refunded": None, "currency": None, "status": None, "created": None, "captured": None,
     "refunded": None, "disputed": None, "livemode": None,
+    # read by billing.timeline (payment failed: the decline reason; the invoice when Stripe names it)
+    "failure_code": None, "failure_message": None, "outcome": {"reason": None, "type": None},
+    "invoice": None,
 }
 DISPUTE: Spec = {
     "id": None, "object": None, "charge": None, "amount": None, "currency": None, "status": None,
-    "created": None, "livemode": None,
+    "created": None, "livemode": None, "reason": None,
 }
 CREDIT_NOTE: Spec = {
     "id": None, "object": None, "customer": None, "invoice": None, "amount": None, "total": None,

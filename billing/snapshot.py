@@ -13,6 +13,11 @@ from typing import Any
 
 StripeDict = dict[str, Any]
 
+PREVIEW_FIELD = "next_invoice_preview"
+"""Our own field on a stored subscription: its invoice preview (``POST /v1/invoices/create_preview``),
+projected to ``amount_due currency created next_payment_attempt period_end``; absent when not fetched
+(or the key may not preview), in which case the next invoice is estimated from the subscription."""
+
 
 def id_of(value: Any) -> str | None:
     """The id an expandable Stripe field holds: the id itself, or the expanded object's ``id``."""

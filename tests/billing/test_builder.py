@@ -159,18 +159,26 @@ def test_slim_projection_gives_the_same_context() -> None:
                                                    "unit_amount_decimal")}}
             for it in sub["items"]["data"]
         ]
+        timeline_keys = ("start_date", "trial_start", "canceled_at", "ended_at", "cancel_at",
+                         "cancel_at_period_end", "cancellation_details", "discounts",
+                         "default_payment_method")
         slim_subs.append({k: sub[k] for k in ("id", "status", "created", "currency", "trial_end")}
+                         | {k: sub[k] for k in timeline_keys if k in sub}
                          | {"items": {"data": slim_items}})
     slim_invoices = [
         {k: inv[k] for k in ("id", "status", "amount_due", "amount_paid", "currency", "created",
                              "attempt_count", "next_payment_attempt", "hosted_invoice_url", "number",
                              "parent")}
+        | {k: inv[k] for k in ("status_transitions", "billing_reason") if k in inv}
         for inv in full.invoices
     ]
     slim_charges = [{k: ch[k] for k in ("id", "status", "currency", "amount_captured", "amount_refunded")}
+                    | {k: ch[k] for k in ("created", "amount", "failure_code", "failure_message", "outcome")
+                       if k in ch}
                     for ch in full.charges]
     slim_customer = {k: full.customer[k] for k in ("id", "email", "name", "livemode", "created",
                                                    "delinquent", "metadata")}
+    slim_customer |= {k: full.customer[k] for k in ("invoice_settings",) if k in full.customer}
     slim = CustomerData(customer=slim_customer, subscriptions=slim_subs, invoices=slim_invoices,
                         charges=slim_charges, products=full.products)
     a, b = build(full).to_json_dict(), build(slim).to_json_dict()
