@@ -16,18 +16,30 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Generic, TypeVar
-
-import stripe
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_random_exponential
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from billing.config import Settings
 from billing.errors import ConfigurationError, StripeUnavailableError
 from billing.ports import ListableResource, Tenant
-from billing.snapshot import CustomerData, StripeDict, id_of
+from billing.snapshot import PREVIEW_FIELD, CustomerData, StripeDict, id_of
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    import stripe
+    from tenacity import RetryCallState
+else:
+
+    class _LazyStripe:
+        """The ``stripe`` SDK, imported on first use: it is a third of a CLI command's start-up, and a
+        lookup served from the cache never sends a request (every use below is inside a call)."""
+
+        def __getattr__(self, name: str) -> Any:
+            import stripe as sdk
+
+            return getattr(sdk, name)
+
+    stripe = _LazyStripe()
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -50,6 +62,11 @@ PERMISSIONS: dict[ListableResource, str] = {
     "disputes": "rak_dispute_read",
     "credit_notes": "rak_credit_note_read",
 }
+# The card of a default payment method comes with the customer and its subscriptions (no extra request).
+CUSTOMER_CARD = "invoice_settings.default_payment_method"
+# Subscriptions that will invoice again: their next invoice is previewed on a cold lookup.
+PREVIEWED_STATUSES = frozenset({"active", "trialing", "past_due"})
+PREVIEW_PERMISSION = "rak_invoice_read"  # what Stripe asks of a restricted key for create_preview
 _PERMISSION_IN_MESSAGE = re.compile(r"\brak_[a-z_]+_read\b")
 _KEY_SHAPE = re.compile(r"(rk|sk)_(live|test)_[A-Za-z0-9]+")
 
@@ -287,6 +304,23 @@ def _first_leaf(error: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
+def with_previews(
+    subscriptions: Iterable[StripeDict], previews: Mapping[str, StripeDict | None]
+) -> list[StripeDict]:
+    """Subscriptions carrying their invoice preview (``PREVIEW_FIELD``) where one was fetched; a
+    subscription previewed without a result (no permission, nothing upcoming) drops a stale one."""
+    out = []
+    for sub in subscriptions:
+        sub_id = sub.get("id")
+        if not isinstance(sub_id, str) or sub_id not in previews:
+            out.append(sub)
+            continue
+        preview = previews[sub_id]
+        rest = {k: v for k, v in sub.items() if k != PREVIEW_FIELD}
+        out.append({**rest, PREVIEW_FIELD: preview} if preview is not None else rest)
+    return out
+
+
 # --- the gateway ---------------------------------------------------------------------------------
 
 
@@ -309,14 +343,9 @@ class StripeGateway:
         self.livemode = key_livemode(self._key)
         self._retry = retry or RetryPolicy()
         self._limiter = TokenBucket(rate_limit or (LIVE_RATE if self.livemode else TEST_RATE))
-        self._http = stripe.HTTPXClient(timeout=timeout_seconds)
-        # Our retry policy (full jitter, 429 included) is the only one: the SDK's would multiply it.
-        self._client = stripe.StripeClient(
-            self._key,
-            base_addresses={"api": api_base.rstrip("/")} if api_base else None,
-            max_network_retries=0,
-            http_client=self._http,
-        )
+        self._timeout_seconds = timeout_seconds
+        self._api_base = api_base
+        self._sdk: tuple[Any, Any] | None = None  # (HTTPXClient, StripeClient), made by the first request
         self._prices: TTLCache[str, StripeDict] = TTLCache(cache_size, cache_ttl_seconds)
         self._coupons: TTLCache[str, StripeDict] = TTLCache(cache_size, cache_ttl_seconds)
         self._products: TTLCache[str, StripeDict] = TTLCache(cache_size, cache_ttl_seconds)
@@ -340,8 +369,24 @@ class StripeGateway:
         options.update(overrides)
         return cls(secret.get_secret_value() if secret is not None else None, **options)
 
+    @property
+    def _client(self) -> Any:
+        """The SDK's client, built on first use (importing the SDK: see ``_LazyStripe``)."""
+        if self._sdk is None:
+            http = stripe.HTTPXClient(timeout=self._timeout_seconds)
+            # Our retry policy (full jitter, 429 included) is the only one: the SDK's would multiply it.
+            client = stripe.StripeClient(
+                self._key,
+                base_addresses={"api": self._api_base.rstrip("/")} if self._api_base else None,
+                max_network_retries=0,
+                http_client=http,
+            )
+            self._sdk = (http, client)
+        return self._sdk[1]
+
     async def aclose(self) -> None:
-        await self._http.close_async()  # type: ignore[no-untyped-call]
+        if self._sdk is not None:
+            await self._sdk[0].close_async()
 
     async def __aenter__(self) -> StripeGateway:
         return self
@@ -367,6 +412,9 @@ class StripeGateway:
         async def attempt() -> T:
             await self._limiter.acquire()
             return await call()
+
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+        from tenacity.wait import wait_random_exponential
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._retry.attempts),
@@ -526,14 +574,19 @@ class StripeGateway:
     async def list_customers_by_email(self, email: str) -> list[StripeDict]:
         """Exact, case-sensitive ``customers.list(email=…)``, each with ``subscriptions`` expanded."""
         found = await self._list_all(
-            "customers", {"email": email, "expand": ["data.subscriptions"]}, max_pages=1
+            "customers", {"email": email, "expand": ["data.subscriptions", f"data.{CUSTOMER_CARD}"]},
+            max_pages=1,
         )
         return [c for c in found if not c.get("deleted")]
 
     async def search_customers_by_email(self, email: str) -> list[StripeDict]:
         """Search API fallback (eventually consistent), kept to case-insensitive exact matches."""
         quoted = email.replace("\\", "\\\\").replace("'", "\\'")
-        params: Any = {"query": f"email:'{quoted}'", "limit": LIST_LIMIT, "expand": ["data.subscriptions"]}
+        params: Any = {
+            "query": f"email:'{quoted}'",
+            "limit": LIST_LIMIT,
+            "expand": ["data.subscriptions", f"data.{CUSTOMER_CARD}"],
+        }
         try:
             result = await self._call(
                 "searching customers", lambda: self._client.v1.customers.search_async(params=params)
@@ -559,7 +612,7 @@ class StripeGateway:
             obj = await self._call(
                 "retrieving a customer",
                 lambda: self._client.v1.customers.retrieve_async(
-                    customer_id, params={"expand": ["subscriptions"]}
+                    customer_id, params={"expand": ["subscriptions", CUSTOMER_CARD]}
                 ),
             )
         except stripe.InvalidRequestError as err:
@@ -615,15 +668,24 @@ class StripeGateway:
     async def fetch_customer_data(self, customer: StripeDict) -> CustomerData:
         """Subscriptions, invoices and charges concurrently; then only the extras this customer needs."""
         customer_id = str(customer["id"])
-        subscriptions, invoices, charges = await _concurrently(
+        # The customer came with its live subscriptions expanded: their previews go out with the lists.
+        embedded = (customer.get("subscriptions") or {}).get("data") if isinstance(
+            customer.get("subscriptions"), dict
+        ) else None
+        early = [s for s in embedded or [] if isinstance(s, dict) and isinstance(s.get("id"), str)]
+        (subscriptions, invoices, charges), previews = await _both(_concurrently(
             self._list_all("subscriptions", {
                 "customer": customer_id,
                 "status": "all",
-                "expand": ["data.discounts", "data.items.data.discounts"],
+                "expand": ["data.discounts", "data.items.data.discounts", "data.default_payment_method"],
             }),
             self._list_all("invoices", {"customer": customer_id}, max_pages=1),
             self._list_all("charges", {"customer": customer_id}),
-        )
+        ), self.preview_next_invoices(early))
+        late = [s for s in subscriptions if s.get("id") not in previews and embedded is None]
+        if late:
+            previews.update(await self.preview_next_invoices(late))
+        subscriptions = with_previews(subscriptions, previews)
         disputed = [str(c["id"]) for c in charges if c.get("disputed")]
         # Credit notes only matter to LTV (out-of-band refunds); ask for them when an invoice says it has
         # some, or when older invoices were not listed and might.
@@ -655,6 +717,40 @@ class StripeGateway:
             prices=prices,
             products=products,
         )
+
+    async def preview_next_invoice(self, subscription_id: str) -> StripeDict | None:
+        """Stripe's preview of the subscription's next invoice (``POST /v1/invoices/create_preview``:
+        read-only, creates nothing; needs ``rak_invoice_read``). None when the key may not preview
+        (403: the card then shows an estimate) or Stripe has no upcoming invoice for it."""
+        try:
+            preview = await self._call(
+                "previewing the next invoice",
+                lambda: self._client.v1.invoices.create_preview_async(
+                    params={"subscription": subscription_id}
+                ),
+            )
+        except stripe.PermissionError:
+            log.info("the key may not preview invoices (%s): next invoices are estimated", PREVIEW_PERMISSION)
+            return None
+        except stripe.InvalidRequestError as err:
+            log.info("no invoice preview for %s (HTTP %s)", subscription_id, err.http_status)
+            return None
+        return _to_dict(preview)
+
+    async def preview_next_invoices(self, subscriptions: Iterable[StripeDict]) -> dict[str, StripeDict | None]:
+        """Previews of every subscription that will invoice again (active, trialing, past_due, not
+        ending first), concurrently, by subscription id.
+
+        The worker's hook for refreshing next invoices on subscription and invoice events:
+        ``with_previews(subscriptions, await gateway.preview_next_invoices(subscriptions))``.
+        """
+        wanted = sorted({
+            str(s["id"]) for s in subscriptions
+            if s.get("status") in PREVIEWED_STATUSES and not s.get("cancel_at_period_end")
+            and isinstance(s.get("id"), str)
+        })
+        found = await _concurrently(*(self.preview_next_invoice(sub_id) for sub_id in wanted))
+        return dict(zip(wanted, found, strict=True))
 
     async def _reference_data(
         self, customer: StripeDict, subscriptions: list[StripeDict]

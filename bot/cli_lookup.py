@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,7 +16,9 @@ from bot.cli_audit import audited_lookup
 from bot.cli_support import EXIT_NOT_FOUND, EXIT_OK, handles_errors, run_async
 from bot.runtime import load_settings, open_service
 from bot.terminal_card import render_context, stale_notice
-from rules import RuleEvaluation, default_rules_path, evaluate_rules, load_rules
+
+if TYPE_CHECKING:
+    from rules import RuleEvaluation
 
 DEMO_KEY = "rk_test_billinglensdemo"
 DEMO_QUERIES = (
@@ -80,6 +82,8 @@ def demo() -> None:
         contexts = run_async(_demo_contexts(settings))
     finally:
         server.stop()
+    from rules import default_rules_path, evaluate_rules, load_rules  # only the demo routes
+
     rules = load_rules(default_rules_path(), env={})
     console = Console()
     console.print(

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
@@ -29,7 +29,9 @@ from billing.redis_conn import REDIS_ERRORS
 from billing.service import BillingService
 from billing.store import RedisStore, open_store, open_tenant_store
 from billing.stripe_api import StripeGateway, check_key, key_account_id, key_livemode
-from rules import RulesFile, RulesWatcher, rules_path
+
+if TYPE_CHECKING:  # loaded by the first rules() call: a CLI lookup never needs the rules (start-up time)
+    from rules import RulesFile, RulesWatcher
 
 log = logging.getLogger("billing.runtime")
 
@@ -159,6 +161,8 @@ class Runtime:
         """The rules in force: loaded on first use, reloaded when the file changes (a bad edit keeps
         the previous rules; a bad file at first load raises ``RulesError``)."""
         if self._watcher is None:
+            from rules import RulesWatcher, rules_path
+
             self._watcher = RulesWatcher(rules_path(self.settings.rules_file))
         return self._watcher.current()
 
