@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import bisect
 import copy
 import re
 from collections.abc import Callable
@@ -218,6 +219,9 @@ def list_objects(store: Store, resource: Resource, params: Params, livemode: boo
         raise bad_request("Missing required param: subscription.", param="subscription")
     paths = expand_paths(params, is_list=True)
     bounds = created_predicate(params["created"]) if "created" in params else None
+    if resource.kind != "subscription_item" and "ending_before" not in params:
+        page, has_more = _newest_page(store, resource, params, livemode, bounds)
+        return _list_result(store, resource, page, has_more, paths, livemode)
     matched = [
         obj
         for obj in store.all(resource.kind, livemode)
@@ -226,6 +230,12 @@ def list_objects(store: Store, resource: Resource, params: Params, livemode: boo
     ]
     matched.sort(key=store.order_key, reverse=True)
     page, has_more = paginate(store, resource.kind, matched, params)
+    return _list_result(store, resource, page, has_more, paths, livemode)
+
+
+def _list_result(
+    store: Store, resource: Resource, page: list[Obj], has_more: bool, paths: list[list[str]], livemode: bool
+) -> Obj:
     result: Obj = {
         "object": "list",
         "data": [store.render(obj) for obj in page],
@@ -235,6 +245,44 @@ def list_objects(store: Store, resource: Resource, params: Params, livemode: boo
     for path in paths:
         result = apply_expand(result, path, store, livemode)
     return result
+
+
+def _newest_page(
+    store: Store, resource: Resource, params: Params, livemode: bool,
+    bounds: tuple[int | None, int | None, int | None, int | None] | None,
+) -> tuple[list[Obj], bool]:
+    """A page newest first (optionally ``starting_after`` a cursor) without sorting or filtering every
+    object: the ``created`` window and the cursor are bisected out of ``Store.ordered``, and objects
+    are filtered from the newest down until the page is full. Like Stripe, a malformed filter is a 400
+    whether or not any object is listed (each filter checked once against an empty object)."""
+    limit = parse_limit(params)
+    filters = [check for _, check in resource.filters]
+    for check in filters:
+        check(store, {}, params)
+    ordered = store.ordered(resource.kind)
+    low, high = 0, len(ordered)
+    if bounds is not None:
+        gt, gte, lt, lte = bounds
+        floor = max(x for x in (gte, gt + 1 if gt is not None else None, -(2**63)) if x is not None)
+        ceiling = min(x for x in (lt, lte + 1 if lte is not None else None, 2**63) if x is not None)
+        low = bisect.bisect_left(ordered, (floor, -1, ""))
+        high = bisect.bisect_left(ordered, (ceiling, -1, ""))
+    if "starting_after" in params:
+        cursor_id = as_str(params["starting_after"], "starting_after")
+        cursor = store.raw(resource.kind, cursor_id)
+        if cursor is None:
+            raise no_such(KINDS[resource.kind], cursor_id, param="starting_after")
+        high = min(high, bisect.bisect_left(ordered, (*store.order_key(cursor), "")))
+    objects = store.objects_of(resource.kind)
+    page: list[Obj] = []
+    for index in range(high - 1, low - 1, -1):
+        obj = objects[ordered[index][2]]
+        if store.livemode_of(obj) != livemode or not all(check(store, obj, params) for check in filters):
+            continue
+        if len(page) == limit:
+            return page, True
+        page.append(obj)
+    return page, False
 
 
 def parse_limit(params: Params) -> int:
