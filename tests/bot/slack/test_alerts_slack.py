@@ -370,13 +370,21 @@ async def test_a_post_slack_accepted_but_whose_answer_was_lost_is_found_not_post
     incident = await open_incident(w.store.namespace("slack"), w.customer_id)
     assert incident is not None and incident.ts == alert["ts"]  # found in history, thread and all
 
+    # The next retry's reply is accepted and its answer lost too: found in the thread, not re-posted.
+    w.slack.fail_next("chat.postMessage", "accept_then_drop")
     await w.control("fail_invoice", invoice_id)
 
     async def retry_replied() -> bool:
-        return any("attempt 2" in text_of(m) for m in w.replies(alert["ts"])) and await w.settled()
+        looked = any(c.method == "conversations.replies" for c in w.slack.calls())
+        return looked and any("attempt 2" in text_of(m) for m in w.replies(alert["ts"])) and await w.settled()
 
     await wait_until(retry_replied, "the next retry in the recovered thread")
     assert len(w.top_level()) == 1
+    [reply] = [m for m in w.replies(alert["ts"]) if "attempt 2" in text_of(m)]
+    [reply_key] = message_keys([reply])
+    assert [c.fault for c in w.post_calls(reply_key)] == ["accept_then_drop"]
+    reply_record = await w.store.client.get(message_key(w.store.namespace("slack"), reply_key))
+    assert reply_record == f"sent:{CHANNEL_ALERTS}:{reply['ts']}".encode()
 
 
 async def test_a_poster_that_died_after_leasing_and_before_posting_loses_nothing(world: World) -> None:
