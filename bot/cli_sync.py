@@ -45,7 +45,7 @@ def _refuse_memory_store(settings: Settings, command: str) -> None:
 async def _serve(settings: Settings, host: str, port: int, with_worker: bool, socket_mode: bool) -> None:
     import uvicorn
 
-    from bot.asgi import build_asgi_app
+    from bot.asgi import SERVER_OPTIONS, build_asgi_app
     from bot.slack.app import build_slack_app, slack_configured, slack_web_client
 
     _refuse_memory_store(settings, "serve")
@@ -78,7 +78,7 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool, so
         app = build_asgi_app(settings=settings, store=store, webhook_secret=secret, tenant=store.tenant,
                              worker=worker, stripe_check=runtime.gateway.ping, slack_app=slack_app,
                              slack_status=slack_status)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", **SERVER_OPTIONS))
         try:
             await server.serve()
         finally:

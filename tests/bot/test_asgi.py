@@ -21,7 +21,7 @@ from billing.ports import Transition
 from billing.redis_conn import open_redis
 from billing.store import RedisStore
 from billing.worker import EventWorker
-from bot.asgi import build_asgi_app
+from bot.asgi import SERVER_OPTIONS, build_asgi_app
 from tests.billing import stripe_factory as sf
 from tests.billing.test_worker import NoStripeNeeded
 from tests.cluster import RedisCluster, RedisServer, free_port
@@ -36,7 +36,7 @@ async def serve(
                          worker=worker, **options)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
+                                           lifespan="on", **SERVER_OPTIONS))  # as `billing serve` runs it
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started:
@@ -77,10 +77,13 @@ async def test_webhook_to_cache_through_the_in_process_worker(store: RedisStore)
     notifier = SlowNotifier()
     worker = EventWorker(store, NoStripeNeeded(), notifier, block_ms=50)  # type: ignore[arg-type]
     await worker.ensure_group()
+    # As Stripe sends it, the update carries what changed (how the events are batched then cannot
+    # matter; without it, see issue #9 item 12).
+    past_due = sf.event("customer.subscription.updated", sf.subscription(status="past_due"), sf.T0 + 2)
+    past_due["data"]["previous_attributes"] = {"status": "active"}
     async with serve(store, worker) as client:
         for evt in (sf.event("customer.created", sf.customer(), sf.T0),
-                    sf.event("customer.subscription.created", sf.subscription(), sf.T0 + 1),
-                    sf.event("customer.subscription.updated", sf.subscription(status="past_due"), sf.T0 + 2)):
+                    sf.event("customer.subscription.created", sf.subscription(), sf.T0 + 1), past_due):
             assert (await post_event(client, sf.body_of(evt))).status_code == 200
 
         async def alerted() -> bool:
@@ -176,6 +179,29 @@ async def test_a_body_trickling_in_is_cut_off_with_408_while_others_are_served(s
         assert b"in time" in text
     entries = await store.client.xrange(store.stream_key)
     assert len(entries) == 1  # only the other sender's event
+
+
+async def test_an_endless_header_is_refused_at_16_kib_and_the_connection_closed(store: RedisStore) -> None:
+    async with serve(store) as client:
+        port = client.base_url.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST /stripe/webhook HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Padding: ".encode())
+
+        async def endless_header() -> None:  # the header never ends: without a bound it fills memory
+            with contextlib.suppress(ConnectionError):
+                for _ in range(1024):
+                    writer.write(b"a" * 4096)
+                    await writer.drain()
+
+        sender = asyncio.create_task(endless_header())
+        try:
+            async with asyncio.timeout(10):
+                status, _body = await read_response(reader)
+        finally:
+            sender.cancel()
+            writer.close()
+        assert status == 400
+        assert (await client.get("/healthz")).status_code in (200, 503)  # and the server carries on
 
 
 async def test_redis_down_means_503_and_nothing_lost_after_retry(
