@@ -32,7 +32,7 @@ from billing.slim import (
     slim,
     with_version,
 )
-from billing.snapshot import CustomerData, StripeDict
+from billing.snapshot import CustomerData, StripeDict, with_previews
 from billing.store import SNAPSHOT_EVENT_ID, RedisStore
 
 RESOURCES: tuple[ListableResource, ...] = (
@@ -49,8 +49,11 @@ STRIPE_EPOCH = 1_262_304_000  # 2010-01-01: no Stripe object is older
 _DAY = 86_400
 
 _LIST_PARAMS: dict[str, dict[str, Any]] = {
-    "customers": {},
-    "subscriptions": {"status": "all", "expand": ["data.discounts", "data.items.data.discounts"]},
+    "customers": {"expand": ["data.invoice_settings.default_payment_method"]},
+    "subscriptions": {
+        "status": "all",
+        "expand": ["data.discounts", "data.items.data.discounts", "data.default_payment_method"],
+    },
     "invoices": {},
     "charges": {},
     "disputes": {"expand": ["data.charge"]},  # a dispute names no customer; its charge does
@@ -348,6 +351,9 @@ class Backfill:
         done: bool = False,
     ) -> None:
         """Store one page under its customers, then move the window's checkpoint past it."""
+        if page and window.resource == "subscriptions":
+            # the next invoice of each live subscription, as a cold lookup previews it
+            page = with_previews(page, await self.gateway.preview_next_invoices(page))
         if page:
             await self._store_references(page, version)
             pipe = self.store.client.pipeline(transaction=False)

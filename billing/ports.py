@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -63,6 +63,13 @@ class StripeReader(Protocol):
     async def coupon(self, coupon_id: str) -> StripeDict | None: ...
 
     async def product(self, product_id: str) -> StripeDict | None: ...
+
+    async def preview_next_invoices(
+        self, subscriptions: Iterable[StripeDict]
+    ) -> dict[str, StripeDict | None]:
+        """Stripe's invoice preview of each subscription that will invoice again, by id (None: the key
+        may not preview, or nothing is upcoming). Attach with ``billing.stripe_api.with_previews``."""
+        ...
 
 
 class ContextStore(Protocol):

@@ -8,6 +8,7 @@ every field the builder reads.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,3 +45,20 @@ class CustomerData:
     prices: dict[str, StripeDict] = field(default_factory=dict)
     # product id -> product (its `name` names the plan when the price has no nickname)
     products: dict[str, StripeDict] = field(default_factory=dict)
+
+
+def with_previews(
+    subscriptions: Iterable[StripeDict], previews: Mapping[str, StripeDict | None]
+) -> list[StripeDict]:
+    """Subscriptions carrying their invoice preview (``PREVIEW_FIELD``) where one was fetched; a
+    subscription previewed without a result (no permission, nothing upcoming) drops a stale one."""
+    out = []
+    for sub in subscriptions:
+        sub_id = sub.get("id")
+        if not isinstance(sub_id, str) or sub_id not in previews:
+            out.append(sub)
+            continue
+        preview = previews[sub_id]
+        rest = {k: v for k, v in sub.items() if k != PREVIEW_FIELD}
+        out.append({**rest, PREVIEW_FIELD: preview} if preview is not None else rest)
+    return out

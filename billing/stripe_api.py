@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from billing.config import Settings
 from billing.errors import ConfigurationError, StripeUnavailableError
 from billing.ports import ListableResource, Tenant
-from billing.snapshot import PREVIEW_FIELD, CustomerData, StripeDict, id_of
+from billing.snapshot import CustomerData, StripeDict, id_of, with_previews
 
 log = logging.getLogger(__name__)
 
@@ -302,23 +302,6 @@ async def _as_coroutine(call: Awaitable[T]) -> T:
 def _first_leaf(error: BaseExceptionGroup[BaseException]) -> BaseException:
     first = error.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
-
-
-def with_previews(
-    subscriptions: Iterable[StripeDict], previews: Mapping[str, StripeDict | None]
-) -> list[StripeDict]:
-    """Subscriptions carrying their invoice preview (``PREVIEW_FIELD``) where one was fetched; a
-    subscription previewed without a result (no permission, nothing upcoming) drops a stale one."""
-    out = []
-    for sub in subscriptions:
-        sub_id = sub.get("id")
-        if not isinstance(sub_id, str) or sub_id not in previews:
-            out.append(sub)
-            continue
-        preview = previews[sub_id]
-        rest = {k: v for k, v in sub.items() if k != PREVIEW_FIELD}
-        out.append({**rest, PREVIEW_FIELD: preview} if preview is not None else rest)
-    return out
 
 
 # --- the gateway ---------------------------------------------------------------------------------
@@ -737,7 +720,9 @@ class StripeGateway:
             return None
         return _to_dict(preview)
 
-    async def preview_next_invoices(self, subscriptions: Iterable[StripeDict]) -> dict[str, StripeDict | None]:
+    async def preview_next_invoices(
+        self, subscriptions: Iterable[StripeDict]
+    ) -> dict[str, StripeDict | None]:
         """Previews of every subscription that will invoice again (active, trialing, past_due, not
         ending first), concurrently, by subscription id.
 

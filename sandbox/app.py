@@ -17,6 +17,8 @@ from sandbox.core import Sandbox
 from sandbox.errors import StripeError
 from sandbox.listing import RESOURCES, apply_expand, expand_paths, list_objects, search_customers
 from sandbox.params import Params, check_known, parse_params
+from sandbox.preview import PERMISSION as PREVIEW_PERMISSION
+from sandbox.preview import create_preview
 from sandbox.state import Obj
 
 _request_ids = itertools.count(1)
@@ -28,6 +30,10 @@ def error_response(error: StripeError) -> JSONResponse:
 
 def _route(sandbox: Sandbox, method: str, path: str, params: Params, key: str, livemode: bool) -> Obj:
     """Answer one authenticated API request (called with the store lock held)."""
+    if method == "POST" and path.rstrip("/") == "/v1/invoices/create_preview":
+        # the one POST that writes nothing: Stripe's invoice preview, an invoice read
+        sandbox.keys.authorize(key, PREVIEW_PERMISSION)
+        return create_preview(sandbox.store, params, livemode)
     if method != "GET":
         raise StripeError(
             403,

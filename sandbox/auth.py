@@ -19,6 +19,7 @@ PERMISSIONS = (
     "rak_event_read",
     "rak_dispute_read",
     "rak_credit_note_read",
+    "rak_payment_method_read",
 )
 
 

@@ -10,7 +10,8 @@ Named customers and the facts tests may assert (MRR/LTV per MRR.md, minor units)
 - ``jane@acme.com`` - Jane Doe. One USD ``past_due`` subscription on "Pro Monthly" (2900/month,
   qty 1), renewing in 12 days. Three paid invoices with three succeeded 2900 charges, and one
   ``open`` invoice (amount_due 2900, attempt_count 2, next_payment_attempt in 2 days) with two
-  failed charges. ``delinquent`` true. MRR usd 2900; LTV usd 8700; payment_status failed.
+  failed charges (``card_declined``). ``delinquent`` true. MRR usd 2900; LTV usd 8700; payment_status
+  failed. Default card visa 4242, expires 12/2030.
 - ``bigco@example.com`` - BigCo Inc. ``active`` "Business Monthly" 12500/seat × 10 seats.
   MRR usd 125000 ($1,250.00); LTV usd 250000 (two paid months).
 - ``trial@startup.io`` - ``trialing`` "Pro Monthly", trial ends in 10 days.
@@ -45,7 +46,8 @@ Other coverage customers (one per edge case; MRR in usd unless stated):
 ``metered@example.com`` 2 × 5000 licensed + metered "API Calls" -> 10000, has_metered_items;
 ``twosubs@example.com`` USD 5000 + EUR 4000 subscriptions -> usd 5000, eur 4000;
 ``addon@example.com`` 4900 base + 3 × 1000 seats on one subscription -> 7900;
-``leaving@example.com`` 5000 with cancel_at_period_end -> 5000, scheduled_cancel;
+``leaving@example.com`` 5000 with cancel_at_period_end (requested 3 days ago, feedback
+``switched_service`` with a comment) -> 5000, scheduled_cancel;
 ``vat@example.de`` EUR 11900 tax-inclusive with an inclusive 19 % tax rate -> eur 10000;
 ``bundle@example.com`` 2000 per pack of 10 (transform_quantity divide_by 10, round up), qty 25 -> 6000;
 ``pausecollect@example.com`` ``active`` with ``pause_collection`` -> 0 (would-be 2900);
@@ -63,6 +65,7 @@ from __future__ import annotations
 
 import random
 import string
+import time
 from typing import Any
 
 Obj = dict[str, Any]
@@ -573,7 +576,15 @@ class _Builder:
                 "failure_message": "Your card was declined." if status == "failed" else None,
                 "livemode": customer["livemode"],
                 "metadata": {},
-                "outcome": {"type": "authorized" if ok else "issuer_declined"},
+                "outcome": {
+                    "network_status": "approved_by_network" if ok else "declined_by_network",
+                    "reason": None if ok else "generic_decline",
+                    "risk_level": "normal",
+                    "seller_message": "Payment complete."
+                    if ok
+                    else "The bank did not return any further details with this decline.",
+                    "type": "authorized" if ok else "issuer_declined",
+                },
                 "paid": ok,
                 "payment_intent": None,
                 "payment_method": self.id("pm"),
@@ -814,4 +825,70 @@ def build(now: int) -> list[Obj]:
         if status != "trialing":
             amount = int(b.prices[(plan, False)]["unit_amount"]) * (1 + n % 3)
             b.history(cust, sub, amount, 1)
+    _cards_and_cancellations(b)
     return b.objects
+
+
+def _payment_method(customer: Obj, brand: str, last4: str, exp_month: int, exp_year: int) -> Obj:
+    """A card payment method; its id comes from the customer's (the seeded ids stay as they were)."""
+    return {
+        "id": "pm_" + str(customer["id"]).removeprefix("cus_"),
+        "object": "payment_method",
+        "allow_redisplay": "unspecified",
+        "billing_details": {"email": customer.get("email"), "name": customer.get("name")},
+        "card": {
+            "brand": brand,
+            "checks": {"address_line1_check": None, "address_postal_code_check": None, "cvc_check": "pass"},
+            "country": "US",
+            "display_brand": brand,
+            "exp_month": exp_month,
+            "exp_year": exp_year,
+            "funding": "credit",
+            "last4": last4,
+            "networks": {"available": [brand], "preferred": None},
+        },
+        "created": customer["created"],
+        "customer": customer["id"],
+        "livemode": customer["livemode"],
+        "metadata": {},
+        "type": "card",
+    }
+
+
+def _cards_and_cancellations(b: _Builder) -> None:
+    """Default cards (one expiring before its renewal) and cancellation details; added last so every
+    seeded id and invoice number stays what it was."""
+    by_email = {o.get("email"): o for o in b.objects if o.get("object") == "customer" and not o["livemode"]}
+    subs_of: dict[str, list[Obj]] = {}
+    for obj in b.objects:
+        if obj.get("object") == "subscription":
+            subs_of.setdefault(obj["customer"], []).append(obj)
+    soon = time.gmtime(b.now + 60 * DAY)  # annual renews in months: this card expires first
+    cards = {
+        "jane@acme.com": ("visa", "4242", 12, 2030),
+        "bigco@example.com": ("amex", "8431", 3, 2031),
+        "annual@example.com": ("mastercard", "4444", soon.tm_mon, soon.tm_year),
+        "leaving@example.com": ("visa", "1881", 8, 2029),
+    }
+    for email, (brand, last4, month, year) in cards.items():
+        customer = by_email[email]
+        pm = b.add(_payment_method(customer, brand, last4, month, year))
+        customer["invoice_settings"]["default_payment_method"] = pm["id"]
+    # a subscription-level default overrides the customer's
+    coupon_customer = by_email["coupon@example.com"]
+    pm = b.add(_payment_method(coupon_customer, "visa", "0005", 6, 2032))
+    subs_of[coupon_customer["id"]][0]["default_payment_method"] = pm["id"]
+
+    leaving = subs_of[by_email["leaving@example.com"]["id"]][0]
+    leaving["canceled_at"] = b.ago(3)
+    leaving["cancellation_details"] = {
+        "comment": "Moving to an in-house tool next quarter.",
+        "feedback": "switched_service",
+        "reason": "cancellation_requested",
+    }
+    churned = subs_of[by_email["churned@example.com"]["id"]][0]
+    churned["cancellation_details"] = {
+        "comment": "Too pricey for our team right now.",
+        "feedback": "too_expensive",
+        "reason": "cancellation_requested",
+    }

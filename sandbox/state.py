@@ -32,6 +32,7 @@ KINDS: dict[str, str] = {
     "discount": "discount",
     "tax_rate": "tax_rate",
     "event": "event",
+    "payment_method": "payment_method",
 }
 
 
@@ -111,6 +112,13 @@ class Store:
             )
         obj = json_copy(obj)
         obj.setdefault("livemode", False)
+        # fields Stripe always renders (null when unset), so expanding them works on any loaded object
+        if kind == "customer" and not obj.get("deleted"):
+            settings = obj.setdefault("invoice_settings", {"default_payment_method": None})
+            if isinstance(settings, dict):
+                settings.setdefault("default_payment_method", None)
+        elif kind == "subscription":
+            obj.setdefault("default_payment_method", None)
         obj.setdefault("created", self.clock.now())
         if object_id not in self._seq:
             self._seq[object_id] = self._next_seq

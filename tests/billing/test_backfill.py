@@ -90,8 +90,11 @@ async def gateway(sandbox_server: SandboxServer) -> AsyncIterator[StripeGateway]
         await gw.aclose()
 
 
-async def listed(gateway: StripeGateway, resource: Any) -> list[dict[str, Any]]:
+async def listed(
+    gateway: StripeGateway, resource: Any, extra: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     params = {"status": "all"} if resource == "subscriptions" else {}
+    params |= extra or {}
     return [o async for o in gateway.iter_objects(resource, params)]
 
 
@@ -107,7 +110,9 @@ async def test_backfill_builds_every_demo_customer_like_a_cold_lookup(
 ) -> None:
     report = await Backfill(gateway, store, windows=3, clock=clock).run()
 
-    customers = await listed(gateway, "customers")
+    # as a lookup finds them: with the default card expanded
+    card = {"expand": ["data.invoice_settings.default_payment_method"]}
+    customers = await listed(gateway, "customers", card)
     assert report.contexts_built == len(customers) > 10
     assert report.fetched["customers"] == len(customers)
     assert report.fetched["subscriptions"] == len(await listed(gateway, "subscriptions"))

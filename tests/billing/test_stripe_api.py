@@ -11,6 +11,7 @@ import pytest
 
 from billing.config import Settings
 from billing.errors import ConfigurationError, StripeUnavailableError
+from billing.snapshot import PREVIEW_FIELD
 from billing.stripe_api import (
     PERMISSIONS,
     RetryPolicy,
@@ -187,14 +188,23 @@ async def test_references_tiers_coupons_disputes_and_credit_notes(gateway: Strip
     assert len(credited.credit_notes) == 1
 
 
-async def test_cold_lookup_by_email_uses_at_most_four_requests(sandbox: Any, gateway: StripeGateway) -> None:
-    # a fresh gateway (as in every one-shot `billing lookup`): no price, product or coupon cached
+async def test_cold_lookup_by_email_uses_four_requests_and_one_preview_per_live_subscription(
+    sandbox: Any, gateway: StripeGateway
+) -> None:
+    # a fresh gateway (as in every one-shot `billing lookup`): no price, product or coupon cached.
+    # The default card comes expanded with the customer and subscriptions (no request); the next
+    # invoice needs Stripe's preview, which nothing can expand: one POST per live subscription, sent
+    # with the three lists (the customer came with its live subscriptions), so no longer to wait.
     sandbox.control.clear_requests()
     jane = (await gateway.list_customers_by_email("jane@acme.com"))[0]
-    await gateway.fetch_customer_data(jane)
+    data = await gateway.fetch_customer_data(jane)
 
     paths = sorted(r["path"] for r in sandbox.control.requests())
-    assert paths == ["/v1/charges", "/v1/customers", "/v1/invoices", "/v1/subscriptions"]
+    assert paths == [
+        "/v1/charges", "/v1/customers", "/v1/invoices", "/v1/invoices/create_preview", "/v1/subscriptions"
+    ]
+    [sub] = data.subscriptions
+    assert sub[PREVIEW_FIELD]["amount_due"] == 2900
 
 
 # --- failures ----------------------------------------------------------------------------------
