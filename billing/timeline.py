@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from billing.lifecycle import to_datetime
-from billing.models import TimelineEntry
+from billing.lifecycle import card_expiry, to_datetime
+from billing.models import Cancellation, NextInvoice, PaymentMethodInfo, TimelineEntry
 from billing.money import format_money
 from billing.snapshot import CustomerData, StripeDict, id_of
 
@@ -303,3 +303,53 @@ def build_timeline(
     _charge_events(out, charges, invoices)
     _dispute_events(out, data.disputes, charges)
     return out.newest_first(limit)
+
+
+# -- plain words for the cards and the tool content (pure) ------------------------------------------
+
+
+def next_invoice_text(next_invoice: NextInvoice | None) -> str | None:
+    """'29.00 USD on 2026-12-01' (', estimated' when it is not Stripe's preview)."""
+    if next_invoice is None:
+        return None
+    text = money(next_invoice.amount_due, next_invoice.currency)
+    if next_invoice.date is not None:
+        text += f" on {_day(next_invoice.date)}"
+    return text + (" (estimate)" if next_invoice.estimate else "")
+
+
+def cancellation_text(cancellation: Cancellation | None, now: datetime) -> str | None:
+    """'cancels on 2026-12-01 (reason: …; feedback: …)' or 'canceled on …'."""
+    if cancellation is None:
+        return None
+    when = cancellation.effective_at
+    verb = "canceled" if when is not None and when <= now else "cancels"
+    text = f"{verb} on {_day(when)}" if when is not None else verb
+    details = cancellation_details_text(cancellation)
+    return f"{text} ({details})" if details else text
+
+
+def cancellation_details_text(cancellation: Cancellation) -> str:
+    """'reason: cancellation requested; feedback: too expensive; comment: "…"' (Stripe's words)."""
+    parts = []
+    if cancellation.reason:
+        parts.append(f"reason: {_words(cancellation.reason)}")
+    if cancellation.feedback:
+        parts.append(f"feedback: {_words(cancellation.feedback)}")
+    if cancellation.comment:
+        parts.append(f'comment: "{" ".join(cancellation.comment.split())}"')
+    return "; ".join(parts)
+
+
+def payment_method_text(card: PaymentMethodInfo | None, now: datetime) -> str | None:
+    """'visa •••• 4242, expires 12/2030, in 1,500 days' ('expired' once past)."""
+    if card is None:
+        return None
+    text = f"{card.brand or 'card'} •••• {card.last4 or '????'}"
+    if card.exp_month is not None and card.exp_year is not None:
+        text += f", expires {card.exp_month:02d}/{card.exp_year}"
+        end = card_expiry(card.exp_month, card.exp_year)
+        if end is not None:
+            days = (end - now).days
+            text += f", in {days:,} days" if end > now else ", expired"
+    return text

@@ -15,7 +15,7 @@ from billing.models import BillingContext
 from bot.cli_audit import audited_lookup
 from bot.cli_support import EXIT_NOT_FOUND, EXIT_OK, handles_errors, run_async
 from bot.runtime import load_settings, open_service
-from bot.terminal_card import render_context, stale_notice
+from bot.terminal_card import TIMELINE_SHOWN, render_context, stale_notice
 
 if TYPE_CHECKING:
     from rules import RuleEvaluation
@@ -33,6 +33,9 @@ def lookup(
     query: Annotated[str, typer.Argument(help="An email, <mailto:a@b.com|a@b.com>, or a cus_… id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the BillingContext contract JSON.")] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="Skip the cache; read Stripe.")] = False,
+    timeline: Annotated[
+        bool, typer.Option("--timeline", help="Show the whole timeline (the card shows the last few).")
+    ] = False,
 ) -> None:
     """Show a customer's billing context (exit 1 when no customer matches)."""
     parse_query(query)  # bad input is exit 2 before any setting or network is needed
@@ -43,7 +46,7 @@ def lookup(
     if as_json:
         typer.echo(json.dumps(context.to_json_dict(), indent=2, ensure_ascii=False))
     else:
-        Console().print(render_context(context, now=now))
+        Console().print(render_context(context, now=now, timeline=None if timeline else TIMELINE_SHOWN))
     raise typer.Exit(EXIT_OK if context.found else EXIT_NOT_FOUND)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from rich.console import Group, RenderableType
 from rich.markup import escape
@@ -12,6 +12,9 @@ from rich.text import Text
 
 from billing.models import BillingContext, Money
 from billing.money import format_money
+from billing.timeline import cancellation_text, next_invoice_text, payment_method_text
+
+TIMELINE_SHOWN = 5  # the card's last few events; ``billing lookup --timeline`` shows them all
 
 STATUS_STYLE = {
     "active": "green",
@@ -41,7 +44,7 @@ def _status(status: str | None) -> Text:
     return Text(status or "none", style=STATUS_STYLE.get(status or "", "dim"))
 
 
-def _facts(context: BillingContext) -> Table:
+def _facts(context: BillingContext, now: datetime) -> Table:
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -61,6 +64,9 @@ def _facts(context: BillingContext) -> Table:
         facts.add_row("MRR once trial converts", money_text(context.mrr_detail.excluded_trialing))
     facts.add_row("LTV (paid so far)", money_text(context.ltv))
     facts.add_row("Renews", date_text(context.renewal_date))
+    if (card := payment_method_text(context.payment_method, now)) is not None:
+        style = "yellow" if "card_expiring" in context.segments else ""
+        facts.add_row("Payment method", Text(card, style=style))
     if context.trial_end is not None:
         facts.add_row("Trial ends", date_text(context.trial_end))
     if context.past_due_since is not None:
@@ -70,13 +76,15 @@ def _facts(context: BillingContext) -> Table:
     return facts
 
 
-def _subscriptions(context: BillingContext) -> Table:
+def _subscriptions(context: BillingContext, now: datetime) -> Table:
     table = Table(title="Subscriptions", title_justify="left", expand=True, show_edge=False)
-    for column in ("id", "plan", "status", "MRR", "period end", "note"):
+    for column in ("id", "plan", "status", "MRR", "next invoice", "note"):
         table.add_column(column)
     for sub in context.subscriptions:
         notes = []
-        if sub.cancel_at_period_end or sub.cancel_at is not None:
+        if sub.cancellation is not None:
+            notes.append(cancellation_text(sub.cancellation, now) or "")
+        elif sub.cancel_at_period_end or sub.cancel_at is not None:
             notes.append(f"cancels {date_text(sub.cancel_at or sub.current_period_end)}")
         if sub.paused:
             notes.append("collection paused")
@@ -84,8 +92,24 @@ def _subscriptions(context: BillingContext) -> Table:
             notes.append(f"trial until {date_text(sub.trial_end)}")
         table.add_row(
             sub.id, Text(sub.plan or "—"), _status(sub.status), money_text(sub.mrr),
-            date_text(sub.current_period_end), "; ".join(notes),
+            next_invoice_text(sub.next_invoice) or "—", Text("; ".join(notes)),
         )
+    return table
+
+
+def _timeline(context: BillingContext, limit: int | None) -> Table:
+    shown = context.timeline if limit is None else context.timeline[:limit]
+    more = len(context.timeline) - len(shown)
+    title = "Timeline"
+    if more:
+        title += f" (last {len(shown)}; --timeline shows all {len(context.timeline)})"
+    table = Table(title=title, title_justify="left", expand=True, show_edge=False)
+    table.add_column("date")
+    table.add_column("event")
+    for entry in shown:
+        style = "red" if entry.kind in ("payment_failed", "disputed") else ""
+        # Stripe text (plan names, decline messages, feedback comments) shown as typed, never as markup
+        table.add_row(date_text(entry.at), Text(entry.text, style=style))
     return table
 
 
@@ -131,8 +155,12 @@ def stale_notice(context: BillingContext, now: datetime) -> str:
     return f"Stripe did not answer; showing the card {freshness(context, now)}."
 
 
-def render_context(context: BillingContext, *, now: datetime | None = None) -> RenderableType:
-    """The card: who, what they pay, how payment is going, and where the data came from.
+def render_context(
+    context: BillingContext, *, now: datetime | None = None, timeline: int | None = TIMELINE_SHOWN
+) -> RenderableType:
+    """The card: who, what they pay, how payment is going, what happened, and where the data came from.
+
+    ``timeline`` is how many of the newest events to show (None: all of them).
 
     A stale card (Stripe did not answer, the cache is past its freshness) says so first in its
     header, where the eye lands and where no terminal width cuts it off; ``now`` gives its age.
@@ -152,11 +180,14 @@ def render_context(context: BillingContext, *, now: datetime | None = None) -> R
     else:
         title.append("  test mode", style="dim")
 
-    parts: list[RenderableType] = [_facts(context)]
+    at = now or context.as_of or datetime.now(UTC)
+    parts: list[RenderableType] = [_facts(context, at)]
     if context.subscriptions:
-        parts.append(_subscriptions(context))
+        parts.append(_subscriptions(context, at))
     if context.recent_invoices:
         parts.append(_invoices(context))
+    if context.timeline and timeline != 0:
+        parts.append(_timeline(context, timeline))
     if context.other_customers:
         others = ", ".join(
             f"{o.id} ({o.status or 'no subscription'}, {'live' if o.livemode else 'test'})"
