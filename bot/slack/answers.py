@@ -36,19 +36,6 @@ def _tried(query: str) -> list[str]:
     return ["manual links", "exact email", "lower-cased email", "Stripe search"]
 
 
-def _age(context: BillingContext, now: datetime) -> str:
-    if context.as_of is None:
-        return "some time ago"
-    seconds = max(0, int((now - context.as_of).total_seconds()))
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    if seconds < 2 * 86400:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} days ago"
-
-
 def evaluation_for(deps: SlackDeps, context: BillingContext, now: datetime) -> RuleEvaluation | None:
     try:
         return evaluate_rules(context, deps.runtime.rules(), now)
@@ -69,7 +56,8 @@ def card_message(
         return cards.shared_card(context, evaluation, now=now, shared_by=shared_by)
     message = cards.customer_card(context, evaluation, now=now)
     if context.stale:
-        note = f"Stripe did not answer; showing the card cached {_age(context, now)}."
+        age = cards.age_text(context.as_of, now) if context.as_of else "some time ago"
+        note = f"Stripe did not answer; showing the card cached {age}."
         return cards.with_notice(message, note)
     return message
 
