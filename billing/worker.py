@@ -397,7 +397,12 @@ class EventWorker:
                     both: Any = await pipe.execute_command("MGET", objs_key, ctx_key)
                     raw_objs, old_raw = both
                     stored = decode_objects(raw_objs)
-                    updates, absorbed = await self._merge(customer_id, events, stored, fetched)
+                    old = decode_context(old_raw) if old_raw else None
+                    # Event by event in version order, each against the state before it: the
+                    # transitions are those of one-per-batch delivery, however events are grouped.
+                    updates, absorbed, transitions, unseen = await self._apply_events(
+                        customer_id, events, stored, fetched, old
+                    )
                     merged = trim_invoices({**stored, **updates})
                     rebuild = bool(updates) or bool(absorbed) or any(
                         _event_object(ev).get("object") in TENANT_OBJECTS
@@ -426,25 +431,18 @@ class EventWorker:
                             pipe.set(objs_key, encode_objects(merged), keepttl=True)
                         await pipe.execute()
                         return
-                    old = decode_context(old_raw) if old_raw else None
                     new = self._build(data, old)
-                    versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
                     if from_stripe:
                         # Stripe's current state: each event is the evidence of what changed (keyed by
                         # the event, as when a snapshot absorbed it, so a redelivery adds nothing).
                         transitions = [t for ev in events for t in diff_contexts(None, new, ev, versions={
                             str(_event_object(ev).get("id")): str(ev.get("id"))})]
                     else:
-                        transitions = diff_contexts(old, new, events[-1], versions=versions)
-                    for ev in events[:-1] if not from_stripe else ():
-                        # Without an old context each event speaks for itself (first sight of a customer).
-                        if old is None or ev.get("type") == "customer.subscription.trial_will_end":
-                            transitions += diff_contexts(None, new, ev, versions=versions)
-                    for ev in absorbed:
-                        # A lookup or backfill saw this change first and alerts nobody: the event
-                        # itself is the evidence (keyed by the event, so a duplicate adds nothing).
-                        evidence = {str(_event_object(ev).get("id")): str(ev.get("id"))}
-                        transitions += diff_contexts(None, new, ev, versions=evidence)
+                        versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
+                        for ev, was_absorbed in unseen:
+                            # Met before the customer itself was known: the event speaks for itself.
+                            transitions += (_evidence(new, ev) if was_absorbed
+                                            else diff_contexts(None, new, ev, versions=versions))
                     transitions = await self._not_yet_queued(pipe, customer_id, transitions)
                     queued = [_dumps(_transition_to_dict(t)) for t in transitions]
                     pipe.multi()  # type: ignore[no-untyped-call]
@@ -466,6 +464,41 @@ class EventWorker:
             await self._after_save(customer_id, stored, changed, data, first_build=old is None)
             return
         raise RuntimeError(f"customer {customer_id} kept changing under the worker")
+
+    async def _apply_events(
+        self, customer_id: str, events: Sequence[StripeDict], stored: dict[str, StripeDict],
+        fetched: dict[str, StripeDict | None], old: BillingContext | None,
+    ) -> tuple[dict[str, StripeDict], list[StripeDict], list[Transition], list[tuple[StripeDict, bool]]]:
+        """``_merge`` one event at a time (same result as all at once), with the transitions each
+        event makes against the context just before it: (updates, absorbed, transitions, events met
+        before the customer could be built, whose evidence is weighed against the final context).
+
+        A duplicate or an older event changes nothing, so it adds no transition; a transition's key
+        (status and the event that set it) is the one a one-per-batch delivery gives.
+        """
+        updates: dict[str, StripeDict] = {}
+        absorbed: list[StripeDict] = []
+        transitions: list[Transition] = []
+        unseen: list[tuple[StripeDict, bool]] = []
+        before = old if old is not None and old.found else None
+        current = before
+        for ev in events:
+            changed, seen_first = await self._merge(customer_id, [ev], {**stored, **updates}, fetched)
+            updates.update(changed)
+            absorbed += seen_first
+            state = trim_invoices({**stored, **updates})
+            if changed and customer_id in state:
+                data = await self.store.load_customer_data(customer_id, state)
+                current = self._build(data, old) if data is not None else current
+            if current is None:
+                unseen += [(ev, False), *((evt, True) for evt in seen_first)]
+                continue
+            versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in state.items()}
+            transitions += diff_contexts(before, current, ev, versions=versions)
+            for evt in seen_first:
+                transitions += _evidence(current, evt)
+            before = current
+        return updates, absorbed, transitions, unseen
 
     async def _not_yet_queued(
         self, pipe: Any, customer_id: str, transitions: Sequence[Transition]
@@ -783,6 +816,13 @@ def _with_snapshot(merged: Mapping[str, StripeDict], snapshot: _Snapshot) -> dic
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _evidence(context: BillingContext, event: StripeDict) -> list[Transition]:
+    """A change a lookup or backfill stored first and alerted nobody about: the event itself is the
+    evidence (keyed by the event, so a duplicate adds nothing)."""
+    evidence = {str(_event_object(event).get("id")): str(event.get("id"))}
+    return diff_contexts(None, context, event, versions=evidence)
 
 
 def _with_action_flag(invoice: StripeDict, current: StripeDict | None, event_type: str) -> StripeDict:

@@ -414,3 +414,66 @@ async def test_a_change_a_lookup_stored_first_is_still_alerted_once(store: Redis
     await enqueue(store, [stale])
     await drain(w)
     assert notifier.names() == ["subscription.past_due"]
+
+
+def _story_without_previous_attributes(recover: bool) -> list[dict[str, Any]]:
+    """Jane appears, subscribes, falls past due (and maybe recovers): ``*.updated`` events without
+    ``previous_attributes``, so only the state before each event can tell what changed."""
+    t = sf.T0
+    events = [
+        sf.event("customer.created", sf.customer(), t),
+        sf.event("customer.subscription.created", sf.subscription(status="active"), t + 1),
+        sf.event("customer.subscription.updated", sf.subscription(status="past_due"), t + 2),
+    ]
+    if recover:
+        events.append(sf.event("customer.subscription.updated", sf.subscription(status="active"), t + 3))
+    return events
+
+
+async def _keys_when_grouped(
+    store: RedisStore, prefix: str, batches: list[list[dict[str, Any]]]
+) -> list[str]:
+    """The dedup keys notified when ``batches`` are handed to ``EventWorker.process`` one by one."""
+    own = RedisStore(store.client, store.tenant, prefix=prefix)
+    notifier = RecordingNotifier()
+    w = worker(own, notifier)
+    await w.ensure_group()
+    n = 0
+    for batch in batches:
+        entries = []
+        for evt in batch:
+            n += 1
+            entries.append((f"{n}-0", {b"e": json.dumps(evt).encode()}))
+        await w.process(entries)
+    assert w.stats.failed == 0
+    keys = [t.dedup_key for t in notifier.transitions]
+    assert len(keys) == len(set(keys))  # each transition notified once
+    return keys
+
+
+@pytest.mark.parametrize("recover", [False, True])
+async def test_transitions_do_not_depend_on_how_events_are_batched(
+    store: RedisStore, key_prefix: str, recover: bool
+) -> None:
+    events = _story_without_previous_attributes(recover)
+    shuffled = list(events)
+    random.Random(3).shuffle(shuffled)
+    assert shuffled != events
+    twice = events * 2
+    random.Random(5).shuffle(twice)
+    groupings = {
+        "one per batch": [[e] for e in events],
+        "one batch": [events],
+        "one shuffled batch": [shuffled],
+        "shuffled duplicates in one batch": [twice],
+        "one batch then every event again": [events, *([e] for e in events), events],
+    }
+    found = {
+        name: sorted(await _keys_when_grouped(store, f"{key_prefix}:g{i}", batches))
+        for i, (name, batches) in enumerate(groupings.items())
+    }
+    sub_updates = [e["id"] for e in events if e["type"] == "customer.subscription.updated"]
+    expected = [f"subscription.past_due:sub_A:past_due@{sub_updates[0]}"]
+    if recover:
+        expected.append(f"subscription.recovered:sub_A:active@{sub_updates[1]}")
+    assert found == {name: sorted(expected) for name in groupings}
