@@ -582,6 +582,27 @@ class RedisStore:
         pipe.srem(self.tenant_key("customers"), customer_id)
         await pipe.execute()
 
+    async def forget_customer(self, customer_id: str) -> int:
+        """Remove everything cached about a customer (context with its timeline, objects, staged
+        pages, outbox, sent markers, email index entries, manual links, price/coupon references);
+        returns how many keys were deleted or updated. An operator's command, not a request path:
+        it scans the tenant's link and reference keys."""
+        objects = decode_objects(await self.client.get(self.customer_key(customer_id, "objs")))
+        emails = {str(o["email"]) for o in objects.values()
+                  if o.get("object") == "customer" and isinstance(o.get("email"), str)}
+        touched = 0
+        async for key in self.client.scan_iter(match=f"{self.prefix}:{{{customer_id}}}:*", count=500):
+            touched += int(await self.client.delete(key))
+        for email in emails:
+            touched += int(await self.client.srem(self.email_key(email), customer_id))
+        touched += int(await self.client.srem(self.tenant_key("customers"), customer_id))
+        async for key in self.client.scan_iter(match=self.tenant_key("link:*"), count=500):
+            if _text(await self.client.get(key)) == customer_id:
+                touched += int(await self.client.delete(key))
+        async for key in self.client.scan_iter(match=self.tenant_key("refs:*"), count=500):
+            touched += int(await self.client.srem(key, customer_id))
+        return touched
+
     # ---- dedup -------------------------------------------------------------------------------
     def event_key(self, event_id: str) -> str:
         return self.tenant_key(f"evt:{event_id}")

@@ -1,4 +1,4 @@
-"""`billing audit`: who looked up which customer, from which surface (newest first)."""
+"""`billing audit` (who looked up which customer, from where) and `billing forget` (drop a cache entry)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from billing.audit import AuditEntry
 from billing.config import Settings
 from billing.errors import BadQueryError, StoreUnavailableError
+from billing.matching import parse_query
 from billing.models import BillingContext
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings, open_runtime
@@ -61,5 +62,39 @@ def audit(
                    f"{entry.customer_id or '-':<20} {json.dumps(entry.query, ensure_ascii=False)}")
 
 
+
+
+async def _forget(settings: Settings, query: str) -> list[tuple[str, int]]:
+    parsed = parse_query(query)
+    async with open_runtime(settings) as runtime:
+        store = runtime.store
+        if store is None:
+            raise StoreUnavailableError("Redis (home of the cache) is unreachable; check REDIS_URL.")
+        if parsed.kind == "customer_id":
+            ids = [parsed.value]
+        else:
+            ids = await store.customer_ids_for_email(parsed.value)
+            linked = await store.linked_customer(parsed.value.lower())
+            ids += [linked] if linked and linked not in ids else []
+        forgotten = [(customer_id, await store.forget_customer(customer_id)) for customer_id in ids]
+        for customer_id, _ in forgotten:
+            await runtime.default.record(user=cli_user(), surface="cli", query=f"forget {query}",
+                                         outcome="found", customer_id=customer_id)
+        return forgotten
+
+
+@handles_errors
+def forget(query: Annotated[str, typer.Argument(help="An email or a cus_… id.")]) -> None:
+    """Remove a customer's cached data (card, timeline, objects, indexes, links); the audit trail keeps
+    a record that it was done. A later webhook or lookup caches the customer again."""
+    forgotten = run_async(_forget(load_settings(), query))
+    if not forgotten:
+        typer.echo(f"Nothing cached for {query}.")
+        raise typer.Exit(1)
+    for customer_id, keys in forgotten:
+        typer.echo(f"Forgot {customer_id} ({keys} keys).")
+
+
 def register(app: typer.Typer) -> None:
     app.command()(audit)
+    app.command()(forget)
