@@ -9,8 +9,13 @@ Pure: context (and routing evaluation) in, text out. Design choices, each for th
   cleaned of control characters and length-capped: a name like "Ignore previous instructions" is data.
 - No address, phone, payment method or metadata value outside the allow-list (empty by default).
 - The bound is kept by dropping parts in a fixed order and saying what was left out, never by cutting
-  the JSON text: routing reasons (``evaluate_routing_rules`` has them), then invoices, oldest first,
-  then candidates, then shorter untrusted text; a minimal summary is the last resort.
+  the JSON text: routing reasons (``evaluate_routing_rules`` has them), then invoices, oldest first
+  (the newest timeline events tell the same story), then timeline events, then candidates, then
+  shorter untrusted text; a minimal summary is the last resort.
+- The timeline's newest 3 entries, the next invoice and cancellations are shown; the payment method is
+  not (the model does not need it). Timeline text (decline messages, plan names) and cancellation
+  comments are Stripe's text: they are in ``untrusted_customer_data``; cancellation reason and feedback
+  codes only outside it when they look like Stripe's enumerations.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ _MAX_CURRENCIES = 4  # a customer billed in more currencies is summarised with "
 _MAX_CANDIDATES = 5
 _MAX_TAGS = 8
 _STRIPE_ID = re.compile(r"[a-z]{2,8}_[A-Za-z0-9]{1,64}")
+_STRIPE_ENUM = re.compile(r"[a-z][a-z_]{0,39}")  # cancellation reason / feedback values
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class ContentPolicy:
     invoice_number_chars: int = 32
     reason_chars: int = 160
     invoices: int = 3
+    events: int = 3  # newest timeline entries (their text is Stripe's: in the untrusted block)
+    event_chars: int = 110
     candidates: int = _MAX_CANDIDATES
     reasons: bool = True
     invoices_dropped: bool = False  # set when the size bound took invoices away (the content says so)
@@ -184,6 +192,47 @@ def _subscriptions(context: BillingContext) -> dict[str, Any]:
     return summary
 
 
+def _enum(value: str | None) -> str | None:
+    """A Stripe enumeration value (``too_expensive``) as is; anything else is not shown here."""
+    return value if value is not None and _STRIPE_ENUM.fullmatch(value) else None
+
+
+def _next_invoices(context: BillingContext) -> list[dict[str, Any]]:
+    """What each subscription will invoice next (at most 2; an estimate says so)."""
+    shown = []
+    for sub in context.subscriptions:
+        upcoming = sub.next_invoice
+        if upcoming is None:
+            continue
+        item: dict[str, Any] = {"amount": format_money(upcoming.amount_due, upcoming.currency),
+                                "date": iso_date(upcoming.date)}
+        if len(context.subscriptions) > 1:  # one subscription needs no name
+            item["subscription"] = safe_id(sub.id)
+        if upcoming.estimate:
+            item["estimate"] = True
+        shown.append(item)
+    return shown[:2]
+
+
+def _cancellations(context: BillingContext) -> list[dict[str, Any]]:
+    """Cancellations done or scheduled: when, and Stripe's reason and feedback codes (the customer's
+    comment is free text: in the untrusted block)."""
+    shown = []
+    for sub in context.subscriptions:
+        cancel = sub.cancellation
+        if cancel is None:
+            continue
+        item: dict[str, Any] = {"effective": iso_date(cancel.effective_at)}
+        if len(context.subscriptions) > 1:
+            item["subscription"] = safe_id(sub.id)
+        if reason := _enum(cancel.reason):
+            item["reason"] = reason
+        if feedback := _enum(cancel.feedback):
+            item["feedback"] = feedback
+        shown.append(item)
+    return shown[:2]
+
+
 def _candidates(context: BillingContext, limit: int) -> dict[str, Any] | None:
     if not context.other_customers or context.customer is None:
         return None
@@ -272,6 +321,19 @@ def _untrusted(context: BillingContext, policy: ContentPolicy, invoices: Iterabl
         block["metadata"] = metadata
     if routing is not None and routing.untrusted:
         block["routing_reasons"] = routing.untrusted
+    events = [
+        text for entry in context.timeline[: policy.events]
+        if (text := untrusted_text(f"{iso_date(entry.at)}: {entry.text}", policy.event_chars))
+    ]
+    if events:
+        block["recent_events"] = events
+    comments = [
+        text for sub in context.subscriptions
+        if sub.cancellation is not None
+        and (text := untrusted_text(sub.cancellation.comment, policy.reason_chars))
+    ][:2]
+    if comments:
+        block["cancellation_comments"] = comments
     return block
 
 
@@ -313,6 +375,10 @@ def _stripe_context_document(context: BillingContext, evaluation: RuleEvaluation
         doc["mrr_after_trial"] = money_text(context.mrr_detail.excluded_trialing)
     if context.mrr_detail.excluded_paused:
         doc["mrr_paused"] = money_text(context.mrr_detail.excluded_paused)
+    if next_invoices := _next_invoices(context):
+        doc["next_invoice"] = next_invoices
+    if cancellations := _cancellations(context):
+        doc["cancellation"] = cancellations
     doc["recent_invoices"] = [_invoice(i) for i in invoices]
     omitted = _omitted(evaluation, policy, "routing reasons (evaluate_routing_rules gives them)")
     if policy.invoices_dropped and len(context.recent_invoices) > len(invoices):
@@ -379,11 +445,14 @@ def _degradations(policy: ContentPolicy) -> Iterator[ContentPolicy]:
     for n in range(policy.invoices - 1, -1, -1):
         step = replace(step, invoices=n, invoices_dropped=True)
         yield step
+    for n in range(policy.events - 1, -1, -1):
+        step = replace(step, events=n)
+        yield step
     for n in (3, 1):
         step = replace(step, candidates=n)
         yield step
     for n in (40, 20):
-        step = replace(step, name_chars=n, plan_chars=n, reason_chars=n)
+        step = replace(step, name_chars=n, plan_chars=n, reason_chars=n, event_chars=n)
         yield step
 
 

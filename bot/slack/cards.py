@@ -42,6 +42,7 @@ from slack_sdk.models.views import View
 from billing.lifecycle import URGENCY
 from billing.models import BillingContext, CustomerInfo, InvoiceInfo, Money, SubscriptionInfo
 from billing.money import format_money
+from billing.timeline import cancellation_details_text, next_invoice_text, payment_method_text
 from bot.slack.mrkdwn import (
     ELLIPSIS,
     channel_mention,
@@ -86,6 +87,7 @@ ACTION_SHARE: Final = "billing_share"  # value: customer id
 ACTION_SWITCH: Final = "billing_switch"  # selected_option.value: customer id
 
 # ---- Slack's limits --------------------------------------------------------------------------
+TIMELINE_SHOWN: Final = 5  # the customer card's newest billing events
 MAX_BLOCKS: Final = 50  # per message (a home view may hold 100; we stay at 50 there too)
 MAX_TEXT: Final = 3000  # any text object, and the fallback text
 MAX_HEADER: Final = 150
@@ -497,16 +499,44 @@ def _payment_problem(context: BillingContext, now: datetime, *, links: bool) -> 
 
 
 def _cancellations(context: BillingContext, now: datetime) -> str | None:
-    """Subscriptions that will end by themselves: agents must know before promising anything."""
+    """Subscriptions that will end by themselves: agents must know before promising anything.
+    Stripe's cancellation reason, the customer's feedback and comment follow, escaped."""
     lines = []
     for sub in context.subscriptions:
         if sub.status in _ENDED or not (sub.cancel_at_period_end or sub.cancel_at is not None):
             continue
-        when = sub.cancel_at or sub.current_period_end
-        lines.append(f":hourglass: *Cancels* {date_with_days(when, now)}: {inline(sub.plan or sub.id, 80)}")
+        when = (sub.cancellation.effective_at if sub.cancellation else None) or sub.cancel_at \
+            or sub.current_period_end
+        line = f":hourglass: *Cancels* {date_with_days(when, now)}: {inline(sub.plan or sub.id, 80)}"
+        details = cancellation_details_text(sub.cancellation) if sub.cancellation else ""
+        if details:
+            line += f" ({inline(details, 300)})"
+        lines.append(line)
     if not lines:
         return None
     return _bounded_lines(lines[:5], total=len(lines), more=lambda n: f"{ELLIPSIS} and {_plural(n, 'more')}")
+
+
+def _upcoming(context: BillingContext, now: datetime, *, card: bool) -> str | None:
+    """What comes next: the primary subscription's next invoice and (``card``) the default card."""
+    parts = []
+    primary = next(iter(_ordered_subscriptions(context)), None)
+    if primary is not None and (next_text := next_invoice_text(primary.next_invoice)) is not None:
+        parts.append(f":calendar: *Next invoice* {inline(next_text, 80)}")
+    if card and (card_text := payment_method_text(context.payment_method, now)) is not None:
+        marker = ":warning:" if "card_expiring" in context.segments else ":credit_card:"
+        parts.append(f"{marker} *Card* {inline(card_text, 120)}")
+    return "\n".join(parts) or None
+
+
+def _timeline(context: BillingContext, *, shown: int) -> str | None:
+    """The newest billing events, one line each (Stripe's words escaped)."""
+    if not context.timeline:
+        return None
+    lines = [f"{_code(date_text(entry.at), 12)} {inline(entry.text, 240)}"
+             for entry in context.timeline[:shown]]
+    return _bounded_lines(lines, total=len(context.timeline), head="*Timeline*",
+                          more=lambda n: f"{ELLIPSIS} and {_plural(n, 'earlier event')}")
 
 
 def _ordered_subscriptions(context: BillingContext) -> list[SubscriptionInfo]:
@@ -707,7 +737,9 @@ def customer_card(
         _fields(_card_fields(context, customer, now, full=True)),
         _optional_section(_payment_problem(context, now, links=True)),
         _optional_section(_cancellations(context, now)),
+        _optional_section(_upcoming(context, now, card=True)),
         _optional_section(_subscriptions(context, now, shown=SUBSCRIPTIONS_SHOWN)),
+        _optional_section(_timeline(context, shown=TIMELINE_SHOWN)),
         _optional_section(_invoices(context)),
         _optional_section(_routing(evaluation, reasons=True)),
         _optional_section(_metadata(customer)),
@@ -740,6 +772,7 @@ def shared_card(
         _fields(_card_fields(context, customer, now, full=False)),
         _optional_section(_payment_problem(context, now, links=False)),
         _optional_section(_cancellations(context, now)),
+        _optional_section(_upcoming(context, now, card=False)),
         _optional_section(_subscriptions(context, now, shown=SHARED_SUBSCRIPTIONS_SHOWN)),
         _optional_section(_routing(evaluation, reasons=False)),
         _context(f"Shared by {sharer}", *_provenance(context, now), dashboard),

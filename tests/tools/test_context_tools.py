@@ -85,7 +85,12 @@ async def test_jane_past_due_content_and_the_full_context_as_artifact(toolkit: B
     assert doc["status"] == "past_due" and doc["mrr"] == "29.00 USD" and doc["ltv"] == "87.00 USD"
     assert doc["payment"]["status"] == "failed" and doc["payment"]["amount_due"] == "29.00 USD"
     assert doc["payment"]["attempt_count"] == 2 and doc["payment"]["next_retry"].endswith("Z")
-    assert doc["recent_invoices"][0]["status"] == "open" and len(doc["recent_invoices"]) == 3
+    # the three newest timeline events tell the failed attempts; older invoices give way to them
+    assert doc["recent_invoices"][0]["status"] == "open"
+    events = doc["untrusted_customer_data"]["recent_events"]
+    assert len(events) == 3 and "attempt 2, card declined" in events[0] and "next retry" in events[0]
+    assert doc["next_invoice"] == [{"amount": "29.00 USD", "date": doc["renewal_date"][:10]}]
+    assert "payment_method" not in content and "4242" not in content
     assert doc["routing"]["priority"] == "urgent" and doc["stale"] is False
     assert doc["untrusted_customer_data"]["plan"] == "Pro Monthly"
     assert doc["untrusted_customer_data"]["name"] == "Jane Doe"
