@@ -421,13 +421,19 @@ class StripeGateway:
     def _service(self, resource: ListableResource) -> Any:
         return getattr(self._client.v1, resource)
 
-    async def _list_page(self, resource: ListableResource, params: Mapping[str, Any]) -> Any:
-        service = self._service(resource)
+    async def _list_page(self, resource: ListableResource, params: Mapping[str, Any]) -> StripeDict:
+        """One list page as the JSON Stripe sent (``data``, ``has_more``). The SDK's StripeObjects are
+        skipped: building them and turning them back into dicts was a third of a backfill's CPU."""
+        path = f"/v1/{resource}"
         try:
-            return await self._call(f"listing {resource}", lambda: service.list_async(params=dict(params)))
+            response = await self._call(
+                f"listing {resource}", lambda: self._client.raw_request_async("get", path, **params)
+            )
         except stripe.PermissionError as err:
             missing = _missing_permission(err, resource)
             raise ConfigurationError(_permission_sentence([missing], [resource])) from None
+        page: StripeDict = _json_shaped(response.data)
+        return page
 
     async def iter_objects(
         self, resource: ListableResource, params: Mapping[str, Any] | None = None
@@ -436,10 +442,10 @@ class StripeGateway:
         query = {"limit": LIST_LIMIT, **(params or {})}
         while True:
             page = await self._list_page(resource, query)
-            data = [_to_dict(obj) for obj in page.data]
+            data: list[StripeDict] = page["data"]
             for obj in data:
                 yield obj
-            if not page.has_more or not data:
+            if not page.get("has_more") or not data:
                 return
             query = {**query, "starting_after": data[-1]["id"]}
 
@@ -452,9 +458,9 @@ class StripeGateway:
         while True:
             page = await self._list_page(resource, query)
             pages += 1
-            data = [_to_dict(obj) for obj in page.data]
+            data: list[StripeDict] = page["data"]
             out.extend(data)
-            if not page.has_more or not data or (max_pages is not None and pages >= max_pages):
+            if not page.get("has_more") or not data or (max_pages is not None and pages >= max_pages):
                 return out
             query = {**query, "starting_after": data[-1]["id"]}
 
