@@ -344,10 +344,10 @@ class RedisStore:
             return
         customer_id = str(data.customer["id"])
         version: Version = (int(fetched_at), SNAPSHOT_EVENT_ID)
-        stored_prices = await self._stored_prices_for([data])
+        # Prices, products and coupons obey the same rule: never over a newer stored version.
+        await self.put_catalogue([data], version)
         pipe = self.client.pipeline(transaction=False)
         self.stage_objects(pipe, customer_id, [with_version(o, version) for o in _customer_objects(data)])
-        self._queue_tenant_objects(pipe, data, version, stored_prices)
         await pipe.execute()
 
         def rebuild(merged: CustomerData) -> BillingContext:
@@ -365,45 +365,71 @@ class RedisStore:
         Objects carry the version ``(as_of, "snapshot")``: events older than the snapshot are ignored,
         events of the same second are settled by re-fetching.
         """
-        stored_prices = await self._stored_prices_for([data for data, _ in items])
+        by_version: dict[Version, list[CustomerData]] = {}
+        for data, context in items:
+            by_version.setdefault(_snapshot_version(context), []).append(data)
+        for version, datas in sorted(by_version.items()):
+            await self.put_catalogue(datas, version)
         pipe = self.client.pipeline(transaction=False)
         for data, context in items:
             customer_id = str(data.customer["id"])
-            as_of = context.as_of or datetime.now(UTC)
-            version: Version = (int(as_of.timestamp()), SNAPSHOT_EVENT_ID)
+            version = _snapshot_version(context)
             objects = trim_invoices({str(o["id"]): with_version(o, version) for o in _customer_objects(data)})
             pipe.set(self.customer_key(customer_id, "objs"), encode_objects(objects))
             pipe.delete(self.customer_key(customer_id, "stage"))
             pipe.set(self.customer_key(customer_id, "ctx"), encode_context(context))
             self._queue_indexes(pipe, customer_id, data.customer.get("email"), None)
-            self._queue_tenant_objects(pipe, data, version, stored_prices)
             self._queue_refs(pipe, customer_id, objects.values())
         await pipe.execute()
 
-    async def _stored_prices_for(self, datas: Iterable[CustomerData]) -> dict[str, StripeDict]:
-        """The stored copies of the prices the subscriptions embed (to keep their includable fields)."""
-        return await self.get_tenant_objects("prices", {
-            price["id"] for data in datas for price in _embedded_prices(data)
-        })
+    async def put_catalogue(self, datas: Iterable[CustomerData], version: Version) -> None:
+        """Store the prices, products and coupons fetched with ``datas`` (a lookup's, a snapshot's)
+        as of ``version`` (when the fetch began), each only where it is newer than the stored copy
+        (``decide``): what the worker applied from a later event is never overwritten by an older fetch.
 
-    def _queue_tenant_objects(
-        self, pipe: Any, data: CustomerData, version: Version, stored_prices: Mapping[str, StripeDict]
-    ) -> None:
-        fetched: dict[TenantKind, list[StripeDict]] = {
-            "prices": [slim({**p, "object": "price"}) for p in data.prices.values()],
-            "products": [slim({**p, "object": "product"}) for p in data.products.values()],
-            "coupons": [slim({**c, "object": "coupon"}) for c in data.coupons.values()],
-        }
-        for kind, objs in fetched.items():
-            if objs:
-                pipe.hset(self.tenant_key(kind), mapping={
-                    str(o["id"]): _dumps(with_version(o, version)) for o in objs
-                })
-        # A price embedded in a subscription is fresh but lacks its includable fields (tiers,
-        # currency options): those of the stored copy are kept.
-        for price in _embedded_prices(data):
-            merged = keep_included(price, stored_prices.get(price["id"]))
-            pipe.hset(self.tenant_key("prices"), price["id"], _dumps(with_version(merged, version)))
+        A price embedded in a subscription is fresh but lacks its includable fields (tiers, currency
+        options): those of the stored copy are kept. One optimistic transaction per kind.
+        """
+        fetched: dict[TenantKind, dict[str, StripeDict]] = {"prices": {}, "products": {}, "coupons": {}}
+        datas = list(datas)
+        for data in datas:
+            for price in _embedded_prices(data):
+                fetched["prices"][str(price["id"])] = price
+        for data in datas:  # complete prices (tiers expanded) over embedded ones
+            for p in data.prices.values():
+                fetched["prices"][str(p["id"])] = slim({**p, "object": "price"})
+            for p in data.products.values():
+                fetched["products"][str(p["id"])] = slim({**p, "object": "product"})
+            for c in data.coupons.values():
+                fetched["coupons"][str(c["id"])] = slim({**c, "object": "coupon"})
+        for kind, objects in fetched.items():
+            if objects:
+                await self._put_newer(kind, objects, version)
+
+    async def _put_newer(self, kind: TenantKind, objects: Mapping[str, StripeDict], version: Version) -> None:
+        key = self.tenant_key(kind)
+        ids = sorted(objects)
+        while True:
+            async with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raws = await pipe.hmget(key, ids)
+                    writes: dict[str, str] = {}
+                    for object_id, raw in zip(ids, raws, strict=True):
+                        stored = json.loads(raw) if raw is not None else None
+                        if decide(version_of(stored), version) != "apply":
+                            continue  # a newer (or same-second) stored version stays
+                        obj = keep_included(objects[object_id], stored)
+                        writes[object_id] = _dumps(with_version(obj, version))
+                    if not writes:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, mapping={k: v for k, v in writes.items()})
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
 
     def _queue_indexes(self, pipe: Any, customer_id: str, email: Any, old_email: Any) -> None:
         if isinstance(old_email, str) and old_email and old_email.lower() != str(email or "").lower():
@@ -671,6 +697,11 @@ def _customer_objects(data: CustomerData) -> list[StripeDict]:
     objects += [slim({**d, "object": "dispute"}) for d in data.disputes]
     objects += [slim({**n, "object": "credit_note"}) for n in data.credit_notes]
     return objects
+
+
+def _snapshot_version(context: BillingContext) -> Version:
+    as_of = context.as_of or datetime.now(UTC)
+    return int(as_of.timestamp()), SNAPSHOT_EVENT_ID
 
 
 def _embedded_prices(data: CustomerData) -> list[StripeDict]:

@@ -524,11 +524,9 @@ class EventWorker:
             return None
         data = await self.gateway.fetch_customer_data(customer)
         version: Version = (int(started), SNAPSHOT_EVENT_ID)
-        # Prices, products and coupons first: the build joins them from the tenant's hashes.
-        stored_prices = await self.store._stored_prices_for([data])
-        pipe = self.store.client.pipeline(transaction=False)
-        self.store._queue_tenant_objects(pipe, data, version, stored_prices)
-        await pipe.execute()
+        # Prices, products and coupons first: the build joins them from the tenant's hashes (each
+        # only where newer than the stored copy, as a lookup's).
+        await self.store.put_catalogue([data], version)
         objects = {str(o["id"]): with_version(o, version) for o in _customer_objects(data)}
         return _Snapshot(objects)
 

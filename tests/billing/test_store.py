@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -257,3 +258,45 @@ async def test_a_cache_hit_is_one_command_on_a_single_server_and_pipelines_when_
     sent.clear()
     fallback = await service.lookup("jane@acme.com")
     assert fallback == hit and sent == ["pipeline", "pipeline"] and store._scripted is False
+
+
+async def test_a_lookup_never_overwrites_newer_catalogue_objects(store: RedisStore) -> None:
+    coupon = {"id": "HALF", "object": "coupon", "percent_off": 50.0, "duration": "forever", "valid": True,
+              "name": "Half"}
+    # The worker stored a newer price, product and coupon (events of T0 + 10) ...
+    await store.put_tenant_object(sf.price(amount=3900), (sf.T0 + 10, "evt_price"))
+    await store.put_tenant_object({"id": "prod_pro", "object": "product", "name": "Pro Plus"},
+                                  (sf.T0 + 10, "evt_product"))
+    await store.put_tenant_object({**coupon, "name": "Half (renamed)"}, (sf.T0 + 10, "evt_coupon"))
+
+    # ... and a lookup whose fetch began earlier (T0 + 5) saves the old amount, name and coupon,
+    # both embedded in the subscription and fetched on their own.
+    data = CustomerData(
+        customer=sf.customer(), subscriptions=[sf.subscription()], invoices=[sf.invoice()],
+        products={"prod_pro": {"id": "prod_pro", "object": "product", "name": "Pro"}},
+        coupons={"HALF": coupon},
+    )
+    await store.save_customer(data, _context(data), fetched_at=sf.T0 + 5)  # type: ignore[arg-type]
+    prices = await store.get_tenant_objects("prices", ["price_pro"])
+    products = await store.get_tenant_objects("products", ["prod_pro"])
+    coupons = await store.get_tenant_objects("coupons", ["HALF"])
+    assert prices["price_pro"]["unit_amount"] == 3900
+    assert prices["price_pro"]["_v"] == [sf.T0 + 10, "evt_price"]
+    assert products["prod_pro"]["name"] == "Pro Plus"
+    assert coupons["HALF"]["name"] == "Half (renamed)"
+    cached = await store.get_context("cus_A")
+    assert cached is not None and cached.mrr == {"usd": 3900}  # rebuilt from the newer price
+
+    # The same with the prices fetched on their own (a tiered price comes complete).
+    data_with_prices = replace(data, prices={"price_pro": sf.price()})
+    await store.save_customer(data_with_prices, _context(data), fetched_at=sf.T0 + 5)  # type: ignore[arg-type]
+    assert (await store.get_tenant_objects("prices", ["price_pro"]))["price_pro"]["unit_amount"] == 3900
+
+    # A lookup that began after the worker's events is the newer truth.
+    await store.save_customer(data, _context(data), fetched_at=sf.T0 + 20)  # type: ignore[arg-type]
+    prices = await store.get_tenant_objects("prices", ["price_pro"])
+    products = await store.get_tenant_objects("products", ["prod_pro"])
+    assert (prices["price_pro"]["unit_amount"], prices["price_pro"]["_v"]) == (2900, [sf.T0 + 20, "snapshot"])
+    assert products["prod_pro"]["name"] == "Pro"
+    cached = await store.get_context("cus_A")
+    assert cached is not None and cached.mrr == {"usd": 2900}
