@@ -282,6 +282,15 @@ def _dispute_events(out: _Entries, disputes: Sequence[StripeDict], charges: Sequ
         out.add("disputed", dispute_id, at, text)
 
 
+def _unique(objects: Sequence[StripeDict]) -> list[StripeDict]:
+    """One object per id (a copy delivered twice is one object), in id order."""
+    by_id: dict[str, StripeDict] = {}
+    for obj in objects:
+        if isinstance(obj.get("id"), str):
+            by_id.setdefault(obj["id"], obj)
+    return [by_id[key] for key in sorted(by_id)]
+
+
 def build_timeline(
     data: CustomerData,
     *,
@@ -292,16 +301,15 @@ def build_timeline(
     """The customer's newest ``limit`` billing events, newest first. ``plans`` names each subscription
     (by id) as the card does; a subscription without a name is called by its id."""
     out = _Entries()
-    for sub in data.subscriptions:
-        if isinstance(sub.get("id"), str):
-            plan = plans.get(sub["id"]) or str(sub["id"])
-            _subscription_events(out, sub, plan, data.coupons, now)
-    invoices = [inv for inv in data.invoices if isinstance(inv.get("id"), str)]
+    for sub in _unique(data.subscriptions):
+        plan = plans.get(sub["id"]) or str(sub["id"])
+        _subscription_events(out, sub, plan, data.coupons, now)
+    invoices = _unique(data.invoices)
     for invoice in invoices:
         _invoice_events(out, invoice)
-    charges = [c for c in data.charges if isinstance(c.get("id"), str)]
+    charges = _unique(data.charges)
     _charge_events(out, charges, invoices)
-    _dispute_events(out, data.disputes, charges)
+    _dispute_events(out, _unique(data.disputes), charges)
     return out.newest_first(limit)
 
 
