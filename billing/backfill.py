@@ -34,6 +34,7 @@ from billing.slim import (
 )
 from billing.snapshot import CustomerData, StripeDict, with_previews
 from billing.store import SNAPSHOT_EVENT_ID, RedisStore
+from billing.stripe_api import background_work
 
 RESOURCES: tuple[ListableResource, ...] = (
     "customers", "subscriptions", "invoices", "charges", "disputes", "credit_notes",
@@ -242,7 +243,14 @@ class Backfill:
         return self.store.tenant_key("backfill:customers")
 
     async def run(self, *, resume: bool = False, since: int | None = None) -> BackfillReport:
-        """Fetch every window not done yet, then build every context; ``resume`` keeps the checkpoint."""
+        """Fetch every window not done yet, then build every context; ``resume`` keeps the checkpoint.
+
+        Background work: a 429 is waited out with the longer retry budget (``background_work``).
+        """
+        with background_work():
+            return await self._run(resume=resume, since=since)
+
+    async def _run(self, *, resume: bool, since: int | None) -> BackfillReport:
         began = time.monotonic()
         plan = await self.stored_plan() if resume else None
         resumed = plan is not None

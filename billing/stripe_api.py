@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from billing.config import Settings
 from billing.errors import ConfigurationError, StripeUnavailableError
@@ -48,6 +51,7 @@ V = TypeVar("V")
 LIST_LIMIT = 100
 TEST_RATE = 20.0  # requests/s; Stripe allows 25/s in test mode, keep headroom for other clients
 LIVE_RATE = 90.0  # of 100/s in live mode
+SEARCH_RATE = 18.0  # of the Search API's own 20 reads/s (every mode), on top of the general budget
 
 # The read permission (as Stripe names it in a 403) each resource needs.
 PERMISSIONS: dict[ListableResource, str] = {
@@ -176,6 +180,107 @@ class TokenBucket:
                 await asyncio.sleep((1 - self._tokens) / self.rate)
 
 
+class RateLimiter(Protocol):
+    """What the gateway waits on before each request."""
+
+    rate: float
+
+    async def acquire(self) -> None: ...
+
+
+# One window of a shared budget: grant when fewer than ARGV[1] were granted in it (KEYS[1]), and let
+# the key expire soon after the window (ARGV[2] ms). 1 when granted, 0 when the window is spent.
+_WINDOW_LUA = """
+local n = tonumber(redis.call('GET', KEYS[1]) or '0')
+if n >= tonumber(ARGV[1]) then return 0 end
+redis.call('INCR', KEYS[1])
+if n == 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+_LOCAL_AFTER_REDIS_FAILURE = 5.0  # seconds on the local bucket before asking the shared one again
+_GRANTS_KEPT = 256  # windows remembered in ``SharedRateLimit.granted`` (observation only)
+
+
+class SharedRateLimit:
+    """One Stripe budget for every process of a tenant (``serve``, ``worker``, ``backfill``), in Redis.
+
+    Time is cut into windows of ``window`` seconds (a tenth of a second, or one request's worth at
+    rates under 10/s); each window grants at most ``limit`` requests across all processes, counted in
+    one short-lived key per window (``{key}:{window number}``, one slot, so a cluster serves it as a
+    single server does). Small windows keep the burst at a window boundary small.
+
+    Redis is never a reason to fail a request: when it does not answer, ``fallback`` (this process's
+    own ``TokenBucket``) decides for the next few seconds, then Redis is asked again.
+    """
+
+    def __init__(
+        self, client: Any, key: str, fallback: TokenBucket, *, clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.rate = fallback.rate
+        self.window = max(0.1, 1.0 / self.rate)
+        self.limit = max(1, round(self.rate * self.window))
+        self.key = key
+        self.fallback = fallback
+        self.granted: OrderedDict[int, int] = OrderedDict()  # window number -> grants by this process
+        self.fallbacks = 0  # requests the local bucket decided while Redis did not answer
+        self._client = client
+        self._script: Any = None
+        self._clock = clock
+        self._local_until = 0.0
+
+    async def acquire(self) -> None:
+        while True:
+            if time.monotonic() < self._local_until:
+                await self._local()
+                return
+            now = self._clock()
+            window = int(now // self.window)
+            try:
+                if self._script is None:
+                    self._script = self._client.register_script(_WINDOW_LUA)
+                granted = await self._script(
+                    keys=[f"{self.key}:{window}"], args=[self.limit, int(self.window * 2000) + 1000]
+                )
+            except Exception as err:
+                log.warning("the shared Stripe rate limit is unavailable (%s); this process keeps to its "
+                            "own budget for %.0f s", type(err).__name__, _LOCAL_AFTER_REDIS_FAILURE)
+                self._local_until = time.monotonic() + _LOCAL_AFTER_REDIS_FAILURE
+                await self._local()
+                return
+            if granted:
+                self.granted[window] = self.granted.get(window, 0) + 1
+                while len(self.granted) > _GRANTS_KEPT:
+                    self.granted.popitem(last=False)
+                return
+            # Spent: try again early in the next window (jittered, so processes do not all ask at once).
+            await asyncio.sleep((window + 1) * self.window - now + random.uniform(0, self.window / 4))
+
+    async def _local(self) -> None:
+        self.fallbacks += 1
+        await self.fallback.acquire()
+
+
+async def _acquire_all(*limiters: RateLimiter) -> None:
+    for limiter in limiters:
+        await limiter.acquire()
+
+
+# Requests made inside ``background_work()`` (the worker, a backfill) wait out rate limiting longer.
+_BACKGROUND: ContextVar[bool] = ContextVar("billing_stripe_background", default=False)
+
+
+@contextmanager
+def background_work() -> Iterator[None]:
+    """Mark the requests made inside (and in the tasks started inside) as background work: nobody is
+    waiting on them, so a 429 is retried ``RetryPolicy.background_attempts`` times before the work
+    counts as failed (a worker delivery, a backfill), instead of an interactive lookup's few."""
+    token = _BACKGROUND.set(True)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
+
 class TTLCache(Generic[K, V]):
     """Bounded in-process cache whose entries expire; the oldest entry goes first when full."""
 
@@ -225,13 +330,55 @@ def _reason(err: BaseException) -> str:
     return type(err).__name__
 
 
+_RETRY_AFTER_CAP = 60.0  # a Retry-After beyond this is not waited out within one request
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter: attempt n waits uniformly in [0, min(cap, base·2ⁿ)]."""
+    """Exponential backoff with full jitter: attempt n waits uniformly in [0, min(cap, base·2ⁿ)].
+
+    A 429 is Stripe saying the account's budget is spent (by us or by another client of the account):
+    its waits are longer and never near zero (uniform in the upper half of
+    ``min(rate_limited_cap, rate_limited_base·2ⁿ)``), at least Stripe's ``Retry-After`` when it sends
+    one, and background work (``background_work()``) tries ``background_attempts`` times.
+    """
 
     attempts: int = 4
     base_seconds: float = 0.25
     cap_seconds: float = 4.0
+    rate_limited_base_seconds: float = 0.5
+    rate_limited_cap_seconds: float = 8.0
+    background_attempts: int = 12
+
+    def wait_after_rate_limit(self, attempt: int, retry_after: float | None) -> float:
+        ceiling = min(self.rate_limited_cap_seconds, self.rate_limited_base_seconds * 2 ** (attempt - 1))
+        wait = random.uniform(ceiling / 2, ceiling)
+        if retry_after is not None:
+            wait = max(wait, min(retry_after, _RETRY_AFTER_CAP))
+        return wait
+
+    def attempts_after_rate_limit(self, *, background: bool) -> int:
+        return max(self.attempts, self.background_attempts) if background else self.attempts
+
+
+def _header(err: BaseException, name: str) -> str | None:
+    headers = getattr(err, "headers", None) or {}
+    try:
+        items = list(headers.items())
+    except AttributeError:
+        return None
+    wanted = name.lower()
+    return next((str(v) for k, v in items if str(k).lower() == wanted), None)
+
+
+def _retry_after(err: BaseException) -> float | None:
+    """Seconds from a 429's ``Retry-After`` header, when Stripe sends one (a number of seconds)."""
+    raw = _header(err, "Retry-After")
+    try:
+        seconds = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 and seconds == seconds else None
 
 
 def _to_dict(obj: Any) -> StripeDict:
@@ -325,7 +472,8 @@ class StripeGateway:
         self._key = check_api_key(api_key, allow_secret_key=allow_secret_key)
         self.livemode = key_livemode(self._key)
         self._retry = retry or RetryPolicy()
-        self._limiter = TokenBucket(rate_limit or (LIVE_RATE if self.livemode else TEST_RATE))
+        self._limiter: RateLimiter = TokenBucket(rate_limit or (LIVE_RATE if self.livemode else TEST_RATE))
+        self._search_limiter: RateLimiter = TokenBucket(min(SEARCH_RATE, self._limiter.rate))
         self._timeout_seconds = timeout_seconds
         self._api_base = api_base
         self._sdk: tuple[Any, Any] | None = None  # (HTTPXClient, StripeClient), made by the first request
@@ -380,28 +528,78 @@ class StripeGateway:
     def __repr__(self) -> str:  # never show the key
         return f"StripeGateway(livemode={self.livemode})"
 
+    @property
+    def limiter(self) -> RateLimiter:
+        """The account's request budget every request waits on."""
+        return self._limiter
+
+    @property
+    def search_limiter(self) -> RateLimiter:
+        """The Search API's own budget (20 reads/s), waited on before the account's by each search."""
+        return self._search_limiter
+
+    def share_limits(self, client: Any, key_prefix: str) -> None:
+        """Share the account's budget and search's with every process using the same Redis and tenant
+        (``key_prefix``, e.g. ``RedisStore.tenant_key("ratelimit")``): ``serve``, ``worker`` and
+        ``backfill`` together then keep to one rate. The local buckets stay as the fallback for when
+        Redis does not answer. Without Redis (a CLI lookup before the store opens, ``memory://``) the
+        gateway keeps its local buckets: a single process."""
+        if type(client).__module__.startswith("fakeredis"):
+            return  # in-process Redis: one process, nothing to share
+        for name in ("_limiter", "_search_limiter"):
+            current = getattr(self, name)
+            local = current.fallback if isinstance(current, SharedRateLimit) else current
+            assert isinstance(local, TokenBucket)
+            bucket = "general" if name == "_limiter" else "search"
+            setattr(self, name, SharedRateLimit(client, f"{key_prefix}:{bucket}", local))
+
     # -- the one way a request goes out -----------------------------------------------------------
 
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Rate-limit, retry transient failures, and turn failures into one clear sentence."""
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]], *, search: bool = False) -> T:
+        """Rate-limit, retry transient failures, and turn failures into one clear sentence.
+
+        ``search``: a Search API request, which spends search's own budget and the account's.
+        """
+        policy = self._retry
+        background = _BACKGROUND.get()
+        limiters = (self._search_limiter, self._limiter) if search else (self._limiter,)
+
+        def attempts_for(err: BaseException | None) -> int:
+            if isinstance(err, stripe.RateLimitError):
+                return policy.attempts_after_rate_limit(background=background)
+            return policy.attempts
+
+        def outcome_error(state: RetryCallState) -> BaseException | None:
+            return state.outcome.exception() if state.outcome else None
+
+        def stop(state: RetryCallState) -> bool:
+            return state.attempt_number >= attempts_for(outcome_error(state))
+
+        def wait(state: RetryCallState) -> float:
+            err = outcome_error(state)
+            if isinstance(err, stripe.RateLimitError):
+                return policy.wait_after_rate_limit(state.attempt_number, _retry_after(err))
+            ceiling = min(policy.cap_seconds, policy.base_seconds * 2 ** (state.attempt_number - 1))
+            return random.uniform(0, ceiling)
 
         def log_retry(state: RetryCallState) -> None:
-            err = state.outcome.exception() if state.outcome else None
+            err = outcome_error(state)
+            reason = _header(err, "Stripe-Rate-Limited-Reason") if err is not None else None
             log.warning(
-                "Stripe %s failed (%s), attempt %d of %d; retrying",
-                what, _reason(err) if err else "?", state.attempt_number, self._retry.attempts,
+                "Stripe %s failed (%s%s), attempt %d of %d; retrying",
+                what, _reason(err) if err else "?", f": {reason}" if reason else "",
+                state.attempt_number, attempts_for(err),
             )
 
         async def attempt() -> T:
-            await self._limiter.acquire()
+            await _acquire_all(*limiters)
             return await call()
 
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
-        from tenacity.wait import wait_random_exponential
+        from tenacity import AsyncRetrying, retry_if_exception
 
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._retry.attempts),
-            wait=wait_random_exponential(multiplier=self._retry.base_seconds, max=self._retry.cap_seconds),
+            stop=stop,
+            wait=wait,
             retry=retry_if_exception(is_transient),
             before_sleep=log_retry,
             reraise=True,
@@ -413,7 +611,7 @@ class StripeGateway:
         except stripe.StripeError as err:
             if is_transient(err):
                 raise StripeUnavailableError(
-                    f"Stripe did not answer {what} after {self._retry.attempts} attempts "
+                    f"Stripe did not answer {what} after {attempts_for(err)} attempts "
                     f"({_reason(err)}); try again shortly."
                 ) from None
             raise
@@ -578,7 +776,8 @@ class StripeGateway:
         }
         try:
             result = await self._call(
-                "searching customers", lambda: self._client.v1.customers.search_async(params=params)
+                "searching customers", lambda: self._client.v1.customers.search_async(params=params),
+                search=True,
             )
         except stripe.PermissionError as err:
             raise ConfigurationError(

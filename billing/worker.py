@@ -64,6 +64,7 @@ from billing.store import (
     encode_objects,
     trim_invoices,
 )
+from billing.stripe_api import background_work
 from billing.transitions import diff_contexts
 
 log = logging.getLogger("billing.worker")
@@ -228,6 +229,11 @@ class EventWorker:
 
     # ---- one batch ------------------------------------------------------------------------
     async def process(self, entries: Sequence[Any]) -> None:
+        """Apply one batch of stream entries (background work: a 429 is waited out longer)."""
+        with background_work():
+            await self._process(entries)
+
+    async def _process(self, entries: Sequence[Any]) -> None:
         parsed: list[_Entry] = []
         done_ids: list[str] = []
         for entry_id, fields in entries:

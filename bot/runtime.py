@@ -204,6 +204,10 @@ async def open_runtime(
             await gateway.verify_permissions()
             await _check_configured_account(gateway, configured)
         store = await _open_store(settings, gateway, key, configured, required=require_store)
+        if store is not None:
+            # From here on the account's Stripe budget is shared with every other process of this
+            # tenant (serve, worker, backfill); before (and without) Redis it is this process's own.
+            gateway.share_limits(store.client, store.tenant_key("ratelimit"))
         try:
             tenant = store.tenant if store is not None else configured or await gateway.tenant()
             service = BillingService(
