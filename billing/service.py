@@ -7,8 +7,10 @@ missed; Stripe that fails is survivable only when a cached answer exists.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -22,6 +24,11 @@ from billing.redis_conn import REDIS_ERRORS
 from billing.snapshot import StripeDict
 
 log = logging.getLogger(__name__)
+
+STRIPE_NEEDED: ContextVar[asyncio.Event | None] = ContextVar("billing_stripe_needed", default=None)
+"""An event a caller puts here (before starting the lookup's task) to learn, as soon as it is known,
+that the lookup must ask Stripe: the Slack command acknowledges at once then, instead of waiting for a
+card that is seconds away."""
 
 # A broken cache must never break a lookup: these mean "treat it as a miss" / "answer anyway".
 _STORE_FAILURES: tuple[type[BaseException], ...] = (StoreUnavailableError, *REDIS_ERRORS)
@@ -112,6 +119,9 @@ class BillingService:
             link, cached = await self._cached(parsed)
         if cached is not None and not self._is_stale(cached):
             return cached
+        needed = STRIPE_NEEDED.get()
+        if needed is not None:
+            needed.set()
         try:
             return await self._from_stripe(parsed, link)
         except StripeUnavailableError:

@@ -16,6 +16,7 @@ from billing.audit import Surface
 from billing.errors import BadQueryError, StoreUnavailableError, StripeUnavailableError
 from billing.matching import parse_query
 from billing.models import BillingContext
+from billing.service import STRIPE_NEEDED
 from bot.runtime import TenantRuntime
 from bot.slack import cards
 from bot.slack.app import SlackDeps
@@ -88,10 +89,18 @@ async def answer_in_time(
     looking: cards.SlackMessage,
 ) -> None:
     """Ack with the answer when it is ready within the budget (a cached card), else ack with
-    ``looking`` and send the answer through ``response_url`` when it comes."""
-    task = asyncio.ensure_future(work)
-    done, _ = await asyncio.wait({task}, timeout=deps.ack_budget)
-    if done:
+    ``looking`` and send the answer through ``response_url`` when it comes. A lookup that has to ask
+    Stripe says so (``STRIPE_NEEDED``): the ack is ``looking`` at once, not after the budget."""
+    needs_stripe = asyncio.Event()
+    token = STRIPE_NEEDED.set(needs_stripe)
+    try:
+        task = asyncio.ensure_future(work)  # the task copies the context, and with it the event
+    finally:
+        STRIPE_NEEDED.reset(token)
+    waiter = asyncio.ensure_future(needs_stripe.wait())
+    await asyncio.wait({task, waiter}, timeout=deps.ack_budget, return_when=asyncio.FIRST_COMPLETED)
+    waiter.cancel()
+    if task.done():
         await ack(response_type="ephemeral", **task.result().to_payload())
         return
     await ack(response_type="ephemeral", **looking.to_payload())

@@ -209,6 +209,7 @@ async def test_resync_is_for_admins_and_reports_when_done(harness: SlackHarness)
 
 async def test_every_lookup_is_audited(harness: SlackHarness) -> None:
     ack_body(await harness.post(command(harness, "jane@acme.com", name="a1")))
+    await harness.deps.drain()  # a lookup that asks Stripe finishes after its ack
     ack_body(await harness.post(command(harness, "nobody@nowhere.example", name="a2")))
     await harness.deps.drain()
     audit = harness.runtime.default.audit
