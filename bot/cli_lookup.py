@@ -9,23 +9,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from billing.config import Settings
 from billing.matching import parse_query
-from billing.models import BillingContext
 from bot.cli_audit import audited_lookup
 from bot.cli_support import EXIT_NOT_FOUND, EXIT_OK, handles_errors, run_async
-from bot.runtime import load_settings, open_service
+from bot.runtime import load_settings
 from bot.terminal_card import TIMELINE_SHOWN, render_context, stale_notice
 
 if TYPE_CHECKING:
     from rules import RuleEvaluation
 
 DEMO_KEY = "rk_test_billinglensdemo"
-DEMO_QUERIES = (
-    ("jane@acme.com", "past due: the last invoice failed"),
-    ("bigco@example.com", "high MRR: route to a senior agent"),
-    ("trial@startup.io", "trialing: not paying yet"),
-)
 
 
 @handles_errors
@@ -67,38 +60,13 @@ def sandbox(
     serve(host, port, dataset)
 
 
-async def _demo_contexts(settings: Settings) -> list[BillingContext]:
-    async with open_service(settings) as service:
-        return [await service.lookup(query) for query, _ in DEMO_QUERIES]
-
-
 @handles_errors
 def demo() -> None:
-    """Three customers' cards from a built-in sandbox: no Stripe account, no Redis needed."""
-    from sandbox.server import SandboxServer
+    """The whole product in a minute on embedded defaults: backfill, cards, Slack, an alert and its
+    thread, the AI tool's content; no Stripe account, no Redis, no Slack needed."""
+    from bot.demo import run_demo
 
-    server = SandboxServer(dataset="demo").start()
-    try:
-        settings = load_settings(
-            STRIPE_API_KEY=DEMO_KEY, STRIPE_API_BASE=server.url, REDIS_URL="memory://"
-        )
-        contexts = run_async(_demo_contexts(settings))
-    finally:
-        server.stop()
-    from rules import default_rules_path, evaluate_rules, load_rules  # only the demo routes
-
-    rules = load_rules(default_rules_path(), env={})
-    console = Console()
-    console.print(
-        "Billing Lens demo: what a support agent sees for three customers of a sample Stripe account "
-        "(a built-in Stripe sandbox): plan, status, MRR, LTV, payment health and recent invoices, "
-        "and where the default routing rules send the conversation."
-    )
-    for (query, why), context in zip(DEMO_QUERIES, contexts, strict=True):
-        console.print(f"\n[bold]{query}[/bold] — {why}")
-        console.print(render_context(context))
-        evaluation = evaluate_rules(context, rules, datetime.now(UTC))
-        console.print(routing_summary(evaluation), markup=False, highlight=False, soft_wrap=True)
+    run_demo()
 
 
 def routing_summary(evaluation: RuleEvaluation) -> str:

@@ -30,6 +30,14 @@ log = logging.getLogger("billing.slack.access")
 CACHE_SECONDS = 300
 
 
+def slack_error(err: SlackApiError) -> str:
+    """Slack's error code (``not_in_channel``…), or the HTTP status when the answer was not JSON."""
+    data = err.response.data
+    if isinstance(data, dict) and isinstance(data.get("error"), str):
+        return str(data["error"])
+    return f"HTTP {err.response.status_code}"
+
+
 @dataclass(frozen=True)
 class Member:
     """The access-relevant facts ``users.info`` gives about one user."""
@@ -132,7 +140,7 @@ class AccessPolicy:
         try:
             response = await asyncio.wait_for(self._client.users_info(user=user_id), self._timeout)
         except SlackApiError as err:
-            log.warning("users.info for %s failed: %s", user_id, err.response.get("error"))
+            log.warning("users.info for %s failed: %s", user_id, slack_error(err))
             return None
         except (SlackClientError, OSError, TimeoutError) as err:
             log.warning("users.info for %s failed: %s", user_id, type(err).__name__)

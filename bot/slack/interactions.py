@@ -10,6 +10,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError, SlackClientError
 
+from bot.slack.access import slack_error
 from bot.slack.answers import Ack, Respond, card_message, lookup_message, tell
 from bot.slack.app import SlackDeps
 from bot.slack.commands import installed_team
@@ -149,7 +150,7 @@ async def handle_share(deps: SlackDeps, ack: Ack, respond: Respond, body: dict[s
     try:
         await deps.client.chat_postMessage(channel=channel, **summary.to_payload())
     except SlackApiError as err:
-        error = err.response.get("error")
+        error = slack_error(err)
         text = ("Invite @Billing Lens to this channel to share cards here."
                 if error in {"not_in_channel", "channel_not_found"}
                 else "Slack refused to post the card; try again in a minute.")

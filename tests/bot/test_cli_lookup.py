@@ -149,9 +149,18 @@ def test_bad_setting_is_exit_2() -> None:
     assert bad_base.exit_code == 2 and "STRIPE_API_BASE" in one_sentence(bad_base)
 
 
-def test_demo_prints_three_cards_without_any_setup() -> None:
+def test_demo_tells_the_whole_story_without_any_setup() -> None:
     result = run(["demo"])
     assert result.exit_code == 0, result.stderr
+    story = result.stdout
+    # backfill, /billing through the real Slack handler, the alert and its thread, the AI tool
+    assert "customers cached" in story
+    assert "Slack · only visible to you" in story and "attempt 2" in story
+    alert = story[story.index("goes past_due"):story.index("BigCo pays")]
+    assert "Priority: urgent" in alert and "Tags: billing" in alert and "BIGCO INC" in alert, alert
+    assert "recovered" in story[story.index("BigCo pays"):]
+    assert '"amount_due":"29.00 USD"' in story and "untrusted_customer_data" in story
+    assert "Connect your own Stripe and Slack" in story
     for text in ("Jane Doe", "past_due", "BigCo Inc", "1,250.00 USD", "trialing"):
         assert text in result.stdout
     # Each card says where the default routing rules send the conversation, and why.
