@@ -74,6 +74,32 @@ def _link_keys(parsed: Query) -> list[str]:
     return list(dict.fromkeys((parsed.value, parsed.value.lower())))
 
 
+def _email_match(query: str, email: str | None) -> Match:
+    """How the primary customer's email relates to what was typed (the same from Stripe or the cache)."""
+    if email == query:
+        return EXACT
+    return LOWERCASE if email == query.lower() else SEARCH
+
+
+def _merged(*found: Sequence[StripeDict]) -> list[StripeDict]:
+    """Customers of several answers, each once (the first copy kept)."""
+    out: dict[str, StripeDict] = {}
+    for customers in found:
+        for customer in customers:
+            out.setdefault(str(customer.get("id")), customer)
+    return list(out.values())
+
+
+def _other_as_ranking_dict(other: OtherCustomer) -> StripeDict:
+    """What ``rank_customers`` reads, for a customer known only as another one of a cached context."""
+    return {
+        "id": other.id,
+        "livemode": other.livemode,
+        "created": int(other.created.timestamp()),
+        "subscriptions": {"data": [{"status": other.status}] if other.status else []},
+    }
+
+
 def _as_ranking_dict(context: BillingContext) -> StripeDict:
     """What ``rank_customers`` reads, taken from a cached context."""
     assert context.customer is not None
@@ -204,16 +230,25 @@ class BillingService:
         contexts = [c for c in stored if c.found and c.customer is not None]
         if not contexts:
             return None
+        # Every candidate, ranked as a lookup from Stripe ranks them: the customers cached under the
+        # (lower-cased) email, and those their lookups found but did not cache (``other_customers``).
         by_id = {c.customer.id: c for c in contexts if c.customer is not None}
-        ranked = [by_id[d["id"]] for d in rank_customers([_as_ranking_dict(c) for c in contexts])]
-        primary, others = ranked[0], ranked[1:]
+        uncached: dict[str, OtherCustomer] = {}
+        for context in contexts:
+            for other in context.other_customers:
+                if other.id not in by_id and other.email and other.email.lower() == parsed.value.lower():
+                    uncached.setdefault(other.id, other)
+        candidates = [_as_ranking_dict(c) for c in contexts]
+        candidates += [_other_as_ranking_dict(o) for o in uncached.values()]
+        ranked_ids = [str(d["id"]) for d in rank_customers(candidates)]
+        if ranked_ids[0] not in by_id:
+            return None  # the best candidate is not cached: Stripe's answer builds (and caches) it
+        primary = by_id[ranked_ids[0]]
         assert primary.customer is not None
-        match = EXACT if primary.customer.email == parsed.value else LOWERCASE
-        # Other customers cached under this email, then those the primary was built with (the store
-        # may hold only the customer a lookup picked).
-        other_customers = [_as_other(c) for c in others]
-        seen = {primary.customer.id, *(o.id for o in other_customers)}
-        other_customers += [o for o in primary.other_customers if o.id not in seen]
+        match = _email_match(parsed.value, primary.customer.email)
+        other_customers = [
+            _as_other(by_id[i]) if i in by_id else uncached[i] for i in ranked_ids[1:]
+        ]
         return primary.model_copy(update={
             "query": parsed.value,
             "match": match,
@@ -240,15 +275,25 @@ class BillingService:
         if parsed.kind == "customer_id":
             customer = await self.gateway.retrieve_customer(parsed.value)
             return ([customer] if customer is not None else []), BY_ID
-        found = await self.gateway.list_customers_by_email(parsed.value)
-        if found:
-            return found, EXACT
+        # Every case variant: the exact list, the lower-cased list (both immediately consistent) and
+        # the case-insensitive search (eventually consistent), merged, so the answer does not depend
+        # on the case typed. Search failing is survivable when a list found someone.
         lowered = parsed.value.lower()
+        lists = [self.gateway.list_customers_by_email(parsed.value)]
         if lowered != parsed.value:
-            found = await self.gateway.list_customers_by_email(lowered)
-            if found:
-                return found, LOWERCASE
-        return await self.gateway.search_customers_by_email(parsed.value), SEARCH
+            lists.append(self.gateway.list_customers_by_email(lowered))
+        listed = await asyncio.gather(*lists)
+        try:
+            searched = await self.gateway.search_customers_by_email(parsed.value)
+        except StripeUnavailableError:
+            if not any(listed):
+                raise
+            log.warning("Stripe search unavailable; answering from the exact email lists")
+            searched = []
+        found = _merged(*listed, searched)
+        primary = rank_customers(found)[0] if found else None
+        email = primary.get("email") if primary is not None else None
+        return found, _email_match(parsed.value, email if isinstance(email, str) else None)
 
     async def _from_stripe(self, parsed: Query, link: str | None) -> BillingContext:
         candidates, match = await self._candidates(parsed, link)

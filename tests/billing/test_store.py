@@ -201,7 +201,9 @@ async def test_a_cache_hit_reads_links_index_and_contexts_at_once_with_the_same_
 
     lowered = await service.lookup("jane@acme.com")
     assert lowered.source == "cache" and lowered.customer is not None and lowered.customer.id == "cus_A"
-    assert lowered.match is not None and lowered.match.method == "email_lowercase"
+    # As Stripe would answer it: only the case-insensitive search finds Jane@Acme.com for jane@acme.com.
+    assert lowered.match is not None and lowered.match.method == "search"
+    assert lowered.match.confidence == "case_insensitive"
     assert [o.id for o in lowered.other_customers] == ["cus_B"]
     exact = await service.lookup("Jane@Acme.com")
     assert exact.match is not None and exact.match.method == "email" and exact.query == "Jane@Acme.com"
