@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from slack_bolt.adapter.starlette.async_handler import to_async_bolt_request, to_starlette_response
@@ -26,9 +26,11 @@ from starlette.routing import BaseRoute, Route
 from billing.config import Settings
 from billing.errors import BillingError, ConfigurationError
 from billing.ports import Tenant
+from billing.redis_conn import REDIS_ERRORS
 from billing.store import RedisStore
 from billing.webhook import MAX_BODY_BYTES, WebhookIngest
 from billing.worker import EventWorker
+from bot.metrics import Metrics, slack_kind
 
 WORKER_STALL_SECONDS = 30.0
 REDIS_PROBE_SECONDS = 2.0
@@ -172,6 +174,7 @@ def build_asgi_app(
     slack_status: Callable[[], dict[str, Any]] | None = None,
     extra_routes: list[BaseRoute] | None = None,
     body_timeout: float = BODY_READ_SECONDS,
+    metrics: Metrics | None = None,
 ) -> Starlette:
     """The app. ``worker`` (if given) runs in-process for the app's lifetime; ``slack_app`` answers
     ``POST /slack/events`` (HTTP mode); ``slack_status`` reports Slack's state (e.g. Socket Mode
@@ -181,10 +184,13 @@ def build_asgi_app(
     del settings, tenant  # the store carries the tenant; settings kept in the signature for later mounts
     ingest = WebhookIngest(store, webhook_secret)
     started_at = time.time()
-    registry = CollectorRegistry()
-    received = Counter("billing_webhook_events", "Webhook requests by outcome.", ["outcome"],
-                       registry=registry)
-    registry.register(_WorkerCollector(worker))
+    metrics = metrics or Metrics()
+    registry = metrics.registry
+    if worker is not None:
+        registry.register(_WorkerCollector(worker))
+
+    def received(outcome: str, event_type: str | None = None) -> None:
+        metrics.webhook_events.labels(event_type or "unknown", outcome).inc()
 
     async def stripe_webhook(request: Request) -> Response:
         length = request.headers.get("content-length")
@@ -192,16 +198,16 @@ def build_asgi_app(
         try:
             body = None if too_large else await _read_at_most(request, MAX_BODY_BYTES, body_timeout)
         except ClientDisconnect:  # the sender gave up mid-body: nothing to queue, nobody to answer
-            received.labels("rejected").inc()
+            received("rejected")
             return Response(status_code=400)
         except _TooSlow:
-            received.labels("rejected").inc()
+            received("rejected")
             return _too_slow(body_timeout)
         if body is None:
-            received.labels("rejected").inc()
+            received("rejected")
             return JSONResponse({"error": f"The body is larger than {MAX_BODY_BYTES} bytes."}, 413)
         result = await ingest.handle(body, request.headers.get("stripe-signature"))
-        received.labels(result.outcome).inc()
+        received(result.outcome, result.event_type)
         if result.status == 200:
             return JSONResponse({"received": True, "outcome": result.outcome})
         return JSONResponse({"error": result.message}, result.status)
@@ -209,8 +215,11 @@ def build_asgi_app(
     async def slack_events(request: Request) -> Response:
         if slack_app is None:
             return JSONResponse({"error": "Slack is not configured on this server."}, 404)
+        length = request.headers.get("content-length")
+        too_large = length is not None and length.isdigit() and int(length) > MAX_SLACK_BODY_BYTES
         try:
-            body = await _read_at_most(request, MAX_SLACK_BODY_BYTES, body_timeout)
+            # A declared length past the bound is refused at once, without waiting for the body.
+            body = None if too_large else await _read_at_most(request, MAX_SLACK_BODY_BYTES, body_timeout)
         except ClientDisconnect:
             return Response(status_code=400)
         except _TooSlow:
@@ -218,6 +227,7 @@ def build_asgi_app(
         if body is None:
             return JSONResponse({"error": f"The body is larger than {MAX_SLACK_BODY_BYTES} bytes."}, 413)
         # bolt checks the signature and the 5-minute timestamp window before any listener runs.
+        metrics.slack_requests.labels(slack_kind(request.headers.get("content-type", ""), body)).inc()
         response = await slack_app.async_dispatch(to_async_bolt_request(request, body))
         return to_starlette_response(response)
 
@@ -254,7 +264,10 @@ def build_asgi_app(
             body["slack"] = slack_status()
         return JSONResponse(body, 200 if ok else 503)
 
-    async def metrics(_request: Request) -> Response:
+    async def metrics_route(_request: Request) -> Response:
+        # When Redis is down the stream gauges keep their last values; /healthz says Redis is down.
+        with contextlib.suppress(*REDIS_ERRORS):
+            metrics.update_health(await store.health())
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
@@ -271,7 +284,7 @@ def build_asgi_app(
     routes: list[BaseRoute] = [
         Route("/stripe/webhook", stripe_webhook, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
         Route("/slack/events", slack_events, methods=["POST"]),
         *(extra_routes or []),
     ]
