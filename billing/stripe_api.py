@@ -17,12 +17,12 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from billing.config import Settings
-from billing.errors import ConfigurationError, StripeUnavailableError
+from billing.errors import BadQueryError, ConfigurationError, StripeUnavailableError
 from billing.ports import ListableResource, Tenant
 from billing.snapshot import CustomerData, StripeDict, id_of, with_previews
 
@@ -454,6 +454,18 @@ def _first_leaf(error: BaseExceptionGroup[BaseException]) -> BaseException:
 # --- the gateway ---------------------------------------------------------------------------------
 
 
+@dataclass
+class GatewayStats:
+    """What the gateway did, read by ``/metrics``: requests by outcome (``ok`` or the error's type)
+    and the seconds spent waiting for the rate budget."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    rate_limit_wait_seconds: float = 0.0
+
+    def count(self, outcome: str) -> None:
+        self.requests[outcome] = self.requests.get(outcome, 0) + 1
+
+
 class StripeGateway:
     """Read-only Stripe access for one API key; build once, share, and ``await aclose()`` at the end."""
 
@@ -484,6 +496,7 @@ class StripeGateway:
         self._products_lock = asyncio.Lock()
         self._cache_ttl = cache_ttl_seconds
         self._tenant: Tenant | None = None
+        self.stats = GatewayStats()
         self._account_asked = False
         self._account_id: str | None = None
 
@@ -592,8 +605,16 @@ class StripeGateway:
             )
 
         async def attempt() -> T:
+            waited = time.monotonic()
             await _acquire_all(*limiters)
-            return await call()
+            self.stats.rate_limit_wait_seconds += time.monotonic() - waited
+            try:
+                result = await call()
+            except Exception as err:
+                self.stats.count(type(err).__name__)
+                raise
+            self.stats.count("ok")
+            return result
 
         from tenacity import AsyncRetrying, retry_if_exception
 
@@ -784,6 +805,12 @@ class StripeGateway:
                 _permission_sentence([_missing_permission(err, "customers")], ["customers"])
             ) from None
         except stripe.InvalidRequestError as err:
+            if err.http_status == 400 and getattr(err, "param", None) == "query":
+                # Stripe could not read the query: a malformed query is not "no match".
+                raise BadQueryError(
+                    f"Stripe's customer search refused the query for {email!r}: "
+                    f"{(err.user_message or str(err)).strip()}"
+                ) from None
             # Search is unavailable to some accounts (e.g. merchants in India): no fallback, no match.
             log.info("Stripe customer search unavailable (HTTP %s)", err.http_status)
             return []

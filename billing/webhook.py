@@ -62,12 +62,28 @@ def _signature_timestamp(header: str) -> int | None:
     return None
 
 
+def _is_thin(event: dict[str, object]) -> bool:
+    """A v2 thin event: ``v2.core.event``, or an event naming a ``related_object`` without carrying it."""
+    if event.get("object") == "v2.core.event":
+        return True
+    data = event.get("data")
+    carried = isinstance(data, dict) and isinstance(data.get("object"), dict)
+    return "related_object" in event and not carried
+
+
 @dataclass(frozen=True)
 class WebhookResult:
     status: int
     message: str
     outcome: str  # queued | ignored | rejected | unavailable
     event_id: str | None = None
+    event_type: str | None = None  # only from a verified event: a metric label, never user text
+
+
+def _metric_type(event_type: str) -> str:
+    # Signed by Stripe, but still bounded: a label set must stay small.
+    plain = event_type.replace(".", "").replace("_", "")
+    return event_type if len(event_type) <= 64 and plain.isascii() and plain.isalnum() else "other"
 
 
 @dataclass
@@ -123,15 +139,26 @@ class WebhookIngest:
                 400, "The body is not a Stripe event (a JSON object with id and type).", "rejected"
             )
         event_id: str = event["id"]
+        if _is_thin(event):
+            log.warning("refused thin (v2) event %s of type %s: this endpoint takes snapshot events",
+                        event_id, event["type"])
+            return WebhookResult(
+                400,
+                "This endpoint takes Stripe's snapshot events; a thin (v2) event carries no object: "
+                "create the webhook endpoint with the snapshot payload style.",
+                "rejected", event_id,
+            )
+        event_type = _metric_type(event["type"])
         if bool(event.get("livemode")) != self.store.tenant.livemode:
             log.info("ignored %s event %s of the other mode", event["type"], event_id)
-            return WebhookResult(200, "Ignored: event of the other mode.", "ignored", event_id)
+            return WebhookResult(200, "Ignored: event of the other mode.", "ignored", event_id, event_type)
         try:
             await self._enqueue(body)
         except REDIS_ERRORS as exc:
             log.warning("could not queue event %s: %s", event_id, type(exc).__name__)
-            return WebhookResult(503, "The event queue is unavailable; retry later.", "unavailable", event_id)
-        return WebhookResult(200, "Queued.", "queued", event_id)
+            return WebhookResult(503, "The event queue is unavailable; retry later.", "unavailable", event_id,
+                                 event_type)
+        return WebhookResult(200, "Queued.", "queued", event_id, event_type)
 
     async def _enqueue(self, body: bytes) -> None:
         now = time.time()

@@ -46,6 +46,7 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool, so
     import uvicorn
 
     from bot.asgi import SERVER_OPTIONS, build_asgi_app
+    from bot.metrics import Metrics
     from bot.slack.app import build_slack_app, slack_configured, slack_web_client
 
     _refuse_memory_store(settings, "serve")
@@ -75,9 +76,12 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool, so
         else:
             slack_app = build_slack_app(runtime, client=slack_client)
             slack_status = lambda: {"mode": "http"}  # noqa: E731
+        metrics = Metrics()
+        runtime.default.on_lookup = metrics.record_lookup
+        metrics.watch("billing_stripe", "Stripe requests", runtime.gateway)
         app = build_asgi_app(settings=settings, store=store, webhook_secret=secret, tenant=store.tenant,
                              worker=worker, stripe_check=runtime.gateway.ping, slack_app=slack_app,
-                             slack_status=slack_status)
+                             slack_status=slack_status, metrics=metrics)
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", **SERVER_OPTIONS))
         try:
             await server.serve()

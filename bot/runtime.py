@@ -11,7 +11,8 @@ an installation store (Slack OAuth) will map many teams to their accounts.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -100,6 +101,8 @@ class TenantRuntime:
     service: BillingService
     store: RedisStore | None
     audit: AuditLog | None
+    # (surface, source, outcome, seconds) of every lookup: ``serve`` hooks its Prometheus metrics here.
+    on_lookup: Callable[[str, str, str, float], None] | None = None
 
     async def lookup(
         self, query: str, *, user: str, surface: Surface, refresh: bool = False, team: str | None = None,
@@ -109,18 +112,27 @@ class TenantRuntime:
         Raises what the service raises (BadQueryError, StripeUnavailableError); the attempt is audited
         first. An audit trail that cannot be written never fails a lookup: it is logged.
         """
+        started = time.perf_counter()
         try:
             context = await self.service.lookup(query, refresh=refresh)
         except BadQueryError:
+            self._observe(surface, "none", "bad_query", started)
             await self.record(user=user, surface=surface, query=query, outcome="bad_query", team=team)
             raise
         except (StripeUnavailableError, StoreUnavailableError):
+            self._observe(surface, "none", "unavailable", started)
             await self.record(user=user, surface=surface, query=query, outcome="unavailable", team=team)
             raise
         customer_id = context.customer.id if context.customer is not None else None
-        await self.record(user=user, surface=surface, query=query, team=team,
-                          outcome="found" if context.found else "not_found", customer_id=customer_id)
+        outcome: Outcome = "found" if context.found else "not_found"
+        self._observe(surface, context.source if context.found else "stripe", outcome, started)
+        await self.record(user=user, surface=surface, query=query, team=team, outcome=outcome,
+                          customer_id=customer_id)
         return context
+
+    def _observe(self, surface: str, source: str, outcome: str, started: float) -> None:
+        if self.on_lookup is not None:
+            self.on_lookup(surface, source, outcome, time.perf_counter() - started)
 
     async def record(
         self, *, user: str, surface: Surface, query: str, outcome: Outcome,

@@ -153,3 +153,24 @@ def test_slack_app_done_when(served: Served, sandbox: SandboxHandle) -> None:
     assert audit.returncode == 0, audit.stderr
     assert "slack_command" in audit.stdout and "slack_shortcut" in audit.stdout
     assert "jane@acme.com" in audit.stdout
+
+    # 6. /metrics tells what happened, by surface, source, type and outcome, and leaks no secret.
+    metrics = httpx.get(f"{served.url}/metrics", timeout=10).text
+    for line in (
+        'billing_lookups_total{outcome="found",source=',
+        'surface="slack_command"',
+        'billing_lookup_seconds_bucket{le="0.005",surface="slack_shortcut"}',
+        'billing_webhook_events_total{outcome="queued",type="customer.subscription.updated"}',
+        'billing_slack_requests_total{kind="command"} 1.0',
+        'billing_slack_requests_total{kind="interactive"} 1.0',
+        'billing_stripe_requests_total{kind="ok"}',
+        'billing_stream{what="dead_letters"} 0.0',
+        "billing_customers_cached ",
+    ):
+        assert line in metrics, f"{line!r} missing from /metrics"
+    notified = next(float(row.split()[-1]) for row in metrics.splitlines()
+                    if row.startswith("billing_worker_notified_total"))
+    assert notified >= 2  # the alert and the recovery
+    for secret in (served.env["STRIPE_WEBHOOK_SECRET"], served.env["SLACK_BOT_TOKEN"], SIGNING_SECRET,
+                   served.env["STRIPE_API_KEY"]):
+        assert secret not in metrics
