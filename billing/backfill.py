@@ -242,6 +242,11 @@ class Backfill:
     def customers_key(self) -> str:
         return self.store.tenant_key("backfill:customers")
 
+    @property
+    def staged_key(self) -> str:
+        """Every customer a page of this run was staged under (listed or not)."""
+        return self.store.tenant_key("backfill:staged")
+
     async def run(self, *, resume: bool = False, since: int | None = None) -> BackfillReport:
         """Fetch every window not done yet, then build every context; ``resume`` keeps the checkpoint.
 
@@ -280,6 +285,7 @@ class Backfill:
 
         await _all(fetch(w) for w in todo)
         report.contexts_built = await self.build_contexts()
+        await self.clean_stage()
         await self.store.record(
             backfill_finished_at=self.clock(), backfill_customers=report.contexts_built,
         )
@@ -301,7 +307,9 @@ class Backfill:
         start = since if since is not None else await self.oldest_customer_created(end)
         plan = Plan(start=min(start, end), end=end, parts=self.parts, started_at=now)
         # A new run starts from a clean checkpoint; cached contexts stay served until rebuilt.
-        await self.store.client.delete(self.windows_key, self.customers_key)
+        await self.store.client.delete(self.windows_key)
+        await self.store.client.delete(self.customers_key)
+        await self.store.client.delete(self.staged_key)
         await self.store.client.set(self.plan_key, plan.to_json())
         await self.store.record(backfill_started_at=now)
         return plan
@@ -371,6 +379,7 @@ class Backfill:
                     continue
                 entry = with_version(slim(_charge_as_id(obj)), version)
                 self.store.stage_objects(pipe, owner, [entry])
+                pipe.sadd(self.staged_key, owner)
                 if window.resource == "customers":
                     pipe.sadd(self.customers_key, owner)
             await pipe.execute()
@@ -435,6 +444,26 @@ class Backfill:
         if batch:
             built += await self._build_batch(batch)
         return built
+
+    async def clean_stage(self) -> int:
+        """Staged pages left after the build (their customer was in no listed window: created since,
+        deleted, or known only through a charge): folded into a customer the cache already holds,
+        else removed. Returns how many were removed. Nothing staged by this run outlives it."""
+        removed = 0
+        async for member in self.store.client.sscan_iter(self.staged_key, count=1000):
+            customer_id = _text(member)
+            stage_key = self.store.customer_key(customer_id, "stage")
+            if not await self.store.client.exists(stage_key):
+                continue  # built
+            now = datetime.fromtimestamp(self.clock(), UTC)
+
+            def build(data: CustomerData, now: datetime = now) -> BillingContext:
+                return self.build(data, query=str(data.customer["id"]), match=BY_ID, now=now, source="stripe")
+
+            if not await self.store.fold_stage(customer_id, build):
+                removed += int(await self.store.client.delete(stage_key))
+        await self.store.client.delete(self.staged_key)
+        return removed
 
     async def _build_batch(self, customer_ids: Sequence[str]) -> int:
         now = datetime.fromtimestamp(self.clock(), UTC)

@@ -6,14 +6,17 @@ Key layout (``p`` = ``{key_prefix}:{account_id}:{live|test}``)::
     p:{cus_1}:ctx       string  the BillingContext JSON, zlib-compressed
     p:{cus_1}:objs      string  {object id: slim object with "_v": [event created, event id]}, JSON, zlib
     p:{cus_1}:stage     hash    object id -> slim JSON: a backfill's pages, folded into objs when built
+                                (expires STAGE_TTL_SECONDS after its last page; removed at a backfill's end)
+    p:{cus_1}:refs      set     the price/coupon ids this customer is a member of in ``refs:*``
     p:{cus_1}:outbox    list    transitions found but not yet notified
     p:{cus_1}:sent:<k>  string  a transition already notified (7 days)
     p:prices|products|coupons   hash  object id -> slim JSON with "_v" (shared by customers)
-    p:refs:<price|coupon id>    set   customers whose subscriptions use it
+    p:refs:<price|coupon id>    set   customers whose live subscriptions (or own discount) use it
     p:email:<lower email>       set   customer ids
     p:link:<key>                string  manual link -> customer id
     p:customers                 set   cached customer ids
-    p:events / p:events:dead    streams (webhook events / dead letters)
+    p:events / p:events:dead    streams (webhook events, trimmed below what every group acknowledged /
+                                dead letters, capped at about worker.DEAD_LETTER_MAX)
     p:evt:<event id>            string  event applied (7 days)
     p:health                    hash  sync-health record
 
@@ -65,6 +68,9 @@ _BY_ID = Match(method="customer_id", confidence="exact")
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
 TOMBSTONE_TTL_SECONDS = 31 * 24 * 3600  # longer than Stripe retries a webhook or lists past events
 SNAPSHOT_EVENT_ID = "snapshot"
+# A backfill's staged pages of a customer live this long after its last page (a resumed run must find
+# them: days, not minutes); a finished backfill removes those it could not build at once.
+STAGE_TTL_SECONDS = 14 * 24 * 3600
 MAX_STORED_INVOICES = 12
 TenantKind = Literal["prices", "products", "coupons"]
 _TENANT_KIND_OF = {"price": "prices", "plan": "prices", "product": "products", "coupon": "coupons"}
@@ -379,8 +385,9 @@ class RedisStore:
             pipe.delete(self.customer_key(customer_id, "stage"))
             pipe.set(self.customer_key(customer_id, "ctx"), encode_context(context))
             self._queue_indexes(pipe, customer_id, data.customer.get("email"), None)
-            self._queue_refs(pipe, customer_id, objects.values())
         await pipe.execute()
+        for data, _ in items:
+            await self.update_refs(str(data.customer["id"]))
 
     async def put_catalogue(self, datas: Iterable[CustomerData], version: Version) -> None:
         """Store the prices, products and coupons fetched with ``datas`` (a lookup's, a snapshot's)
@@ -439,15 +446,37 @@ class RedisStore:
         pipe.sadd(self.tenant_key("customers"), customer_id)
 
     def _queue_refs(self, pipe: Any, customer_id: str, objects: Iterable[StripeDict]) -> None:
-        for obj in objects:
-            ids: set[str] = set()
-            if obj.get("object") == "subscription":
-                prices, coupons = referenced_ids(obj)
-                ids = prices | coupons
-            elif obj.get("object") == "customer":
-                ids = coupon_ids_of_discount(obj.get("discount"))
-            for ref in ids:
-                pipe.sadd(self.tenant_key(f"refs:{ref}"), customer_id)
+        """Add the customer to the ``refs`` sets of what ``objects`` use (see ``update_refs``, which
+        also removes it from those no longer used)."""
+        for ref in refs_of(objects):
+            pipe.sadd(self.tenant_key(f"refs:{ref}"), customer_id)
+
+    async def update_refs(self, customer_id: str, previous: Iterable[StripeDict] = ()) -> None:
+        """Make the ``refs:<price|coupon>`` sets name the customer for exactly the prices and coupons
+        its stored objects use now (``refs_of``): added where new, removed where a subscription
+        changed plan or coupon, ended, or the customer was deleted.
+
+        What was added is recorded in ``{cus}:refs`` (the customer's slot), so that what to remove is
+        known; ``previous`` (the objects before the change) covers a customer recorded before that.
+        Read after the customer's objects were written, so the last writer decides from the newest
+        objects; a stale member costs one needless rebuild, never a missed one.
+        """
+        record = self.customer_key(customer_id, "refs")
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(self.customer_key(customer_id, "objs"))
+        pipe.smembers(record)
+        raw, recorded = await pipe.execute()
+        wanted = refs_of(decode_objects(raw).values())
+        before = {_text(m) or "" for m in recorded} | refs_of(previous)
+        pipe = self.client.pipeline(transaction=False)
+        for ref in sorted(before - wanted):
+            pipe.srem(self.tenant_key(f"refs:{ref}"), customer_id)
+        for ref in sorted(wanted):
+            pipe.sadd(self.tenant_key(f"refs:{ref}"), customer_id)
+        pipe.delete(record)
+        if wanted:
+            pipe.sadd(record, *sorted(wanted))
+        await pipe.execute()
 
     # ---- per-customer objects ----------------------------------------------------------------
     async def get_objects(self, customer_id: str) -> dict[str, StripeDict]:
@@ -459,10 +488,13 @@ class RedisStore:
         return _with_staged(decode_objects(raw), staged)
 
     def stage_objects(self, pipe: Any, customer_id: str, objects: Iterable[StripeDict]) -> None:
-        """Queue a backfill page's objects of one customer (built into ``objs`` by save_customers)."""
-        pipe.hset(self.customer_key(customer_id, "stage"), mapping={
-            str(o["id"]): _dumps(o) for o in objects
-        })
+        """Queue a backfill page's objects of one customer (built into ``objs`` by ``fold_stage``).
+
+        The staged pages expire ``STAGE_TTL_SECONDS`` after the last page written to them: a backfill
+        folds or removes them when it ends, so only an abandoned run's pages ever wait that long."""
+        key = self.customer_key(customer_id, "stage")
+        pipe.hset(key, mapping={str(o["id"]): _dumps(o) for o in objects})
+        pipe.expire(key, STAGE_TTL_SECONDS)
 
     async def fold_stage(
         self, customer_id: str, build: Callable[[CustomerData], BillingContext]
@@ -500,8 +532,8 @@ class RedisStore:
         old_email = (stored.get(customer_id) or {}).get("email")
         pipe = self.client.pipeline(transaction=False)
         self._queue_indexes(pipe, customer_id, data.customer.get("email"), old_email)
-        self._queue_refs(pipe, customer_id, kept.values())
         await pipe.execute()
+        await self.update_refs(customer_id, stored.values())
         return True
 
     async def get_tenant_objects(self, kind: TenantKind, ids: Iterable[str]) -> dict[str, StripeDict]:
@@ -559,7 +591,7 @@ class RedisStore:
 
         def of(kind: str) -> list[StripeDict]:
             return sorted(
-                (o for o in plain if o.get("object") == kind),
+                (o for o in plain if o.get("object") == kind and not o.get("deleted")),
                 key=lambda o: (o.get("created") or 0, str(o.get("id"))), reverse=True,
             )
 
@@ -593,6 +625,7 @@ class RedisStore:
         ``TOMBSTONE_TTL_SECONDS`` so that a late, older event does not bring the customer back."""
         objs_key = self.customer_key(customer_id, "objs")
         others = (self.customer_key(customer_id, "ctx"), self.customer_key(customer_id, "stage"))
+        previous = decode_objects(await self.client.get(objs_key))
         if version is None:
             await self.client.delete(objs_key, *others)
         else:
@@ -607,6 +640,7 @@ class RedisStore:
             pipe.srem(self.email_key(email), customer_id)
         pipe.srem(self.tenant_key("customers"), customer_id)
         await pipe.execute()
+        await self.update_refs(customer_id, previous.values())  # a deleted customer uses nothing
 
     async def forget_customer(self, customer_id: str) -> int:
         """Remove everything cached about a customer (context with its timeline, objects, staged
@@ -628,6 +662,40 @@ class RedisStore:
         async for key in self.client.scan_iter(match=self.tenant_key("refs:*"), count=500):
             touched += int(await self.client.srem(key, customer_id))
         return touched
+
+    # ---- streams -----------------------------------------------------------------------------
+    async def acknowledged_below(self, stream: str) -> str | None:
+        """The id below which every consumer group of ``stream`` has acknowledged every entry: the
+        lowest of each group's oldest pending entry, or, with nothing pending, the id just after its
+        last delivered one. None without groups (nobody has read anything: nothing may go)."""
+        groups = await self.client.xinfo_groups(stream)
+        if not groups:
+            return None
+        pending = [_text(g["name"]) or "" for g in groups if int(g.get("pending") or 0) > 0]
+        lowest: list[tuple[int, int]] = []
+        if pending:
+            pipe = self.client.pipeline(transaction=False)
+            for name in pending:
+                pipe.xpending(stream, name)
+            for summary in await pipe.execute():
+                if summary.get("min") is not None:
+                    lowest.append(_stream_id(summary["min"]))
+        for group in groups:
+            if int(group.get("pending") or 0) == 0:
+                ms, seq = _stream_id(group.get("last-delivered-id") or "0-0")
+                lowest.append((ms, seq + 1))
+        ms, seq = min(lowest)
+        return f"{ms}-{seq}"
+
+    async def trim_stream(self, stream: str) -> int:
+        """Drop the entries of ``stream`` that every consumer group has acknowledged (``XTRIM MINID``),
+        never one a group has yet to read or to acknowledge; returns how many went.
+
+        Safe without a lock: what every group acknowledged only grows, and new entries are newer."""
+        minid = await self.acknowledged_below(stream)
+        if minid is None:
+            return 0
+        return int(await self.client.xtrim(stream, minid=minid, approximate=False))
 
     # ---- dedup -------------------------------------------------------------------------------
     def event_key(self, event_id: str) -> str:
@@ -730,6 +798,31 @@ def trim_invoices(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
     )
     dropped = {str(o["id"]) for o in invoices[MAX_STORED_INVOICES:] if o.get("status") != "open"}
     return {k: v for k, v in objects.items() if k not in dropped}
+
+
+ENDED_SUBSCRIPTIONS = frozenset({"canceled", "incomplete_expired"})
+
+
+def refs_of(objects: Iterable[StripeDict]) -> set[str]:
+    """The prices and coupons that reach a customer's context: those of its subscriptions that have
+    not ended, and its own discount's coupon; none for a deleted customer."""
+    refs: set[str] = set()
+    for obj in objects:
+        if obj.get("deleted"):
+            if obj.get("object") == "customer":
+                return set()
+            continue
+        if obj.get("object") == "subscription" and obj.get("status") not in ENDED_SUBSCRIPTIONS:
+            prices, coupons = referenced_ids(obj)
+            refs |= prices | coupons
+        elif obj.get("object") == "customer":
+            refs |= coupon_ids_of_discount(obj.get("discount"))
+    return refs
+
+
+def _stream_id(raw: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (_text(raw) or "0-0").partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _plain(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+import stripe
 from redis.exceptions import ResponseError, WatchError
 
 from billing.models import BillingContext, Match
@@ -46,10 +47,12 @@ from billing.slim import (
     TENANT_OBJECTS,
     Version,
     completeness,
+    keep_included,
     prices_of_subscription,
     slim,
     version_of,
     with_version,
+    without_version,
 )
 from billing.snapshot import CustomerData, StripeDict, id_of
 from billing.store import (
@@ -68,12 +71,14 @@ from billing.stripe_api import background_work
 from billing.transitions import diff_contexts
 
 log = logging.getLogger("billing.worker")
+PINNED_API_VERSION: str = stripe.api_version
+"""The API version stripe-python pins (the shapes this code reads)."""
 
 ContextBuilder = Callable[..., BillingContext]
 """``billing.builder.build_context(data, *, query, match, now, source, other_customers)``."""
 
-_TENANT_KIND: dict[str, Literal["prices", "coupons"]] = {
-    "price": "prices", "plan": "prices", "coupon": "coupons",
+_CATALOGUE_KIND: dict[str, Literal["prices", "products", "coupons"]] = {
+    "price": "prices", "plan": "prices", "product": "products", "coupon": "coupons",
 }
 SEEN_FIELD = "_s"
 _RESOURCES: dict[str, ListableResource] = {
@@ -83,6 +88,9 @@ _RESOURCES: dict[str, ListableResource] = {
 }
 _CUSTOMER_OBJECTS = frozenset({"customer", "subscription", "invoice", "charge", "dispute", "credit_note"})
 _MAX_CAS_ATTEMPTS = 20
+# The dead-letter stream keeps about this many entries (``XADD MAXLEN ~``), the oldest going first:
+# enough to inspect and replay a bad day, bounded however long events keep failing (~10 MiB of events).
+DEAD_LETTER_MAX = 10_000
 
 
 class NotifyLater(RuntimeError):
@@ -115,6 +123,7 @@ class WorkerStats:
     notified: int = 0
     notify_failed: int = 0
     fetched_customers: int = 0
+    customer_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,6 +159,8 @@ class EventWorker:
     # Customers of one batch applied at once; each holds a Redis connection (WATCH) while it runs,
     # so this stays well under the client's connection-pool limit.
     max_parallel_customers: int = 32
+    # Customers of one batch applied per step (a price or coupon event reaches all of its customers).
+    customer_step: int = 500
     build: ContextBuilder | None = None
     # The sweeper: pending outboxes are retried every ``sweep_interval`` s, a customer's after
     # ``retry_base`` * 2^(failures - 1) s, at most ``retry_max`` s.
@@ -232,6 +243,13 @@ class EventWorker:
         """Apply one batch of stream entries (background work: a 429 is waited out longer)."""
         with background_work():
             await self._process(entries)
+        await self.trim()
+
+    async def trim(self) -> None:
+        """Drop the stream entries every consumer group has acknowledged (``RedisStore.trim_stream``):
+        run after each batch, so the stream holds only what some group has yet to finish. The
+        dead-letter stream is capped at ``DEAD_LETTER_MAX`` entries instead (oldest first)."""
+        await self.store.trim_stream(self.store.stream_key)
 
     async def _process(self, entries: Sequence[Any]) -> None:
         parsed: list[_Entry] = []
@@ -275,7 +293,15 @@ class EventWorker:
             async with gate:
                 await self._apply_customer(customer_id, by_customer[customer_id])
 
-        results = await asyncio.gather(*(apply(c) for c in customers), return_exceptions=True)
+        # A price or coupon event reaches every customer on it: ``customer_step`` customers at a time,
+        # yielding between steps, so a fan-out to many customers never holds them all in flight nor
+        # keeps the event loop (shared with the webhook endpoint in ``serve``) from anything else.
+        results: list[BaseException | None] = []
+        for start in range(0, len(customers), self.customer_step):
+            step = customers[start:start + self.customer_step]
+            results += await asyncio.gather(*(apply(c) for c in step), return_exceptions=True)
+            self.stats.customer_steps += 1
+            await asyncio.sleep(0)
         outcome: dict[str, BaseException | None] = {}
         for customer_id, result in zip(customers, results, strict=True):
             for entry in by_customer[customer_id]:
@@ -301,7 +327,6 @@ class EventWorker:
             pipe.set(self.store.event_key(entry.event["id"]), 1, ex=DEDUP_TTL_SECONDS)
         ids = [e.entry_id for e in applied] + list(done_ids)
         pipe.xack(self.store.stream_key, self.store.GROUP, *ids)
-        pipe.xdel(self.store.stream_key, *ids)
         if applied:
             last = max(applied, key=lambda e: int(e.event.get("created") or 0))
             pipe.hset(self.store.tenant_key("health"), mapping={
@@ -324,9 +349,9 @@ class EventWorker:
     async def _dead_letter(self, entry_id: str, raw: bytes | str, reason: str) -> None:
         self.stats.dead_lettered += 1
         pipe = self.store.client.pipeline(transaction=False)
-        pipe.xadd(self.store.dead_letter_key, {"e": raw, "error": reason[:500], "entry": entry_id})
+        pipe.xadd(self.store.dead_letter_key, {"e": raw, "error": reason[:500], "entry": entry_id},
+                  maxlen=DEAD_LETTER_MAX, approximate=True)
         pipe.xack(self.store.stream_key, self.store.GROUP, entry_id)
-        pipe.xdel(self.store.stream_key, entry_id)
         await pipe.execute()
 
     # ---- routing --------------------------------------------------------------------------
@@ -335,8 +360,13 @@ class EventWorker:
         obj = _event_object(entry.event)
         kind = obj.get("object")
         if kind in TENANT_OBJECTS:
-            await self._apply_tenant_object(entry.event, obj)
+            event = await self._in_current_shape(entry.event)  # customer objects: in _apply_customer
+            obj = _event_object(event)
+            if not await self._apply_tenant_object(event, obj):
+                return []  # nothing the contexts read changed (e.g. metadata): nobody is rebuilt
             object_id = str(obj.get("id"))
+            if kind == "product":  # customers refer to its prices, whose product names the plan
+                return await self._customers_of_product(object_id)
             return await self.store.customers_referring_to(object_id)
         if kind == "customer":
             return [str(obj["id"])]
@@ -352,21 +382,66 @@ class EventWorker:
             return [owner] if owner else []
         return []
 
-    async def _apply_tenant_object(self, event: StripeDict, obj: StripeDict) -> None:
+    async def _customers_of_product(self, product_id: str) -> list[str]:
+        """Customers whose subscriptions use a price of ``product_id`` (a product event is rare: the
+        tenant's prices are scanned, never on a request path)."""
+        customers: set[str] = set()
+        async for price_id, raw in self.store.client.hscan_iter(self.store.tenant_key("prices"), count=500):
+            if json.loads(raw).get("product") == product_id:
+                customers.update(await self.store.customers_referring_to(_text(price_id)))
+        return sorted(customers)
+
+    async def _in_current_shape(self, event: StripeDict) -> StripeDict:
+        """``event``, its object retrieved fresh from Stripe when the event was rendered at an API
+        version older than the one the SDK pins (an endpoint created on an account's old default):
+        its shapes differ, so only the object's id is trusted. The event keeps its id and ``created``,
+        so the fresh state is versioned (ordered) by the event, like a re-fetch on a tie."""
+        version = event.get("api_version")
+        obj = _event_object(event)
+        kind, object_id = obj.get("object"), obj.get("id")
+        if (
+            not isinstance(version, str) or version[:10] >= PINNED_API_VERSION[:10]
+            or (kind not in _RESOURCES and kind != "customer") or not isinstance(object_id, str)
+            or obj.get("deleted")
+        ):
+            return event
+        fresh = await self._retrieve(str(kind), object_id)
+        self.stats.refetched += 1
+        if fresh is None:  # gone from Stripe: the event's own word is all there is
+            return event
+        log.info("event %s rendered at API version %s (pinned %s): %s %s re-fetched",
+                 event.get("id"), version, PINNED_API_VERSION, kind, object_id)
+        data = {k: v for k, v in (event.get("data") or {}).items() if k != "previous_attributes"}
+        return {**event, "data": {**data, "object": {**fresh, "object": kind}}}
+
+    async def _apply_tenant_object(self, event: StripeDict, obj: StripeDict) -> bool:
+        """Store a price, product or coupon from its event; True when the customers using it must be
+        rebuilt: its slim projection (every field a context reads) changed, or this is a redelivery of
+        the event that stored it (its fan-out may not have finished). An older event, or one changing
+        only what no context reads (metadata, a lookup key), rebuilds nobody."""
         kind = str(obj["object"])
         candidate = slim(obj)
-        if kind in INCLUDABLE and completeness(candidate) < len(INCLUDABLE[kind]) and not obj.get("deleted"):
+        stored = await self.store.get_tenant_objects(_CATALOGUE_KIND[kind], [str(obj["id"])])
+        before = stored.get(str(obj["id"]))
+        if (
+            kind in INCLUDABLE and completeness(candidate) < len(INCLUDABLE[kind])
+            and not obj.get("deleted") and not stored
+        ):
             # Events never carry tiers, applies_to or currency options: the store keeps those of its
             # copy; without one, the complete object is fetched once.
-            stored = await self.store.get_tenant_objects(_TENANT_KIND[kind], [str(obj["id"])])
-            if not stored:
-                complete = await (
-                    self.gateway.coupon(str(obj["id"])) if kind == "coupon"
-                    else self.gateway.price_with_tiers(str(obj["id"]))
-                )
-                if complete is not None:
-                    candidate = slim({**complete, "object": kind})
+            complete = await (
+                self.gateway.coupon(str(obj["id"])) if kind == "coupon"
+                else self.gateway.price_with_tiers(str(obj["id"]))
+            )
+            if complete is not None:
+                candidate = slim({**complete, "object": kind})
         decision = await self.store.put_tenant_object(candidate, _version(event))
+        if decision == "skip":
+            return version_of(before) == _version(event)
+        if decision == "apply":
+            if before is None:
+                return True
+            return without_version(keep_included(candidate, before)) != without_version(before)
         if decision == "refetch":
             fresh = await self.gateway.retrieve(_RESOURCES[kind], str(obj["id"]))
             if fresh is not None:
@@ -375,10 +450,11 @@ class EventWorker:
                 await self.store.put_tenant_object(
                     slim({**fresh, "object": kind}), (_version(event)[0], f"~{event['id']}")
                 )
+        return True  # two versions of one second: whatever was settled, rebuild from it
 
     # ---- one customer ---------------------------------------------------------------------
     async def _apply_customer(self, customer_id: str, entries: Sequence[_Entry]) -> None:
-        events = sorted((e.event for e in entries), key=lambda ev: _version(ev))
+        events = sorted([await self._in_current_shape(e.event) for e in entries], key=lambda ev: _version(ev))
         deletion = next((ev for ev in events if ev.get("type") == "customer.deleted"), None)
         if deletion is not None:
             stored = await self.store.get_objects(customer_id)
@@ -605,6 +681,8 @@ class EventWorker:
             if kind == "invoice":
                 obj = _with_action_flag(obj, current, event_type)
             entry = with_version(slim({**obj, "object": kind}), version)
+            if event_type == "invoice.deleted":
+                entry["deleted"] = True  # a versioned tombstone: the card drops it, late events stay out
             if seen:
                 entry[SEEN_FIELD] = sorted(set(seen))
             updates[object_id] = entry
@@ -650,8 +728,9 @@ class EventWorker:
             return
         pipe = self.store.client.pipeline(transaction=False)
         self.store._queue_indexes(pipe, customer_id, new_email, old_email)
-        self.store._queue_refs(pipe, customer_id, referring)
         await pipe.execute()
+        if referring:
+            await self.store.update_refs(customer_id, stored.values())
 
     async def _store_prices(self, subscription: StripeDict) -> None:
         """Prices carried by a subscription event, stored per tenant before the rebuild needs them
