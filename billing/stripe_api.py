@@ -497,6 +497,7 @@ class StripeGateway:
         self._cache_ttl = cache_ttl_seconds
         self._tenant: Tenant | None = None
         self.stats = GatewayStats()
+        self._cards_readable = True
         self._account_asked = False
         self._account_id: str | None = None
 
@@ -779,27 +780,44 @@ class StripeGateway:
 
     # -- finding customers ----------------------------------------------------------------------
 
+    def _cards(self, *paths: str) -> list[str]:
+        """The default-card expansions, while the key may read payment methods."""
+        return list(paths) if self._cards_readable else []
+
+    async def _card_fallback(self, run: Callable[[], Awaitable[T]]) -> T:
+        """Run a request that expands default cards; when the key may not read payment methods (a
+        403 naming ``rak_payment_method_read``), run it again without them, and stop asking."""
+        try:
+            return await run()
+        except (stripe.PermissionError, ConfigurationError) as err:  # listing turns a 403 into a sentence
+            if not self._cards_readable or "payment_method" not in str(err):
+                raise
+        self._cards_readable = False
+        log.warning("The Stripe key may not read payment methods (rak_payment_method_read): cards "
+                    "show no payment method until it may.")
+        return await run()
+
     async def list_customers_by_email(self, email: str) -> list[StripeDict]:
         """Exact, case-sensitive ``customers.list(email=…)``, each with ``subscriptions`` expanded."""
-        found = await self._list_all(
-            "customers", {"email": email, "expand": ["data.subscriptions", f"data.{CUSTOMER_CARD}"]},
-            max_pages=1,
-        )
+        def customers() -> Awaitable[list[StripeDict]]:
+            expand = ["data.subscriptions", *self._cards(f"data.{CUSTOMER_CARD}")]
+            return self._list_all("customers", {"email": email, "expand": expand}, max_pages=1)
+
+        found = await self._card_fallback(customers)
         return [c for c in found if not c.get("deleted")]
 
     async def search_customers_by_email(self, email: str) -> list[StripeDict]:
         """Search API fallback (eventually consistent), kept to case-insensitive exact matches."""
         quoted = email.replace("\\", "\\\\").replace("'", "\\'")
-        params: Any = {
-            "query": f"email:'{quoted}'",
-            "limit": LIST_LIMIT,
-            "expand": ["data.subscriptions", f"data.{CUSTOMER_CARD}"],
-        }
+        def params() -> Any:
+            return {"query": f"email:'{quoted}'", "limit": LIST_LIMIT,
+                    "expand": ["data.subscriptions", *self._cards(f"data.{CUSTOMER_CARD}")]}
+
         try:
-            result = await self._call(
-                "searching customers", lambda: self._client.v1.customers.search_async(params=params),
+            result = await self._card_fallback(lambda: self._call(
+                "searching customers", lambda: self._client.v1.customers.search_async(params=params()),
                 search=True,
-            )
+            ))
         except stripe.PermissionError as err:
             raise ConfigurationError(
                 _permission_sentence([_missing_permission(err, "customers")], ["customers"])
@@ -824,12 +842,12 @@ class StripeGateway:
     async def retrieve_customer(self, customer_id: str) -> StripeDict | None:
         """The customer with ``subscriptions`` expanded, or None when missing or deleted."""
         try:
-            obj = await self._call(
+            obj = await self._card_fallback(lambda: self._call(
                 "retrieving a customer",
                 lambda: self._client.v1.customers.retrieve_async(
-                    customer_id, params={"expand": ["subscriptions", CUSTOMER_CARD]}
+                    customer_id, params={"expand": ["subscriptions", *self._cards(CUSTOMER_CARD)]}
                 ),
-            )
+            ))
         except stripe.InvalidRequestError as err:
             if err.http_status == 404:
                 return None
@@ -888,12 +906,16 @@ class StripeGateway:
             customer.get("subscriptions"), dict
         ) else None
         early = [s for s in embedded or [] if isinstance(s, dict) and isinstance(s.get("id"), str)]
-        (subscriptions, invoices, charges), previews = await _both(_concurrently(
-            self._list_all("subscriptions", {
+        def subscriptions_list() -> Awaitable[list[StripeDict]]:
+            return self._list_all("subscriptions", {
                 "customer": customer_id,
                 "status": "all",
-                "expand": ["data.discounts", "data.items.data.discounts", "data.default_payment_method"],
-            }),
+                "expand": ["data.discounts", "data.items.data.discounts",
+                           *self._cards("data.default_payment_method")],
+            })
+
+        (subscriptions, invoices, charges), previews = await _both(_concurrently(
+            self._card_fallback(subscriptions_list),
             self._list_all("invoices", {"customer": customer_id}, max_pages=1),
             self._list_all("charges", {"customer": customer_id}),
         ), self.preview_next_invoices(early))

@@ -28,8 +28,19 @@ def error_response(error: StripeError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
+def _authorize_expansions(sandbox: Sandbox, key: str, params: Params) -> None:
+    """Expanding an object of another resource needs that resource's read permission, as in Stripe:
+    a customer's or subscription's ``default_payment_method`` needs ``rak_payment_method_read``."""
+    expand = params.get("expand", [])
+    paths = expand if isinstance(expand, list) else [expand]
+    if any(isinstance(p, str) and p.split(".")[-1] == "default_payment_method" for p in paths):
+        sandbox.keys.authorize(key, "rak_payment_method_read")
+
+
 def _route(sandbox: Sandbox, method: str, path: str, params: Params, key: str, livemode: bool) -> Obj:
     """Answer one authenticated API request (called with the store lock held)."""
+    if method == "GET":
+        _authorize_expansions(sandbox, key, params)
     if method == "POST" and path.rstrip("/") == "/v1/invoices/create_preview":
         # the one POST that writes nothing: Stripe's invoice preview, an invoice read
         sandbox.keys.authorize(key, PREVIEW_PERMISSION)
