@@ -33,9 +33,7 @@ pytest: $(STAMP) redis
 test: $(STAMP) redis lint typecheck pytest
 
 bench: $(STAMP) redis
-	$(BIN)/python bench/lookup.py
-	$(BIN)/python bench/webhooks.py
-	$(BIN)/python bench/tool_call.py
+	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

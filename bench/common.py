@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import statistics
 import sys
 import uuid
@@ -64,3 +65,13 @@ async def private_store(tenant: Tenant) -> AsyncIterator[RedisStore]:
 
 def gateway_for(url: str) -> StripeGateway:
     return StripeGateway(SANDBOX_KEY, api_base=url, rate_limit=500)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+Figures = dict[str, float]
+"""One run of a benchmark: figure name -> value (seconds, events/s, bytes …)."""
