@@ -1,10 +1,15 @@
 """Reconcile: replay Stripe's ``/v1/events`` since the last processed event, to repair missed webhooks.
 
 Listed events are appended to the same Redis Stream the webhook endpoint writes to, so they take the
-one apply path (``billing.worker.EventWorker``: dedup, version checks, rebuild, transitions). Stripe
-lists newest first; events are queued oldest first. Delivery is unordered, so the listing starts
-``overlap_seconds`` before the newest event known to be processed: an event missed before it is still
-found, and events already applied are skipped here (and deduped by the worker anyway).
+one apply path (``billing.worker.EventWorker``: dedup, version checks, rebuild, transitions). Delivery
+is unordered, so the listing starts ``overlap_seconds`` before the newest event known to be processed:
+an event missed before it is still found, and events already applied are skipped here (and deduped by
+the worker anyway).
+
+Thirty days of events are never held at once: they are listed page by page (only the types the worker
+routes, ``types[]``, at most 20 a listing as Stripe allows), each page queued and, with a worker, applied
+before the next is asked for. Stripe lists newest first; a page is queued oldest first, and an older
+page applied after a newer one changes nothing the version checks would not refuse.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from typing import Any
 from billing.ports import StripeReader
 from billing.snapshot import StripeDict
 from billing.store import RedisStore
-from billing.worker import EventWorker
+from billing.worker import ROUTED_EVENT_TYPES, EventWorker
 
 EVENT_RETENTION_SECONDS = 30 * 86_400  # Stripe lists events of the last 30 days
 DEFAULT_OVERLAP_SECONDS = 300
-QUEUE_BATCH = 500
+PAGE_SIZE = 100  # Stripe's largest list page
+MAX_TYPES_PER_LISTING = 20  # Stripe's limit on ``types[]``
 
 
 def reconcile_start(
@@ -63,8 +69,11 @@ async def queue_missed_events(
     since: int | None = None,
     overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
     clock: Callable[[], float] = time.time,
+    worker: EventWorker | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> ReconcileReport:
-    """List events since the last processed one and append those not yet applied to the stream."""
+    """List events since the last processed one and append those not yet applied to the stream, a page
+    at a time; with ``worker``, each page is applied (``drain``) before the next is listed."""
     fields = await _health_fields(store)
     if since is None:
         since = reconcile_start(
@@ -75,23 +84,45 @@ async def queue_missed_events(
             backfill_started_at=_number(fields.get("backfill_started_at")),
             overlap_seconds=overlap_seconds,
         )
-    events = [e async for e in gateway.iter_objects("events", {"created": {"gte": since}})]
-    events.reverse()  # oldest first, as they happened
-    done = await store.events_done([str(e["id"]) for e in events]) if events else []
+    listed = queued = 0
+    newest: int | None = None
+    for start in range(0, len(ROUTED_EVENT_TYPES), MAX_TYPES_PER_LISTING):
+        params = {
+            "created": {"gte": since}, "limit": page_size,
+            "types": list(ROUTED_EVENT_TYPES[start:start + MAX_TYPES_PER_LISTING]),
+        }
+        page: list[StripeDict] = []
+        async for event in gateway.iter_objects("events", params):
+            page.append(event)
+            if len(page) >= page_size:
+                queued += await _queue_page(store, page, worker)
+                listed += len(page)
+                newest = max(newest or 0, *(int(e.get("created") or 0) for e in page))
+                page = []
+        if page:
+            queued += await _queue_page(store, page, worker)
+            listed += len(page)
+            newest = max(newest or 0, *(int(e.get("created") or 0) for e in page))
+    record: dict[str, float | str] = {"reconciled_at": clock()}
+    if newest is not None:
+        record["reconciled_through"] = newest
+    await store.record(**record)
+    return ReconcileReport(since=since, listed=listed, queued=queued, already_applied=listed - queued)
+
+
+async def _queue_page(store: RedisStore, page: list[StripeDict], worker: EventWorker | None) -> int:
+    """Queue a page's events not applied yet, oldest first; with ``worker``, apply them now."""
+    events = sorted(page, key=lambda e: (int(e.get("created") or 0), str(e.get("id"))))
+    done = await store.events_done([str(e["id"]) for e in events])
     missed = [e for e, applied in zip(events, done, strict=True) if not applied]
-    for start in range(0, len(missed), QUEUE_BATCH):
+    if missed:
         pipe = store.client.pipeline(transaction=False)
-        for event in missed[start:start + QUEUE_BATCH]:
+        for event in missed:
             pipe.xadd(store.stream_key, {"e": json.dumps(event, separators=(",", ":"))})
         await pipe.execute()
-    record: dict[str, float | str] = {"reconciled_at": clock()}
-    if events:
-        newest = max(events, key=lambda e: int(e.get("created") or 0))
-        record["reconciled_through"] = int(newest.get("created") or 0)
-    await store.record(**record)
-    return ReconcileReport(
-        since=since, listed=len(events), queued=len(missed), already_applied=len(events) - len(missed)
-    )
+        if worker is not None:
+            await drain(worker)
+    return len(missed)
 
 
 async def drain(worker: EventWorker, *, max_rounds: int = 100_000) -> int:
@@ -113,10 +144,14 @@ async def reconcile(
     *,
     since: int | None = None,
     overlap_seconds: int = DEFAULT_OVERLAP_SECONDS,
+    page_size: int = PAGE_SIZE,
 ) -> ReconcileReport:
-    """Queue the missed events, then apply them (and anything else queued) through ``worker``."""
+    """Queue the missed events and apply them through ``worker`` page by page (and anything else
+    queued)."""
     before = worker.stats.applied
-    report = await queue_missed_events(gateway, store, since=since, overlap_seconds=overlap_seconds)
+    report = await queue_missed_events(
+        gateway, store, since=since, overlap_seconds=overlap_seconds, worker=worker, page_size=page_size
+    )
     await drain(worker)
     return ReconcileReport(
         since=report.since, listed=report.listed, queued=report.queued,

@@ -87,6 +87,24 @@ _RESOURCES: dict[str, ListableResource] = {
     "product": "products", "coupon": "coupons",
 }
 _CUSTOMER_OBJECTS = frozenset({"customer", "subscription", "invoice", "charge", "dispute", "credit_note"})
+# The event types ``_route`` gives to a customer or the catalogue (reconcile lists only these).
+ROUTED_EVENT_TYPES: tuple[str, ...] = (
+    "customer.created", "customer.updated", "customer.deleted",
+    "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
+    "customer.subscription.paused", "customer.subscription.resumed",
+    "customer.subscription.trial_will_end", "customer.subscription.pending_update_applied",
+    "customer.subscription.pending_update_expired",
+    "invoice.created", "invoice.finalized", "invoice.updated", "invoice.paid", "invoice.payment_succeeded",
+    "invoice.payment_failed", "invoice.payment_action_required", "invoice.voided",
+    "invoice.marked_uncollectible", "invoice.deleted", "invoice.overdue",
+    "charge.succeeded", "charge.failed", "charge.captured", "charge.refunded", "charge.updated",
+    "charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated",
+    "credit_note.created", "credit_note.updated", "credit_note.voided",
+    "price.created", "price.updated", "price.deleted", "plan.created", "plan.updated", "plan.deleted",
+    "product.created", "product.updated", "product.deleted",
+    "coupon.created", "coupon.updated", "coupon.deleted",
+)
 _MAX_CAS_ATTEMPTS = 20
 # The dead-letter stream keeps about this many entries (``XADD MAXLEN ~``), the oldest going first:
 # enough to inspect and replay a bad day, bounded however long events keep failing (~10 MiB of events).

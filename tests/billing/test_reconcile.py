@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,45 @@ async def test_explicit_since_lists_from_there(
     worker = EventWorker(store, gateway, RecordingNotifier(), block_ms=1)
     sandbox.control.clear_requests()
     report = await reconcile(gateway, store, worker, since=NOW)
-    [request] = [r for r in sandbox.control.requests() if r["path"] == "/v1/events"]
-    assert request["query"]["created[gte]"] == str(NOW)
+    requests = [r for r in sandbox.control.requests() if r["path"] == "/v1/events"]
+    assert requests and all(r["query"]["created[gte]"] == str(NOW) for r in requests)
     assert report.since == NOW
+
+
+async def test_events_are_listed_by_routed_type_and_applied_page_by_page(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    await Backfill(gateway, store, windows=2).run()
+    customers = [c async for c in gateway.iter_objects("customers")]
+    subscriptions = [s async for s in gateway.iter_objects("subscriptions", {"status": "all"})]
+    live = [s for s in subscriptions if s["status"] in {"active", "trialing"}]
+    assert len(live) >= 3
+    for sub in live:  # missed while no webhook reaches us
+        sandbox.control.set_subscription_status(sub["id"], "past_due")
+    for customer in customers[:4]:
+        sandbox.control.update(customer["id"], {"metadata": {"crm": "x"}})
+    # An event type the worker does not route: never listed.
+    sandbox.control.emit("balance.available", customers[0]["id"])
+    worker = EventWorker(store, gateway, RecordingNotifier(), block_ms=1)
+    fed: list[int] = []
+    process = worker.process
+
+    async def counting(entries: Any) -> None:
+        fed.append(len(entries))
+        await process(entries)
+
+    worker.process = counting  # type: ignore[method-assign]
+    sandbox.control.clear_requests()
+
+    report = await reconcile(gateway, store, worker, page_size=3)
+
+    listings = [r for r in sandbox.control.requests() if r["path"] == "/v1/events"]
+    assert len(listings) >= 3  # several pages, never one list of everything
+    for request in listings:
+        types = [v for k, v in request["query"].items() if k.startswith("types")]
+        assert 0 < len(types) <= 20 and "balance.available" not in types
+    assert report.queued >= len(live) + 4 and report.applied == report.queued
+    assert fed and max(fed) <= 3  # the worker was fed a page at a time
+    assert sum(fed) == report.queued
+    health = await store.health()
+    assert health.stream_length == 0 and health.pending == 0
