@@ -96,7 +96,9 @@ async def test_webhook_to_cache_through_the_in_process_worker(store: RedisStore)
         health = await client.get("/healthz")
         assert health.json()["redis"] == "ok" and health.json()["worker"] == "ok"
         metrics = (await client.get("/metrics")).text
-        assert 'billing_webhook_events_total{outcome="queued"} 3.0' in metrics
+        queued = ("customer.created", "customer.subscription.created", "customer.subscription.updated")
+        for event_type in queued:
+            assert f'billing_webhook_events_total{{outcome="queued",type="{event_type}"}} 1.0' in metrics
         assert "billing_worker_applied_total" in metrics
 
 
