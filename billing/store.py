@@ -602,10 +602,18 @@ class RedisStore:
             sub_prices, sub_coupons = referenced_ids(sub)
             price_ids |= sub_prices
             coupon_ids |= sub_coupons
-        prices = _plain(await self.get_tenant_objects("prices", price_ids))
+        # Prices and coupons in one round trip, then the products the prices name (two, not three).
+        pipe = self.client.pipeline(transaction=False)
+        wanted_prices, wanted_coupons = sorted(price_ids), sorted(coupon_ids)
+        if wanted_prices:
+            pipe.hmget(self.tenant_key("prices"), wanted_prices)
+        if wanted_coupons:
+            pipe.hmget(self.tenant_key("coupons"), wanted_coupons)
+        replies: list[Any] = await pipe.execute() if wanted_prices or wanted_coupons else []
+        prices = _plain(_found(wanted_prices, replies.pop(0) if wanted_prices else []))
+        coupons = _plain(_found(wanted_coupons, replies.pop(0) if wanted_coupons else []))
         product_ids = {str(p["product"]) for p in prices.values() if isinstance(p.get("product"), str)}
         products = _plain(await self.get_tenant_objects("products", product_ids))
-        coupons = _plain(await self.get_tenant_objects("coupons", coupon_ids))
         return CustomerData(
             customer=customers[0],
             subscriptions=[join_prices(s, prices) for s in subscriptions],
@@ -823,6 +831,11 @@ def refs_of(objects: Iterable[StripeDict]) -> set[str]:
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
     ms, _, seq = (_text(raw) or "0-0").partition("-")
     return int(ms), int(seq or 0)
+
+
+def _found(ids: Sequence[str], values: Sequence[Any]) -> dict[str, StripeDict]:
+    """An ``HMGET`` reply as id -> object, without the ids the hash does not have."""
+    return {i: json.loads(v) for i, v in zip(ids, values, strict=True) if v is not None}
 
 
 def _plain(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
