@@ -50,12 +50,10 @@ def check_redis_url(url: str) -> str:
     _port_of("REDIS_URL", url)
     database = parts.path.strip("/")
     if database and not database.isdigit():
-        raise ValueError(
-            f"REDIS_URL names database {database[:40]!r}; a Redis database is a number such as /0"
-        )
+        raise ValueError("REDIS_URL names a database that is not a number; use one such as /0")
     for value in parse_qs(parts.query).get("db", []):
         if not value.isdigit():
-            raise ValueError(f"REDIS_URL has db={value[:40]!r}; a Redis database is a number such as db=0")
+            raise ValueError("REDIS_URL has a db= that is not a number; use one such as db=0")
     return url
 
 
@@ -66,7 +64,8 @@ def check_http_url(variable: str, url: str, example: str) -> str:
     except ValueError:
         raise ValueError(f"{variable} is not a valid URL; use one such as {example}") from None
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise ValueError(f"{variable} must be an http(s) URL such as {example}, not {url[:80]!r}")
+        # The value is not echoed: it may be a secret pasted into the wrong variable, or hold credentials.
+        raise ValueError(f"{variable} must be an http(s) URL with a host, such as {example}")
     _port_of(variable, url)
     return url
 

@@ -109,7 +109,12 @@ def load_rules_text(text: str, source: str = "<string>", env: Mapping[str, str] 
         raise RulesError([_too_big(source, size)])
     lines: dict[Path, int] = {}
     problems: list[tuple[int, str]] = []
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)  # the reader refuses control characters here, before any parsing
+    except yaml.reader.ReaderError as err:
+        line = text.count("\n", 0, err.position) + 1
+        raise RulesError([f"{source}:{line}: malformed YAML: character #x{err.character:04x} is not "
+                          "allowed in YAML"]) from None
     try:
         node = loader.get_single_node()
         if node is None:
