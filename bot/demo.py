@@ -10,7 +10,6 @@ content and the routing result; then what to do to connect real Stripe and Slack
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import socket
 import time
@@ -94,14 +93,12 @@ class Story:
 
         port = _free_port()
         base = f"http://127.0.0.1:{port}"
-        # The default rules read the alert channel from the environment, as in production.
-        os.environ.setdefault("BILLING_ALERT_CHANNEL", ALERT_CHANNEL)
         with SandboxServer(dataset="demo") as stripe, SandboxControl(stripe.url) as control:
             settings = load_settings(
                 STRIPE_API_KEY=DEMO_KEY, STRIPE_API_BASE=stripe.url, STRIPE_ACCOUNT_ID=DEMO_ACCOUNT,
                 REDIS_URL=f"memory://demo-{uuid.uuid4().hex}", BILLING_DEMO="1",
                 SLACK_BOT_TOKEN="xoxb-demo", SLACK_SIGNING_SECRET=self.signing_secret,  # noqa: S106
-                SLACK_API_URL=self.slack.api_url(base),
+                SLACK_API_URL=self.slack.api_url(base), BILLING_ALERT_CHANNEL=ALERT_CHANNEL,
             )
             async with open_runtime(settings) as runtime:
                 await self._backfill(runtime)

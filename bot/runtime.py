@@ -11,6 +11,7 @@ an installation store (Slack OAuth) will map many teams to their accounts.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -175,7 +176,12 @@ class Runtime:
         if self._watcher is None:
             from rules import RulesWatcher, rules_path
 
-            self._watcher = RulesWatcher(rules_path(self.settings.rules_file))
+            # ${VARS} in the rules come from the environment, and the settings given to this runtime
+            # win (BILLING_ALERT_CHANNEL passed to load_settings reaches the default rules' alerts).
+            env = dict(os.environ)
+            if self.settings.alert_channel:
+                env["BILLING_ALERT_CHANNEL"] = self.settings.alert_channel
+            self._watcher = RulesWatcher(rules_path(self.settings.rules_file), env=env)
         return self._watcher.current()
 
 
