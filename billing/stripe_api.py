@@ -959,11 +959,11 @@ class StripeGateway:
         """Stripe's preview of the subscription's next invoice (``POST /v1/invoices/create_preview``:
         read-only, creates nothing; needs ``rak_invoice_read``). None when the key may not preview
         (403: the card then shows an estimate) or Stripe has no upcoming invoice for it."""
-        try:
-            preview = await self._call(
+        try:  # as JSON, like list pages: a backfill previews every renewing subscription
+            response = await self._call(
                 "previewing the next invoice",
-                lambda: self._client.v1.invoices.create_preview_async(
-                    params={"subscription": subscription_id}
+                lambda: self._client.raw_request_async(
+                    "post", "/v1/invoices/create_preview", subscription=subscription_id
                 ),
             )
         except stripe.PermissionError:
@@ -972,7 +972,8 @@ class StripeGateway:
         except stripe.InvalidRequestError as err:
             log.info("no invoice preview for %s (HTTP %s)", subscription_id, err.http_status)
             return None
-        return _to_dict(preview)
+        preview: StripeDict = _json_shaped(response.data)
+        return preview
 
     async def preview_next_invoices(
         self, subscriptions: Iterable[StripeDict]
