@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -284,9 +285,24 @@ async def test_missing_permission_is_named(sandbox: Any, caplog: pytest.LogCaptu
     assert "SECRET42" not in caplog.text and "narrow" not in caplog.text
 
 
+async def requests_settled(sandbox: Any, within: float = 5.0) -> None:
+    """Wait until the sandbox's request log stops growing (two equal reads 100 ms apart)."""
+    import time
+
+    deadline = time.monotonic() + within
+    seen = len(sandbox.control.requests())
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = len(sandbox.control.requests())
+        if now == seen:
+            return
+        seen = now
+
+
 async def test_full_key_passes_the_permission_check(sandbox: Any, gateway: StripeGateway) -> None:
     # A key with every read permission passes, after really asking Stripe: one limit=1 read of
     # each needed resource, each answered 200, and nothing else (never a write).
+    await requests_settled(sandbox)  # an earlier test's requests still in flight must not count
     sandbox.control.clear_requests()
     assert await gateway.verify_permissions() is None
     probes = sorted((r["method"], r["path"], r["query"].get("limit"), r["status"])
