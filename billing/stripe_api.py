@@ -790,11 +790,12 @@ class StripeGateway:
         try:
             return await run()
         except (stripe.PermissionError, ConfigurationError) as err:  # listing turns a 403 into a sentence
-            if not self._cards_readable or "payment_method" not in str(err):
+            if "payment_method" not in str(err):
                 raise
-        self._cards_readable = False
-        log.warning("The Stripe key may not read payment methods (rak_payment_method_read): cards "
-                    "show no payment method until it may.")
+        if self._cards_readable:  # concurrent requests may all have been refused: warn once
+            self._cards_readable = False
+            log.warning("The Stripe key may not read payment methods (rak_payment_method_read): cards "
+                        "show no payment method until it may.")
         return await run()
 
     async def list_customers_by_email(self, email: str) -> list[StripeDict]:
