@@ -333,50 +333,68 @@ def figures_section(r: dict[str, Runs]) -> str:
     return "\n".join(lines)
 
 
-def limits(r: dict[str, Runs]) -> list[str]:
+def limits(r: dict[str, Runs], table_rows: list[Row]) -> list[str]:
     """What stops each goal that is not met, from this run's figures and the profiles (issue #11)."""
+    missed = {row.name.split(" (")[0].split(",")[0] for row in table_rows if row.met is False}
+    notes = _notes(r)
+    return [note for row, note in notes if any(name.startswith(row) for name in missed)]
+
+
+def _notes(r: dict[str, Runs]) -> list[tuple[str, str]]:
+    """(the start of a row's name, what stops its goal)."""
     c, cold, cli, bf = r["cached"], r["cold"], r["cli"], r["backfill"]
     acc, app, sl, tool = r["accept"], r["apply"], r["slack"], r["tool"]
     floor, trips = cold.median("floor"), cold.median("ours_trips")
     return [
-        f"- **cold lookup**: {trips:.0f} dependent round trips (the customers by email, exact and "
+        ("cold lookup",
+         f"- **cold lookup**: {trips:.0f} dependent round trips (the customers by email, exact and "
         "lower-cased lists and the search at once; then subscriptions, invoices, charges and the "
         f"next-invoice preview at once) = {floor * 1000:.0f} ms; the rest "
         f"({(cold.median('ours_wall') - floor) * 1000:.0f} ms) is "
         "CPU between and after them: building the context and saving it (about ten Redis round trips). The "
         f"naive lookup is {cold.median('naive_trips'):.0f} round trips, so 2x needs ours within "
         f"{cold.median('naive_wall') / 2 * 1000:.0f} ms: at most 2 round trips and under "
-        f"{(cold.median('naive_wall') / 2 - floor) * 1000:.0f} ms of CPU.",
-        f"- **webhook accept**: ours {acc.median('ours'):,.0f}/s vs {acc.median('bare'):,.0f}/s. Per request "
+        f"{(cold.median('naive_wall') / 2 - floor) * 1000:.0f} ms of CPU."),
+        ("webhook accept",
+         f"- **webhook accept**: ours {acc.median('ours'):,.0f}/s vs {acc.median('bare'):,.0f}/s. "
+        "Per request "
         "the app routes through Starlette, reads the body under a timeout, checks the signature (HMAC), "
         "parses and depth-checks the JSON, and makes one Redis XADD round trip (redis-py's command and "
-        "connection-pool work is about a quarter of the handler's CPU); the bare endpoint does none of it.",
-        f"- **webhook apply**: {app.median('one'):,.0f} events/s vs the bare pipeline's "
+        "connection-pool work is about a quarter of the handler's CPU); the bare endpoint does none of it."),
+        ("webhook apply",
+         f"- **webhook apply**: {app.median('one'):,.0f} events/s vs the bare pipeline's "
         f"{app.median('bare'):,.0f}/s. Profile: the worker builds the customer's context after every event "
         "(to find each event's transitions), about one build per event instead of one per customer and "
         "batch, and a build (billing.builder with the timeline) is milliseconds of CPU. Two workers: "
-        f"{app.median('two'):,.0f}/s on a 2-core machine that also runs Redis and the load generator.",
-        "- **webhook lag**: the in-process worker applies fewer events per second than arrive at the rate "
-        "(see apply), so events queue.",
-        f"- **backfill**: fetching {bf.median('fetching'):.1f} s against a floor of "
+        f"{app.median('two'):,.0f}/s on a 2-core machine that also runs Redis and the load generator."),
+        ("webhook lag",
+         "- **webhook lag**: the in-process worker applies fewer events per second than arrive at the rate "
+        "(see apply), so events queue."),
+        ("backfill",
+         f"- **backfill**: fetching {bf.median('fetching'):.1f} s against a floor of "
         f"{bf.median('floor'):.1f} s ({bf.median('previews'):.0f} of the {bf.median('needed'):.0f} "
         "requests needed are invoice previews, one per renewing subscription, which the naive listing "
         "does not make), then building "
         f"every context {bf.median('building'):.1f} s after the last page (a customer's objects come from "
-        "every list, so building waits for all of them; CPU-bound in one process).",
-        f"- **Slack ack, cached**: p50 {sl.median('cached_p50') * 1000:.0f} ms; the p99 includes waiting "
+        "every list, so building waits for all of them; CPU-bound in one process)."),
+        ("Slack ack",
+         f"- **Slack ack, cached**: p50 {sl.median('cached_p50') * 1000:.0f} ms; the p99 includes waiting "
         "on the event loop behind the cold lookups started just before (their Stripe answers arrive and "
-        "are built and saved in the same process).",
-        f"- **tool call**: p50 {tool.median('alone_p50') * 1000:.2f} ms of the tool's own work; profile: the "
+        "are built and saved in the same process)."),
+        ("tool call",
+         f"- **tool call**: p50 {tool.median('alone_p50') * 1000:.2f} ms of the tool's own work; "
+        "profile: the "
         "content is rebuilt until it fits its size bound (about 2.75 builds per call), LangChain inspects "
-        "the tool's signature on every call, and the rules are evaluated.",
-        "- **CLI start**: importing the libraries a cached lookup needs (redis, pydantic, "
+        "the tool's signature on every call, and the rules are evaluated."),
+        ("CLI start",
+         "- **CLI start**: importing the libraries a cached lookup needs (redis, pydantic, "
         f"pydantic-settings, rich, typer) alone takes {cli.median('libraries'):.2f} s, "
         f"{cli.median('libraries') - cli.median('bare'):.2f} s above the bare interpreter: lazy imports "
         "cannot go below that; the Stripe SDK, tenacity, the rules and the other commands are no longer "
-        "imported by this command.",
-        f"- cached lookup (met): one scripted round trip; p50 {c.median('ours_p50') * 1000:.2f} ms vs "
-        f"{c.median('bare_p50') * 1000:.2f} ms for the bare read.",
+        "imported by this command."),
+        ("cached lookup",
+         f"- **cached lookup**: one scripted round trip; p50 {c.median('ours_p50') * 1000:.2f} ms vs "
+        f"{c.median('bare_p50') * 1000:.2f} ms for the bare read."),
     ]
 
 
@@ -415,7 +433,7 @@ def results_markdown(r: dict[str, Runs], sizes: Sizes, table_rows: list[Row], en
         "",
         "## What stops the goals not met (measured in this run, and the profiles)",
         "",
-        *limits(r),
+        *(limits(r, table_rows) or ["- every goal is met."]),
         "",
         "## Sizes",
         "",
