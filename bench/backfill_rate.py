@@ -1,4 +1,4 @@
-"""Backfill against Stripe's rate limit: our ``billing.backfill.Backfill`` next to the floor (the list
+"""Backfill against Stripe's rate limit: our ``billing.sync.backfill.Backfill`` next to the floor (the list
 pages the account needs ÷ the rate) and to naive sequential auto-pagination.
 
 The sandbox runs in its own process with ``--latency-ms`` (50) on every request and a rate limit of
@@ -24,8 +24,8 @@ from common import SANDBOX_KEY, Figures, private_store, table
 from stripe_proc import StripeProcess
 from world import account, recurring_price
 
-from billing.backfill import Backfill, SilentObserver
-from billing.stripe_api import StripeGateway
+from billing.stripe.gateway import StripeGateway
+from billing.sync.backfill import Backfill, SilentObserver
 
 LIST_LIMIT = 100
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import REDIS_URL, SANDBOX_KEY, Figures, gateway_for, median, private_store, table
 
-from billing.backfill import Backfill
+from billing.sync.backfill import Backfill
 from sandbox.server import SandboxServer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/x.py`
 
+from billing.cache.connections import open_redis
+from billing.cache.store import RedisStore
 from billing.ports import Tenant
-from billing.redis_conn import open_redis
-from billing.store import RedisStore
-from billing.stripe_api import StripeGateway
+from billing.stripe.gateway import StripeGateway
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SANDBOX_KEY = "rk_test_sandboxBillingLens0001"

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from common import Figures, gateway_for, median, percentile, private_store, table
 from world import customer_id_of, email_of, history, recurring_price
 
-from billing.backfill import Backfill
+from billing.cache.store import RedisStore, decode_context
 from billing.service import BillingService
-from billing.store import RedisStore, decode_context
-from billing.stripe_api import StripeGateway
+from billing.stripe.gateway import StripeGateway
+from billing.sync.backfill import Backfill
 from sandbox.control import SandboxControl
 from sandbox.server import SandboxServer
 

@@ -15,9 +15,9 @@ from typing import Any
 from common import REDIS_URL, Figures, gateway_for, private_store, table
 from world import history, recurring_price
 
-from billing.backfill import Backfill
-from billing.redis_conn import open_redis
-from billing.store import RedisStore
+from billing.cache.connections import open_redis
+from billing.cache.store import RedisStore
+from billing.sync.backfill import Backfill
 from sandbox.control import SandboxControl
 from sandbox.server import SandboxServer
 

@@ -38,7 +38,7 @@ from common import REDIS_URL, Figures
 from stripe_proc import StripeProcess
 from world import email_of, history
 
-from billing.redis_conn import open_redis
+from billing.cache.connections import open_redis
 
 HERE = Path(__file__).resolve().parent
 
@@ -365,7 +365,7 @@ def _notes(r: dict[str, Runs]) -> list[tuple[str, str]]:
          f"- **webhook apply**: {app.median('one'):,.0f} events/s vs the bare pipeline's "
         f"{app.median('bare'):,.0f}/s. Profile: the worker builds the customer's context after every event "
         "(to find each event's transitions), about one build per event instead of one per customer and "
-        "batch, and a build (billing.builder with the timeline) is milliseconds of CPU. Two workers: "
+        "batch, and a build (billing.domain.builder with the timeline) is milliseconds of CPU. Two workers: "
         f"{app.median('two'):,.0f}/s on a 2-core machine that also runs Redis and the load generator."),
         ("webhook lag",
          "- **webhook lag**: the in-process worker applies fewer events per second than arrive at the rate "

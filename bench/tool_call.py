@@ -22,8 +22,8 @@ from collections.abc import Awaitable, Callable
 
 from common import REDIS_URL, SANDBOX_KEY, Figures, median, percentile, table, unlink_prefix
 
-from billing.audit import Surface
-from billing.models import BillingContext
+from billing.cache.audit import Surface
+from billing.domain.models import BillingContext
 from bot.runtime import Runtime, load_settings, open_runtime
 from rules import RulesFile
 from sandbox.server import SandboxServer

@@ -33,11 +33,11 @@ from typing import Any
 from common import REDIS_URL, Figures, free_port, median, percentile, table, unlink_prefix
 from world import customer_id_of
 
+from billing.cache.connections import open_redis
+from billing.cache.store import DEDUP_TTL_SECONDS, RedisStore
 from billing.notify import RecordingNotifier
 from billing.ports import Tenant
-from billing.redis_conn import open_redis
-from billing.store import DEDUP_TTL_SECONDS, RedisStore
-from billing.worker import EventWorker
+from billing.sync.worker import EventWorker
 
 SECRET = "whsec_bench_secret"
 API_VERSION = "2026-10-28.endive"

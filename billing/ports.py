@@ -1,7 +1,7 @@
 """The seams between the billing core and its I/O: Stripe reader, context store, notifier.
 
-``BillingService`` depends on these protocols; ``billing.stripe_api.StripeGateway``,
-``billing.store.RedisStore`` and the notifiers implement them. Tests swap the network under them
+``BillingService`` depends on these protocols; ``billing.stripe.gateway.StripeGateway``,
+``billing.cache.store.RedisStore`` and the notifiers implement them. Tests swap the network under them
 (the Stripe sandbox, a real Redis), never the logic above them.
 """
 
@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from billing.models import BillingContext
-from billing.snapshot import CustomerData, StripeDict
+from billing.domain.models import BillingContext
+from billing.domain.snapshot import CustomerData, StripeDict
 
 ListableResource = Literal[
     "customers", "subscriptions", "invoices", "charges", "disputes", "credit_notes",
@@ -33,7 +33,7 @@ class Tenant:
 
 
 class StripeReader(Protocol):
-    """Read-only access to Stripe (implemented by ``billing.stripe_api.StripeGateway``)."""
+    """Read-only access to Stripe (implemented by ``billing.stripe.gateway.StripeGateway``)."""
 
     async def tenant(self) -> Tenant: ...
 
@@ -68,12 +68,12 @@ class StripeReader(Protocol):
         self, subscriptions: Iterable[StripeDict]
     ) -> dict[str, StripeDict | None]:
         """Stripe's invoice preview of each subscription that will invoice again, by id (None: the key
-        may not preview, or nothing is upcoming). Attach with ``billing.stripe_api.with_previews``."""
+        may not preview, or nothing is upcoming). Attach with ``billing.stripe.gateway.with_previews``."""
         ...
 
 
 class ContextStore(Protocol):
-    """The cache the lookup path reads first (implemented by ``billing.store.RedisStore``)."""
+    """The cache the lookup path reads first (implemented by ``billing.cache.store.RedisStore``)."""
 
     async def get_context(self, customer_id: str) -> BillingContext | None: ...
 

@@ -15,14 +15,14 @@ from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from billing.builder import build_context, other_customer
+from billing.cache.connections import REDIS_ERRORS
+from billing.domain.builder import build_context, other_customer
+from billing.domain.lifecycle import most_urgent_status
+from billing.domain.matching import Query, parse_query, rank_customers
+from billing.domain.models import BillingContext, Match, OtherCustomer
+from billing.domain.snapshot import StripeDict
 from billing.errors import StoreUnavailableError, StripeUnavailableError
-from billing.lifecycle import most_urgent_status
-from billing.matching import Query, parse_query, rank_customers
-from billing.models import BillingContext, Match, OtherCustomer
 from billing.ports import ContextStore, EmailReader, StripeReader
-from billing.redis_conn import REDIS_ERRORS
-from billing.snapshot import StripeDict
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from billing.cache.connections import REDIS_ERRORS
+from billing.cache.store import RedisStore
 from billing.config import Settings
 from billing.errors import BillingError, ConfigurationError
 from billing.ports import Tenant
-from billing.redis_conn import REDIS_ERRORS
-from billing.store import RedisStore
-from billing.webhook import MAX_BODY_BYTES, WebhookIngest
-from billing.worker import EventWorker
+from billing.sync.webhook import MAX_BODY_BYTES, WebhookIngest
+from billing.sync.worker import EventWorker
 from bot.metrics import Metrics, slack_kind
 
 WORKER_STALL_SECONDS = 30.0

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from billing.audit import AuditEntry
+from billing.cache.audit import AuditEntry
 from billing.config import Settings
+from billing.domain.matching import parse_query
+from billing.domain.models import BillingContext
 from billing.errors import BadQueryError, StoreUnavailableError
-from billing.matching import parse_query
-from billing.models import BillingContext
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings, open_runtime
 

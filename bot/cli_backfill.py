@@ -13,14 +13,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from billing.backfill import DEFAULT_CONCURRENCY, DEFAULT_WINDOWS, RESOURCES, Backfill, BackfillReport
+from billing.cache.store import RedisStore
 from billing.config import Settings
 from billing.errors import BadQueryError, ConfigurationError
 from billing.ports import Notifier
-from billing.reconcile import ReconcileReport, reconcile
-from billing.store import RedisStore
-from billing.stripe_api import StripeGateway
-from billing.worker import EventWorker
+from billing.stripe.gateway import StripeGateway
+from billing.sync.backfill import DEFAULT_CONCURRENCY, DEFAULT_WINDOWS, RESOURCES, Backfill, BackfillReport
+from billing.sync.reconcile import ReconcileReport, reconcile
+from billing.sync.worker import EventWorker
 from bot.alerts import build_notifier
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings, open_runtime

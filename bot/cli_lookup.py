@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from billing.matching import parse_query
+from billing.domain.matching import parse_query
 from bot.cli_audit import audited_lookup
 from bot.cli_support import EXIT_NOT_FOUND, EXIT_OK, handles_errors, run_async
 from bot.runtime import load_settings

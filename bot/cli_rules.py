@@ -12,9 +12,9 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from billing.matching import parse_query
-from billing.models import BillingContext
-from billing.money import format_money
+from billing.domain.matching import parse_query
+from billing.domain.models import BillingContext
+from billing.domain.money import format_money
 from bot.cli_audit import audited_lookup
 from bot.cli_support import EXIT_BAD_INPUT, EXIT_NOT_FOUND, fail, handles_errors, run_async
 from bot.runtime import load_settings

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 import typer
 
+from billing.cache.store import SyncHealth
 from billing.config import Settings
 from billing.errors import ConfigurationError, StoreUnavailableError
-from billing.store import SyncHealth
-from billing.worker import EventWorker
+from billing.sync.worker import EventWorker
 from bot.alerts import build_notifier
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings, open_runtime

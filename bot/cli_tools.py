@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from billing.config import Settings
-from billing.matching import parse_query
+from billing.domain.matching import parse_query
 from bot.cli_support import EXIT_BAD_INPUT, EXIT_UNAVAILABLE, fail, handles_errors, run_async
 from bot.runtime import load_settings, open_runtime
 

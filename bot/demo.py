@@ -22,9 +22,9 @@ import httpx
 from rich.console import Console
 from rich.panel import Panel
 
-from billing.backfill import Backfill
-from billing.models import BillingContext
-from billing.worker import EventWorker
+from billing.domain.models import BillingContext
+from billing.sync.backfill import Backfill
+from billing.sync.worker import EventWorker
 from bot.alerts import build_notifier
 from bot.asgi import build_asgi_app
 from bot.runtime import Runtime, load_settings, open_runtime

@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from billing.audit import AuditLog, Outcome, Surface
+from billing.cache.audit import AuditLog, Outcome, Surface
+from billing.cache.connections import REDIS_ERRORS
+from billing.cache.store import RedisStore, open_store, open_tenant_store
 from billing.config import Settings
+from billing.domain.models import BillingContext
 from billing.errors import BadQueryError, ConfigurationError, StoreUnavailableError, StripeUnavailableError
-from billing.models import BillingContext
 from billing.ports import Tenant
-from billing.redis_conn import REDIS_ERRORS
 from billing.service import BillingService
-from billing.store import RedisStore, open_store, open_tenant_store
-from billing.stripe_api import StripeGateway, check_key, key_account_id, key_livemode
+from billing.stripe.gateway import StripeGateway, check_key, key_account_id, key_livemode
 
 if TYPE_CHECKING:  # loaded by the first rules() call: a CLI lookup never needs the rules (start-up time)
     from rules import RulesFile, RulesWatcher

@@ -10,9 +10,9 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from billing.models import BillingContext, Money
-from billing.money import format_money
-from billing.timeline import cancellation_text, next_invoice_text, payment_method_text
+from billing.domain.models import BillingContext, Money
+from billing.domain.money import format_money
+from billing.domain.timeline import cancellation_text, next_invoice_text, payment_method_text
 
 TIMELINE_SHOWN = 5  # the card's last few events; ``billing lookup --timeline`` shows them all
 

@@ -12,8 +12,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from billing.models import BillingContext, Money
-from billing.money import exponent, format_money, to_minor
+from billing.domain.models import BillingContext, Money
+from billing.domain.money import exponent, format_money, to_minor
 from rules.conditions import AllOf, AnyOf, Condition, FieldTest, Not, Scalar
 from rules.fields import FieldValue, Kind, customer_currencies, field_spec
 from rules.schema import PRIORITIES, Alert, ExchangeRates, Priority, RulesFile

@@ -13,7 +13,14 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import get_args
 
-from billing.models import SEGMENTS, BillingContext, LifecycleStage, Money, PaymentStatus, SubscriptionStatus
+from billing.domain.models import (
+    SEGMENTS,
+    BillingContext,
+    LifecycleStage,
+    Money,
+    PaymentStatus,
+    SubscriptionStatus,
+)
 
 
 class Kind(Enum):

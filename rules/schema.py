@@ -17,7 +17,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from billing.money import exponent, to_minor
+from billing.domain.money import exponent, to_minor
 from rules.conditions import (
     ALWAYS,
     Condition,

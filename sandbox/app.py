@@ -91,6 +91,7 @@ def build_app(sandbox: Sandbox) -> Starlette:
             "status": 0,
             "mode": None,
         }
+        sandbox.in_flight += 1
         try:
             key, livemode = sandbox.keys.authenticate(request.headers.get("authorization"))
             entry["mode"] = "live" if livemode else "test"
@@ -113,6 +114,8 @@ def build_app(sandbox: Sandbox) -> Starlette:
             log.exception("sandbox request %s %s failed", request.method, path)
             failure = StripeError(500, f"Sandbox error: {type(error).__name__}.", type="api_error")
             response = error_response(failure)
+        finally:
+            sandbox.in_flight -= 1
         response.headers["Request-Id"] = f"req_sandbox{next(_request_ids):010d}"
         response.headers["Stripe-Version"] = request.headers.get("stripe-version", "")
         entry["status"] = response.status_code

@@ -154,6 +154,10 @@ class SandboxControl:
         result: list[dict[str, Any]] = self._call("GET", "/requests")["requests"]
         return result
 
+    def in_flight(self) -> int:
+        """How many ``/v1`` requests the sandbox has received and not yet answered."""
+        return int(self._call("GET", "/requests")["in_flight"])
+
     def clear_requests(self) -> None:
         self._call("DELETE", "/requests")
 

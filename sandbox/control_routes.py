@@ -177,7 +177,7 @@ async def redeliver_failed(sb: Sandbox, body: dict[str, Any]) -> Any:
 
 
 async def get_requests(sb: Sandbox, body: dict[str, Any]) -> Any:
-    return {"requests": list(sb.requests)}
+    return {"requests": list(sb.requests), "in_flight": sb.in_flight}
 
 
 async def clear_requests(sb: Sandbox, body: dict[str, Any]) -> Any:

@@ -26,6 +26,8 @@ class Sandbox:
     # Bounded so a long benchmark cannot grow the sandbox without limit; tests read far fewer.
     requests: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=REQUEST_LOG_SIZE))
     dataset: str = "empty"
+    # Requests answered by no one yet (a latency fault holds them): tests wait for zero before counting.
+    in_flight: int = 0
 
     def __post_init__(self) -> None:
         self.events = EventLog(self.store)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from billing.cache.connections import open_redis
+from billing.cache.store import RedisStore
 from billing.ports import Tenant
-from billing.redis_conn import open_redis
-from billing.store import RedisStore
 from tests.cluster import RedisCluster, RedisServer
 
 TEST_TENANT = Tenant(account_id="acct_test123", livemode=False)

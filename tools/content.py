@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from billing.models import BillingContext, InvoiceInfo, Money
-from billing.money import format_money as _format_money
+from billing.domain.models import BillingContext, InvoiceInfo, Money
+from billing.domain.money import format_money as _format_money
 from rules import RuleEvaluation
 from rules.fields import METADATA_PREFIX, Kind, field_spec
 

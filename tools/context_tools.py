@@ -19,10 +19,10 @@ from typing import Protocol
 from langchain_core.tools import BaseTool, BaseToolkit
 from pydantic import ConfigDict, PrivateAttr
 
-from billing.audit import Surface
+from billing.cache.audit import Surface
+from billing.cache.connections import REDIS_ERRORS
+from billing.domain.models import BillingContext
 from billing.errors import BadQueryError, BillingError
-from billing.models import BillingContext
-from billing.redis_conn import REDIS_ERRORS
 from rules import RuleEvaluation, RulesError, RulesFile, evaluate_rules
 from tools.bridge import LoopBridge
 from tools.content import (

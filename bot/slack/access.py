@@ -22,8 +22,8 @@ from typing import Any
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from billing.redis_conn import REDIS_ERRORS
-from billing.store import Namespace
+from billing.cache.connections import REDIS_ERRORS
+from billing.cache.store import Namespace
 
 log = logging.getLogger("billing.slack.access")
 

@@ -52,9 +52,9 @@ from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from billing.cache.store import Namespace
 from billing.ports import Transition
-from billing.store import Namespace
-from billing.worker import NotifyLater
+from billing.sync.worker import NotifyLater
 from bot.slack import cards
 from bot.slack.incidents import Incident, incident_key, message_key, open_incident, queue_recent
 from rules import AlertMatch, RulesFile, alerts_for

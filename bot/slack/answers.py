@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any
 
-from billing.audit import Surface
+from billing.cache.audit import Surface
+from billing.domain.matching import parse_query
+from billing.domain.models import BillingContext
 from billing.errors import BadQueryError, StoreUnavailableError, StripeUnavailableError
-from billing.matching import parse_query
-from billing.models import BillingContext
 from billing.service import STRIPE_NEEDED
 from bot.runtime import TenantRuntime
 from bot.slack import cards

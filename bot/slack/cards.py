@@ -39,10 +39,10 @@ from slack_sdk.models.blocks import (
 )
 from slack_sdk.models.views import View
 
-from billing.lifecycle import URGENCY
-from billing.models import BillingContext, CustomerInfo, InvoiceInfo, Money, SubscriptionInfo
-from billing.money import format_money
-from billing.timeline import cancellation_details_text, next_invoice_text, payment_method_text
+from billing.domain.lifecycle import URGENCY
+from billing.domain.models import BillingContext, CustomerInfo, InvoiceInfo, Money, SubscriptionInfo
+from billing.domain.money import format_money
+from billing.domain.timeline import cancellation_details_text, next_invoice_text, payment_method_text
 from bot.slack.mrkdwn import (
     ELLIPSIS,
     channel_mention,
@@ -897,7 +897,7 @@ def _health_blocks(health: dict[str, Any], now: datetime) -> list[Block | None]:
 
 
 def status_message(health: dict[str, Any], *, now: datetime) -> SlackMessage:
-    """``/billing status``: how current the cache is (``billing.store.SyncHealth.to_dict()``)."""
+    """``/billing status``: how current the cache is (``billing.cache.store.SyncHealth.to_dict()``)."""
     text = (f"Sync health: {_count(health.get('customers_cached'))} customers cached, "
             f"last webhook {_moment(health.get('last_webhook_at'), now)}, "
             f"{_count(health.get('dead_letters'))} dead letters")

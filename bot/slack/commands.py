@@ -10,10 +10,10 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 
-from billing.backfill import Backfill
+from billing.cache.connections import REDIS_ERRORS
+from billing.domain.matching import parse_query
 from billing.errors import BadQueryError, StripeUnavailableError
-from billing.matching import parse_query
-from billing.redis_conn import REDIS_ERRORS
+from billing.sync.backfill import Backfill
 from bot.runtime import TenantRuntime
 from bot.slack import cards
 from bot.slack.access import Decision

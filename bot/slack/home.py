@@ -9,7 +9,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError, SlackClientError
 
-from billing.redis_conn import REDIS_ERRORS
+from billing.cache.connections import REDIS_ERRORS
 from bot.slack import cards
 from bot.slack.app import SlackDeps
 from bot.slack.commands import installed_team

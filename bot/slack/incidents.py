@@ -19,7 +19,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from billing.store import Namespace
+from billing.cache.store import Namespace
 
 TAG = "{alerts}"
 RECENT_KEPT = 50

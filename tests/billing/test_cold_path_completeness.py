@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from billing.service import BillingService
-from billing.stripe_api import StripeGateway
+from billing.stripe.gateway import StripeGateway
 from tests.fixtures_sandbox import SandboxHandle
 
 NOW = int(time.time())

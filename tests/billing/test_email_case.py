@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from billing.models import BillingContext
+from billing.cache.store import RedisStore
+from billing.domain.models import BillingContext
 from billing.service import BillingService
-from billing.store import RedisStore
-from billing.stripe_api import RetryPolicy, StripeGateway
+from billing.stripe.gateway import RetryPolicy, StripeGateway
 from tests.billing import stripe_factory as sf
 from tests.fixtures_sandbox import SandboxHandle
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from billing.domain.models import BillingContext
+from billing.domain.snapshot import CustomerData
 from billing.errors import BadQueryError, StoreUnavailableError, StripeUnavailableError
-from billing.models import BillingContext
 from billing.service import BillingService
-from billing.snapshot import CustomerData
-from billing.stripe_api import RetryPolicy, StripeGateway
+from billing.stripe.gateway import RetryPolicy, StripeGateway
 
 FAST = RetryPolicy(attempts=3, base_seconds=0.001, cap_seconds=0.01)
 

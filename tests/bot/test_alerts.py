@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from billing.config import Settings
-from billing.models import BillingContext, CustomerInfo
+from billing.domain.models import BillingContext, CustomerInfo
 from billing.ports import Transition
 from bot.alerts import RulesAlertNotifier, alert_notifier
 from rules import AlertMatch, RulesError, load_rules_text

@@ -15,15 +15,15 @@ import httpx
 import pytest
 import uvicorn
 
+from billing.cache.connections import open_redis
+from billing.cache.store import RedisStore
 from billing.config import Settings
 from billing.notify import RecordingNotifier
 from billing.ports import Transition
-from billing.redis_conn import open_redis
-from billing.store import RedisStore
-from billing.worker import EventWorker
+from billing.sync.worker import EventWorker
 from bot.asgi import SERVER_OPTIONS, build_asgi_app
 from tests.billing import stripe_factory as sf
-from tests.billing.test_worker import NoStripeNeeded
+from tests.billing.sync.test_worker import NoStripeNeeded
 from tests.cluster import RedisCluster, RedisServer, free_port
 from tests.fixtures_redis import TEST_TENANT
 
@@ -261,7 +261,7 @@ async def test_a_cluster_that_goes_down_means_503_and_a_waiting_worker(
         health = await http.get("/healthz")
         assert health.status_code == 503 and health.json()["redis"] == "unavailable"
     stop = asyncio.Event()
-    caplog.set_level(logging.WARNING, logger="billing.worker")
+    caplog.set_level(logging.WARNING, logger="billing.sync.worker")
     task = asyncio.create_task(worker.run(stop))
     for _ in range(1000):
         if task.done() or "worker waiting for Redis" in caplog.text:

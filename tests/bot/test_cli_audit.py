@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from billing.redis_conn import open_redis
+from billing.cache.connections import open_redis
 from tests.bot.test_cli_lookup import run, sandbox_env
 from tests.fixtures_redis import unlink_prefix
 

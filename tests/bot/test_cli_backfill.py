@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import pytest
 from typer.testing import CliRunner
 
+from billing.cache.connections import open_redis
+from billing.cache.store import RedisStore
 from billing.ports import Tenant
-from billing.redis_conn import open_redis
-from billing.store import RedisStore
 from bot.cli import build_cli
 from bot.cli_backfill import parse_since
 from sandbox.core import ACCOUNT_ID

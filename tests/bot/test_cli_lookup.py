@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from billing.stripe_api import PERMISSIONS
+from billing.stripe.gateway import PERMISSIONS
 from bot.cli import build_cli
 
 CONTRACT_KEYS = {

@@ -19,8 +19,8 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from billing.store import decode_context
-from billing.stripe_api import PERMISSIONS
+from billing.cache.store import decode_context
+from billing.stripe.gateway import PERMISSIONS
 from bot.cli import build_cli
 from tests.cluster import free_port
 from tests.fixtures_sandbox import SandboxHandle

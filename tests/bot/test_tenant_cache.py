@@ -26,10 +26,10 @@ import pytest
 import stripe
 from stripe._account_service import AccountService
 
+from billing.cache.connections import open_redis
+from billing.domain.models import BillingContext
 from billing.errors import ConfigurationError
-from billing.models import BillingContext
 from billing.ports import Tenant
-from billing.redis_conn import open_redis
 from bot.runtime import load_settings, open_runtime
 from sandbox.core import ACCOUNT_ID
 from tests.fixtures_redis import unlink_prefix

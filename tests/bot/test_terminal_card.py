@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from billing.models import BillingContext, CustomerInfo, InvoiceInfo, Match, SubscriptionInfo
+from billing.domain.models import BillingContext, CustomerInfo, InvoiceInfo, Match, SubscriptionInfo
 from bot.terminal_card import render_context
 
 AS_OF = datetime(2026, 11, 22, 10, tzinfo=UTC)

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
-from billing.redis_conn import open_redis
-from billing.store import RedisStore
-from billing.stripe_api import StripeGateway
+from billing.cache.connections import open_redis
+from billing.cache.store import RedisStore
+from billing.stripe.gateway import StripeGateway
 from tests.cluster import free_port
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.redis_conn import open_redis
-from billing.store import RedisStore
-from billing.webhook import WebhookIngest
+from billing.cache.connections import open_redis
+from billing.cache.store import RedisStore
+from billing.sync.webhook import WebhookIngest
 from tests.fixtures_redis import TEST_TENANT, unlink_prefix
 
 SECRET = "whsec_fuzzwebhooksecret"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from billing.models import BillingContext, CustomerInfo, SubscriptionInfo
+from billing.domain.models import BillingContext, CustomerInfo, SubscriptionInfo
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from billing.models import BillingContext, InvoiceInfo
+from billing.domain.models import BillingContext, InvoiceInfo
 from rules import RuleEvaluation, RulesFile, alerts_for, evaluate_rules, load_rules_text
 from tests.rules.factory import NOW, context, subscription
 

@@ -9,7 +9,7 @@ from typing import Any, get_args
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.models import SEGMENTS, BillingContext, LifecycleStage, PaymentStatus, SubscriptionStatus
+from billing.domain.models import SEGMENTS, BillingContext, LifecycleStage, PaymentStatus, SubscriptionStatus
 from rules import RulesFile, alerts_for, evaluate_rules
 from rules.fields import FIELDS, OPERATORS, Kind
 from rules.schema import TRANSITIONS

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from billing.models import BillingContext
+from billing.domain.models import BillingContext
 from rules import RulesError, alerts_for, default_rules_path, load_rules, load_rules_text, rules_path
 from rules.schema import TRANSITIONS
 

@@ -11,7 +11,7 @@ import contextlib
 
 import pytest
 
-from billing.webhook import MAX_BODY_BYTES
+from billing.sync.webhook import MAX_BODY_BYTES
 from bot.asgi import MAX_SLACK_BODY_BYTES
 from tests.bot.slack.conftest import SlackHarness
 

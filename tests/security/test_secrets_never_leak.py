@@ -37,7 +37,7 @@ import pytest
 import uvicorn
 from langchain_core.messages import ToolCall
 
-from billing.worker import EventWorker
+from billing.sync.worker import EventWorker
 from bot.alerts import build_notifier
 from bot.asgi import SERVER_OPTIONS, build_asgi_app
 from bot.runtime import Runtime, load_settings, open_runtime

@@ -19,7 +19,7 @@ import pytest
 import stripe
 from typer.testing import CliRunner
 
-from billing.webhook import WebhookIngest
+from billing.sync.webhook import WebhookIngest
 from bot.cli import build_cli
 from bot.runtime import Runtime, load_settings, open_runtime
 from tests.fixtures_redis import unlink_prefix

@@ -10,7 +10,14 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from billing.models import BillingContext, CustomerInfo, InvoiceInfo, Match, OtherCustomer, SubscriptionInfo
+from billing.domain.models import (
+    BillingContext,
+    CustomerInfo,
+    InvoiceInfo,
+    Match,
+    OtherCustomer,
+    SubscriptionInfo,
+)
 from rules import evaluate_rules, load_rules_text
 from tools.content import (
     MAX_CONTENT_CHARS,

@@ -17,8 +17,8 @@ import pytest
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import BaseTool
 
+from billing.domain.models import BillingContext
 from billing.errors import ConfigurationError
-from billing.models import BillingContext
 from bot.runtime import Runtime, load_settings, open_runtime
 from tests.cluster import RedisServer
 from tests.fixtures_redis import unlink_prefix

@@ -12,9 +12,9 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from billing.models import BillingContext, CustomerInfo
+from billing.cache.store import RedisStore
+from billing.domain.models import BillingContext, CustomerInfo
 from billing.ports import Transition
-from billing.store import RedisStore
 from bot.slack.alerts import PlannedMessage, plan_messages, posting_client
 from bot.slack.incidents import RECENT_KEPT, Incident, queue_recent, recent_alerts
 from rules import AlertMatch, alerts_for, load_rules_text

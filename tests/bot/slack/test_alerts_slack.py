@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import uvicorn
 
+from billing.cache.store import RedisStore
 from billing.config import Settings
 from billing.notify import RecordingNotifier
-from billing.store import RedisStore
-from billing.worker import EventWorker, _transition_from_dict
+from billing.sync.worker import EventWorker, _transition_from_dict
 from bot.alerts import build_notifier
 from bot.asgi import build_asgi_app
 from bot.runtime import Runtime, load_settings, open_runtime

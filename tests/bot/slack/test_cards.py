@@ -11,7 +11,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing.models import (
+from billing.domain.models import (
     BillingContext,
     CustomerInfo,
     InvoiceInfo,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from billing.models import Cancellation, NextInvoice, PaymentMethodInfo, TimelineEntry
+from billing.domain.models import Cancellation, NextInvoice, PaymentMethodInfo, TimelineEntry
 from bot.slack import cards
 from tests.bot.slack.test_cards import NOW, _all_text, _past_due, assert_message_ok
 

@@ -1,0 +1,1 @@
+"""The Redis cache: store, connections, streams, outbox, dedupe and audit."""

@@ -1,0 +1,1 @@
+"""Stripe: the gateway and the slim projections of Stripe objects."""

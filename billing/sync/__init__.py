@@ -1,0 +1,1 @@
+"""Keeping the cache current: webhook ingest, the worker, transitions, backfill and reconcile."""

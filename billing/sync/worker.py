@@ -1,0 +1,955 @@
+"""The event worker: a Redis Streams consumer group that keeps cached contexts current.
+
+For each batch: skip events already applied (dedup markers), group the rest by customer, and per
+customer, in one optimistic transaction (WATCH the customer's keys, all in one slot): apply each
+event's object if its version is newer (re-fetching from Stripe on a tie or a missing object), rebuild
+the context, compare it with the old one and put the transitions in the customer's outbox together
+with the new context. A customer the cache has never seen is fetched from Stripe first, so the event's
+own evidence (``previous_attributes``) still raises its transition. Then notify from the outbox, mark
+the events applied, ``XACK``.
+
+Notifying never holds an event back: the outbox is flushed by one worker at a time per customer (a
+short lock), in order, each transition removed once its notifier returned (a ``sent`` marker keeps a
+transition notified once across duplicates). When the notifier fails (Slack down), the transition stays
+in the outbox, the customer goes into the tenant's pending-outbox set, and the event is acked all the
+same: the sweeper (``sweep``, run by ``run`` every few seconds) retries pending outboxes with a backoff
+per customer. The Slack notifier makes each message exactly once by itself (lease, post, mark), so a
+notifier call repeated after a crash posts nothing twice.
+
+A crash anywhere before ``XACK`` re-delivers the entry (claimed by another worker after
+``claim_idle_ms``); re-applying is harmless because every write is version-checked. An entry that
+fails ``max_deliveries`` times goes to the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import stripe
+from redis.exceptions import ResponseError, WatchError
+
+from billing.cache.connections import REDIS_ERRORS
+from billing.cache.store import (
+    DEDUP_TTL_SECONDS,
+    SNAPSHOT_EVENT_ID,
+    RedisStore,
+    _customer_objects,
+    decide,
+    decode_context,
+    decode_objects,
+    encode_context,
+    encode_objects,
+    trim_invoices,
+)
+from billing.domain.models import BillingContext, Match
+from billing.domain.snapshot import CustomerData, StripeDict, id_of
+from billing.ports import ListableResource, Notifier, StripeReader, Transition
+from billing.stripe.gateway import background_work
+from billing.stripe.slim import (
+    INCLUDABLE,
+    TENANT_OBJECTS,
+    Version,
+    completeness,
+    keep_included,
+    prices_of_subscription,
+    slim,
+    version_of,
+    with_version,
+    without_version,
+)
+from billing.sync.transitions import diff_contexts
+
+log = logging.getLogger("billing.sync.worker")
+PINNED_API_VERSION: str = stripe.api_version
+"""The API version stripe-python pins (the shapes this code reads)."""
+
+ContextBuilder = Callable[..., BillingContext]
+"""``billing.domain.builder.build_context(data, *, query, match, now, source, other_customers)``."""
+
+_CATALOGUE_KIND: dict[str, Literal["prices", "products", "coupons"]] = {
+    "price": "prices", "plan": "prices", "product": "products", "coupon": "coupons",
+}
+SEEN_FIELD = "_s"
+_RESOURCES: dict[str, ListableResource] = {
+    "subscription": "subscriptions", "invoice": "invoices", "charge": "charges",
+    "dispute": "disputes", "credit_note": "credit_notes", "price": "prices", "plan": "prices",
+    "product": "products", "coupon": "coupons",
+}
+_CUSTOMER_OBJECTS = frozenset({"customer", "subscription", "invoice", "charge", "dispute", "credit_note"})
+# The event types ``_route`` gives to a customer or the catalogue (reconcile lists only these).
+ROUTED_EVENT_TYPES: tuple[str, ...] = (
+    "customer.created", "customer.updated", "customer.deleted",
+    "customer.subscription.created", "customer.subscription.updated", "customer.subscription.deleted",
+    "customer.subscription.paused", "customer.subscription.resumed",
+    "customer.subscription.trial_will_end", "customer.subscription.pending_update_applied",
+    "customer.subscription.pending_update_expired",
+    "invoice.created", "invoice.finalized", "invoice.updated", "invoice.paid", "invoice.payment_succeeded",
+    "invoice.payment_failed", "invoice.payment_action_required", "invoice.voided",
+    "invoice.marked_uncollectible", "invoice.deleted", "invoice.overdue",
+    "charge.succeeded", "charge.failed", "charge.captured", "charge.refunded", "charge.updated",
+    "charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn", "charge.dispute.funds_reinstated",
+    "credit_note.created", "credit_note.updated", "credit_note.voided",
+    "price.created", "price.updated", "price.deleted", "plan.created", "plan.updated", "plan.deleted",
+    "product.created", "product.updated", "product.deleted",
+    "coupon.created", "coupon.updated", "coupon.deleted",
+)
+_MAX_CAS_ATTEMPTS = 20
+# The dead-letter stream keeps about this many entries (``XADD MAXLEN ~``), the oldest going first:
+# enough to inspect and replay a bad day, bounded however long events keep failing (~10 MiB of events).
+DEAD_LETTER_MAX = 10_000
+
+
+class NotifyLater(RuntimeError):
+    """Raised by a notifier when a transition cannot be notified yet and nothing failed (e.g. another
+    poster holds its message's lease): the worker retries after ``retry_after`` seconds (or its
+    backoff), logging no traceback."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _default_builder() -> ContextBuilder:
+    from billing.domain.builder import build_context  # the builder module is owned by the core work
+
+    return build_context
+
+
+@dataclass
+class WorkerStats:
+    applied: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    refetched: int = 0
+    notified: int = 0
+    notify_failed: int = 0
+    fetched_customers: int = 0
+    customer_steps: int = 0
+
+
+@dataclass(frozen=True)
+class _Entry:
+    entry_id: str
+    raw: bytes
+    event: StripeDict
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _event_object(event: Mapping[str, Any]) -> StripeDict:
+    obj = (event.get("data") or {}).get("object")
+    return obj if isinstance(obj, dict) else {}
+
+
+def _version(event: Mapping[str, Any]) -> Version:
+    return int(event.get("created") or 0), str(event.get("id"))
+
+
+@dataclass
+class EventWorker:
+    store: RedisStore
+    gateway: StripeReader
+    notifier: Notifier
+    consumer: str = field(default_factory=default_consumer_name)
+    batch_size: int = 200
+    block_ms: int = 1000
+    claim_idle_ms: int = 60_000
+    max_deliveries: int = 5
+    # Customers of one batch applied at once; each holds a Redis connection (WATCH) while it runs,
+    # so this stays well under the client's connection-pool limit.
+    max_parallel_customers: int = 32
+    # Customers of one batch applied per step (a price or coupon event reaches all of its customers).
+    customer_step: int = 500
+    build: ContextBuilder | None = None
+    # The sweeper: pending outboxes are retried every ``sweep_interval`` s, a customer's after
+    # ``retry_base`` * 2^(failures - 1) s, at most ``retry_max`` s.
+    sweep_interval: float = 2.0
+    retry_base: float = 1.0
+    retry_max: float = 300.0
+    flush_lock_ms: int = 60_000
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    last_batch_at: float | None = None
+    last_sweep_at: float | None = None
+    _last_claim: float = 0.0
+
+    # ---- the loop -------------------------------------------------------------------------
+    async def ensure_group(self) -> None:
+        try:
+            await self.store.client.xgroup_create(
+                self.store.stream_key, self.store.GROUP, id="0", mkstream=True
+            )
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set; Redis outages are waited out, never fatal."""
+        stop = stop or asyncio.Event()
+        backoff = 0.1
+        group_ready = False
+        while not stop.is_set():
+            try:
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
+                await self.run_once()
+                if self.last_sweep_at is None or time.time() - self.last_sweep_at >= self.sweep_interval:
+                    await self.sweep()
+                backoff = 0.1
+            except REDIS_ERRORS as exc:
+                log.warning("worker waiting for Redis: %s", type(exc).__name__)
+                group_ready = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def run_once(self, block_ms: int | None = None) -> int:
+        """Claim idle entries of dead consumers, then read and process one batch; returns entries seen."""
+        handled = 0
+        now = time.monotonic()
+        if (now - self._last_claim) * 1000 >= min(self.claim_idle_ms, 5000):
+            self._last_claim = now
+            handled += await self.claim_idle()
+        response: Any = await self.store.client.xreadgroup(
+            self.store.GROUP, self.consumer, {self.store.stream_key: ">"},
+            count=self.batch_size, block=self.block_ms if block_ms is None else block_ms,
+        )
+        for _stream, entries in response or []:
+            await self.process(entries)
+            handled += len(entries)
+        self.last_batch_at = time.time()
+        return handled
+
+    async def claim_idle(self) -> int:
+        """Take over entries idle for longer than ``claim_idle_ms`` (a dead or failing consumer's)."""
+        total = 0
+        start = "0-0"
+        while True:
+            result = await self.store.client.xautoclaim(
+                self.store.stream_key, self.store.GROUP, self.consumer,
+                min_idle_time=self.claim_idle_ms, start_id=start, count=self.batch_size,
+            )
+            next_start, entries = _text(result[0]), [e for e in result[1] if e and e[1]]
+            if entries:
+                await self.process(entries)
+                total += len(entries)
+            if next_start == "0-0":
+                return total
+            start = next_start
+
+    # ---- one batch ------------------------------------------------------------------------
+    async def process(self, entries: Sequence[Any]) -> None:
+        """Apply one batch of stream entries (background work: a 429 is waited out longer)."""
+        with background_work():
+            await self._process(entries)
+        await self.trim()
+
+    async def trim(self) -> None:
+        """Drop the stream entries every consumer group has acknowledged (``RedisStore.trim_stream``):
+        run after each batch, so the stream holds only what some group has yet to finish. The
+        dead-letter stream is capped at ``DEAD_LETTER_MAX`` entries instead (oldest first)."""
+        await self.store.trim_stream(self.store.stream_key)
+
+    async def _process(self, entries: Sequence[Any]) -> None:
+        parsed: list[_Entry] = []
+        done_ids: list[str] = []
+        for entry_id, fields in entries:
+            raw = fields.get(b"e", fields.get("e"))
+            try:
+                event = json.loads(raw)
+                if not isinstance(event, dict) or not isinstance(event.get("id"), str):
+                    raise ValueError("not a Stripe event")
+            except (TypeError, ValueError) as exc:
+                await self._dead_letter(_text(entry_id), raw or b"", f"unreadable entry: {exc}")
+                continue
+            body = raw if isinstance(raw, bytes) else str(raw).encode()
+            parsed.append(_Entry(_text(entry_id), body, event))
+        if not parsed:
+            return
+        already = await self.store.events_done([e.event["id"] for e in parsed])
+        fresh = [e for e, done in zip(parsed, already, strict=True) if not done]
+        done_ids += [e.entry_id for e, done in zip(parsed, already, strict=True) if done]
+        self.stats.duplicates += len(parsed) - len(fresh)
+
+        by_customer: dict[str, list[_Entry]] = {}
+        applied: list[_Entry] = []
+        failed: list[tuple[_Entry, BaseException]] = []
+        for entry in fresh:
+            try:
+                targets = await self._route(entry)
+            except Exception as exc:
+                failed.append((entry, exc))
+                continue
+            if not targets:
+                applied.append(entry)
+            for customer_id in targets:
+                by_customer.setdefault(customer_id, []).append(entry)
+
+        customers = list(by_customer)
+        gate = asyncio.Semaphore(self.max_parallel_customers)
+
+        async def apply(customer_id: str) -> None:
+            async with gate:
+                await self._apply_customer(customer_id, by_customer[customer_id])
+
+        # A price or coupon event reaches every customer on it: ``customer_step`` customers at a time,
+        # yielding between steps, so a fan-out to many customers never holds them all in flight nor
+        # keeps the event loop (shared with the webhook endpoint in ``serve``) from anything else.
+        results: list[BaseException | None] = []
+        for start in range(0, len(customers), self.customer_step):
+            step = customers[start:start + self.customer_step]
+            results += await asyncio.gather(*(apply(c) for c in step), return_exceptions=True)
+            self.stats.customer_steps += 1
+            await asyncio.sleep(0)
+        outcome: dict[str, BaseException | None] = {}
+        for customer_id, result in zip(customers, results, strict=True):
+            for entry in by_customer[customer_id]:
+                error = result if isinstance(result, BaseException) else None
+                if outcome.get(entry.entry_id) is None:
+                    outcome[entry.entry_id] = error
+        for entry in fresh:
+            if entry.entry_id in outcome:
+                error = outcome[entry.entry_id]
+                if error is None:
+                    applied.append(entry)
+                else:
+                    failed.append((entry, error))
+        await self._finish(applied, done_ids)
+        for entry, error in failed:
+            await self._failed(entry, error)
+
+    async def _finish(self, applied: Sequence[_Entry], done_ids: Sequence[str]) -> None:
+        if not applied and not done_ids:
+            return
+        pipe = self.store.client.pipeline(transaction=False)
+        for entry in applied:
+            pipe.set(self.store.event_key(entry.event["id"]), 1, ex=DEDUP_TTL_SECONDS)
+        ids = [e.entry_id for e in applied] + list(done_ids)
+        pipe.xack(self.store.stream_key, self.store.GROUP, *ids)
+        if applied:
+            last = max(applied, key=lambda e: int(e.event.get("created") or 0))
+            pipe.hset(self.store.tenant_key("health"), mapping={
+                "last_event_at": time.time(), "last_event_id": last.event["id"],
+                "last_event_created": int(last.event.get("created") or 0),
+            })
+        await pipe.execute()
+        self.stats.applied += len(applied)
+
+    async def _failed(self, entry: _Entry, error: BaseException) -> None:
+        self.stats.failed += 1
+        log.warning("event %s failed: %s", entry.event.get("id"), error, exc_info=error)
+        pending = await self.store.client.xpending_range(
+            self.store.stream_key, self.store.GROUP, min=entry.entry_id, max=entry.entry_id, count=1
+        )
+        deliveries = int(pending[0]["times_delivered"]) if pending else self.max_deliveries
+        if deliveries >= self.max_deliveries:
+            await self._dead_letter(entry.entry_id, entry.raw, f"{type(error).__name__}: {error}")
+
+    async def _dead_letter(self, entry_id: str, raw: bytes | str, reason: str) -> None:
+        self.stats.dead_lettered += 1
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.xadd(self.store.dead_letter_key, {"e": raw, "error": reason[:500], "entry": entry_id},
+                  maxlen=DEAD_LETTER_MAX, approximate=True)
+        pipe.xack(self.store.stream_key, self.store.GROUP, entry_id)
+        await pipe.execute()
+
+    # ---- routing --------------------------------------------------------------------------
+    async def _route(self, entry: _Entry) -> list[str]:
+        """The customers an event affects (none for events this product does not use)."""
+        obj = _event_object(entry.event)
+        kind = obj.get("object")
+        if kind in TENANT_OBJECTS:
+            event = await self._in_current_shape(entry.event)  # customer objects: in _apply_customer
+            obj = _event_object(event)
+            if not await self._apply_tenant_object(event, obj):
+                return []  # nothing the contexts read changed (e.g. metadata): nobody is rebuilt
+            object_id = str(obj.get("id"))
+            if kind == "product":  # customers refer to its prices, whose product names the plan
+                return await self._customers_of_product(object_id)
+            return await self.store.customers_referring_to(object_id)
+        if kind == "customer":
+            return [str(obj["id"])]
+        if kind == "dispute":
+            charge_id = id_of(obj.get("charge"))
+            if charge_id is None:
+                return []
+            charge = await self.gateway.retrieve("charges", charge_id)
+            owner = id_of((charge or {}).get("customer"))
+            return [owner] if owner else []
+        if kind in _CUSTOMER_OBJECTS:
+            owner = id_of(obj.get("customer"))
+            return [owner] if owner else []
+        return []
+
+    async def _customers_of_product(self, product_id: str) -> list[str]:
+        """Customers whose subscriptions use a price of ``product_id`` (a product event is rare: the
+        tenant's prices are scanned, never on a request path)."""
+        customers: set[str] = set()
+        async for price_id, raw in self.store.client.hscan_iter(self.store.tenant_key("prices"), count=500):
+            if json.loads(raw).get("product") == product_id:
+                customers.update(await self.store.customers_referring_to(_text(price_id)))
+        return sorted(customers)
+
+    async def _in_current_shape(self, event: StripeDict) -> StripeDict:
+        """``event``, its object retrieved fresh from Stripe when the event was rendered at an API
+        version older than the one the SDK pins (an endpoint created on an account's old default):
+        its shapes differ, so only the object's id is trusted. The event keeps its id and ``created``,
+        so the fresh state is versioned (ordered) by the event, like a re-fetch on a tie."""
+        version = event.get("api_version")
+        obj = _event_object(event)
+        kind, object_id = obj.get("object"), obj.get("id")
+        if (
+            not isinstance(version, str) or version[:10] >= PINNED_API_VERSION[:10]
+            or (kind not in _RESOURCES and kind != "customer") or not isinstance(object_id, str)
+            or obj.get("deleted")
+        ):
+            return event
+        fresh = await self._retrieve(str(kind), object_id)
+        self.stats.refetched += 1
+        if fresh is None:  # gone from Stripe: the event's own word is all there is
+            return event
+        log.info("event %s rendered at API version %s (pinned %s): %s %s re-fetched",
+                 event.get("id"), version, PINNED_API_VERSION, kind, object_id)
+        data = {k: v for k, v in (event.get("data") or {}).items() if k != "previous_attributes"}
+        return {**event, "data": {**data, "object": {**fresh, "object": kind}}}
+
+    async def _apply_tenant_object(self, event: StripeDict, obj: StripeDict) -> bool:
+        """Store a price, product or coupon from its event; True when the customers using it must be
+        rebuilt: its slim projection (every field a context reads) changed, or this is a redelivery of
+        the event that stored it (its fan-out may not have finished). An older event, or one changing
+        only what no context reads (metadata, a lookup key), rebuilds nobody."""
+        kind = str(obj["object"])
+        candidate = slim(obj)
+        stored = await self.store.get_tenant_objects(_CATALOGUE_KIND[kind], [str(obj["id"])])
+        before = stored.get(str(obj["id"]))
+        if (
+            kind in INCLUDABLE and completeness(candidate) < len(INCLUDABLE[kind])
+            and not obj.get("deleted") and not stored
+        ):
+            # Events never carry tiers, applies_to or currency options: the store keeps those of its
+            # copy; without one, the complete object is fetched once.
+            complete = await (
+                self.gateway.coupon(str(obj["id"])) if kind == "coupon"
+                else self.gateway.price_with_tiers(str(obj["id"]))
+            )
+            if complete is not None:
+                candidate = slim({**complete, "object": kind})
+        decision = await self.store.put_tenant_object(candidate, _version(event))
+        if decision == "skip":
+            return version_of(before) == _version(event)
+        if decision == "apply":
+            if before is None:
+                return True
+            return without_version(keep_included(candidate, before)) != without_version(before)
+        if decision == "refetch":
+            fresh = await self.gateway.retrieve(_RESOURCES[kind], str(obj["id"]))
+            if fresh is not None:
+                self.stats.refetched += 1
+                # Same second as the stored version: the fetched state is at least as new as both.
+                await self.store.put_tenant_object(
+                    slim({**fresh, "object": kind}), (_version(event)[0], f"~{event['id']}")
+                )
+        return True  # two versions of one second: whatever was settled, rebuild from it
+
+    # ---- one customer ---------------------------------------------------------------------
+    async def _apply_customer(self, customer_id: str, entries: Sequence[_Entry]) -> None:
+        events = sorted([await self._in_current_shape(e.event) for e in entries], key=lambda ev: _version(ev))
+        deletion = next((ev for ev in events if ev.get("type") == "customer.deleted"), None)
+        if deletion is not None:
+            stored = await self.store.get_objects(customer_id)
+            email = (stored.get(customer_id) or _event_object(deletion)).get("email")
+            await self.store.delete_customer(
+                customer_id, email if isinstance(email, str) else None, version=_version(deletion)
+            )
+            return
+        fetched: dict[str, StripeDict | None] = {}
+        snapshot: _Snapshot | None = None
+        objs_key = self.store.customer_key(customer_id, "objs")
+        ctx_key = self.store.customer_key(customer_id, "ctx")
+        outbox_key = self.store.customer_key(customer_id, "outbox")
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            async with self.store.client.pipeline(transaction=True) as pipe:
+                try:
+                    # The outbox is watched too: a transition is queued once, unless already queued
+                    # or notified (checked below), whatever another worker does meanwhile.
+                    await pipe.watch(objs_key, ctx_key, outbox_key)
+                    # The keys share the customer's slot: one MGET (redis-py's cluster pipeline
+                    # refuses its mget() helper, not the command).
+                    both: Any = await pipe.execute_command("MGET", objs_key, ctx_key)
+                    raw_objs, old_raw = both
+                    stored = decode_objects(raw_objs)
+                    old = decode_context(old_raw) if old_raw else None
+                    # Event by event in version order, each against the state before it: the
+                    # transitions are those of one-per-batch delivery, however events are grouped.
+                    updates, absorbed, transitions, unseen = await self._apply_events(
+                        customer_id, events, stored, fetched, old
+                    )
+                    merged = trim_invoices({**stored, **updates})
+                    rebuild = bool(updates) or bool(absorbed) or any(
+                        _event_object(ev).get("object") in TENANT_OBJECTS
+                        or ev.get("type") == "customer.subscription.trial_will_end"
+                        for ev in events
+                    )
+                    if not rebuild:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        # A redelivery after a crash between saving and notifying: finish notifying.
+                        await self._flush_outbox(customer_id)
+                        return
+                    from_stripe = False
+                    if customer_id not in merged:
+                        # Never seen (no backfill yet, or created since): what the cache lacks comes
+                        # from Stripe, versioned by when the fetch began, like a lookup's snapshot.
+                        if snapshot is None:
+                            snapshot = await self._fetch_snapshot(customer_id)
+                        if snapshot is not None:
+                            merged = trim_invoices(_with_snapshot(merged, snapshot))
+                            from_stripe = True
+                    data = await self.store.load_customer_data(customer_id, merged)
+                    if data is None:
+                        # Deleted (a tombstone), or gone from Stripe: keep the objects, build later.
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        if updates:  # keepttl: a deleted customer's tombstone still expires
+                            pipe.set(objs_key, encode_objects(merged), keepttl=True)
+                        await pipe.execute()
+                        return
+                    new = self._build(data, old)
+                    if from_stripe:
+                        # Stripe's current state: each event is the evidence of what changed (keyed by
+                        # the event, as when a snapshot absorbed it, so a redelivery adds nothing).
+                        transitions = [t for ev in events for t in diff_contexts(None, new, ev, versions={
+                            str(_event_object(ev).get("id")): str(ev.get("id"))})]
+                    else:
+                        versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
+                        for ev, was_absorbed in unseen:
+                            # Met before the customer itself was known: the event speaks for itself.
+                            transitions += (_evidence(new, ev) if was_absorbed
+                                            else diff_contexts(None, new, ev, versions=versions))
+                    transitions = await self._not_yet_queued(pipe, customer_id, transitions)
+                    queued = [_dumps(_transition_to_dict(t)) for t in transitions]
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if updates or from_stripe or len(merged) < len(stored):
+                        pipe.set(objs_key, encode_objects(merged))
+                    pipe.set(ctx_key, encode_context(new))
+                    if queued:
+                        pipe.rpush(outbox_key, *queued)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            if snapshot is not None and from_stripe:
+                self.stats.fetched_customers += 1
+            if transitions:
+                # Notified first (people wait for it; the indexes below do not). A crash before the
+                # event is acked redelivers it, and its redelivery finishes this outbox.
+                await self._flush_outbox(customer_id, fresh=queued)
+            changed = {**updates, **merged} if from_stripe else updates
+            await self._after_save(customer_id, stored, changed, data, first_build=old is None)
+            return
+        raise RuntimeError(f"customer {customer_id} kept changing under the worker")
+
+    async def _apply_events(
+        self, customer_id: str, events: Sequence[StripeDict], stored: dict[str, StripeDict],
+        fetched: dict[str, StripeDict | None], old: BillingContext | None,
+    ) -> tuple[dict[str, StripeDict], list[StripeDict], list[Transition], list[tuple[StripeDict, bool]]]:
+        """``_merge`` one event at a time (same result as all at once), with the transitions each
+        event makes against the context just before it: (updates, absorbed, transitions, events met
+        before the customer could be built, whose evidence is weighed against the final context).
+
+        A duplicate or an older event changes nothing, so it adds no transition; a transition's key
+        (status and the event that set it) is the one a one-per-batch delivery gives.
+        """
+        updates: dict[str, StripeDict] = {}
+        absorbed: list[StripeDict] = []
+        transitions: list[Transition] = []
+        unseen: list[tuple[StripeDict, bool]] = []
+        before = old if old is not None and old.found else None
+        current = before
+        for ev in events:
+            changed, seen_first = await self._merge(customer_id, [ev], {**stored, **updates}, fetched)
+            updates.update(changed)
+            absorbed += seen_first
+            state = trim_invoices({**stored, **updates})
+            if changed and customer_id in state:
+                data = await self.store.load_customer_data(customer_id, state)
+                current = self._build(data, old) if data is not None else current
+            if current is None:
+                unseen += [(ev, False), *((evt, True) for evt in seen_first)]
+                continue
+            versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in state.items()}
+            transitions += diff_contexts(before, current, ev, versions=versions)
+            for evt in seen_first:
+                transitions += _evidence(current, evt)
+            before = current
+        return updates, absorbed, transitions, unseen
+
+    async def _not_yet_queued(
+        self, pipe: Any, customer_id: str, transitions: Sequence[Transition]
+    ) -> list[Transition]:
+        """``transitions`` without repeats, without those already in the outbox and without those
+        already notified (read in ``pipe``'s WATCH phase: same slot, no extra key in the MULTI)."""
+        unique = list({t.dedup_key: t for t in transitions}.values())
+        if not unique:
+            return []
+        outbox_key = self.store.customer_key(customer_id, "outbox")
+        queued = {_key_of(json.loads(raw)) for raw in await pipe.lrange(outbox_key, 0, -1)}
+        sent_keys = [self.store.customer_key(customer_id, f"sent:{t.dedup_key}") for t in unique]
+        notified: Any = await pipe.execute_command("MGET", *sent_keys)
+        return [t for t, done in zip(unique, notified, strict=True)
+                if done is None and t.dedup_key not in queued]
+
+    async def _fetch_snapshot(self, customer_id: str) -> _Snapshot | None:
+        """The customer's data from Stripe and when the fetch began; None when Stripe has no such
+        customer (deleted, or not of this account)."""
+        started = time.time()
+        customer = await self.gateway.retrieve_customer(customer_id)
+        if customer is None:
+            return None
+        data = await self.gateway.fetch_customer_data(customer)
+        version: Version = (int(started), SNAPSHOT_EVENT_ID)
+        # Prices, products and coupons first: the build joins them from the tenant's hashes (each
+        # only where newer than the stored copy, as a lookup's).
+        await self.store.put_catalogue([data], version)
+        objects = {str(o["id"]): with_version(o, version) for o in _customer_objects(data)}
+        return _Snapshot(objects)
+
+    def _build(self, data: CustomerData, old: BillingContext | None) -> BillingContext:
+        build = self.build or _default_builder()
+        return build(
+            data,
+            query=old.query if old else str(data.customer["id"]),
+            match=old.match if old and old.match else Match(method="customer_id", confidence="exact"),
+            now=datetime.now(UTC),
+            source="stripe",
+            other_customers=old.other_customers if old else (),
+        )
+
+    async def _merge(
+        self, customer_id: str, events: Sequence[StripeDict], stored: dict[str, StripeDict],
+        fetched: dict[str, StripeDict | None],
+    ) -> tuple[dict[str, StripeDict], list[StripeDict]]:
+        """The stored objects that the events change (version-checked), keyed by object id, and the
+        recent events whose change a snapshot (a lookup or a backfill) had already stored."""
+        updates: dict[str, StripeDict] = {}
+        absorbed: list[StripeDict] = []
+        for event in events:
+            obj = _event_object(event)
+            kind = obj.get("object")
+            object_id = obj.get("id")
+            if kind not in _CUSTOMER_OBJECTS or not isinstance(object_id, str):
+                continue
+            current = updates.get(object_id) or stored.get(object_id)
+            version = _version(event)
+            seen = current.get(SEEN_FIELD, []) if current else []
+            decision = decide(version_of(current), version, seen)
+            event_type = str(event.get("type", ""))
+            if current is None and event_type.endswith(".updated") and kind != "customer":
+                decision = "refetch"  # an update of an object we never saw: take Stripe's current state
+            if decision == "skip":
+                stored_version = version_of(current)
+                if (
+                    stored_version is not None and stored_version[1] == SNAPSHOT_EVENT_ID
+                    and version[0] > time.time() - DEDUP_TTL_SECONDS  # older news is no news
+                ):
+                    absorbed.append(event)
+                continue
+            if decision == "refetch":
+                if object_id not in fetched:
+                    fetched[object_id] = await self._retrieve(str(kind), object_id)
+                    self.stats.refetched += 1
+                fresh = fetched[object_id]
+                if fresh is None:
+                    continue
+                obj = fresh
+                stored_version = version_of(current)
+                if (
+                    stored_version is not None and stored_version[1] == SNAPSHOT_EVENT_ID
+                    and version[0] > time.time() - DEDUP_TTL_SECONDS
+                ):
+                    # A snapshot of the same second (a lookup, a backfill, or the fetch of a customer
+                    # first seen through another event) may already hold this change: the event is
+                    # the evidence, as when the snapshot is strictly newer.
+                    absorbed.append(event)
+                if stored_version and stored_version[0] == version[0]:
+                    seen = [*seen, stored_version[1], version[1]]
+                else:
+                    seen = [version[1]]
+            else:
+                seen = []
+            if kind == "subscription":
+                obj = await self._with_discounts(obj, current)
+                await self._store_prices(obj)
+            if kind == "invoice":
+                obj = _with_action_flag(obj, current, event_type)
+            entry = with_version(slim({**obj, "object": kind}), version)
+            if event_type == "invoice.deleted":
+                entry["deleted"] = True  # a versioned tombstone: the card drops it, late events stay out
+            if seen:
+                entry[SEEN_FIELD] = sorted(set(seen))
+            updates[object_id] = entry
+        return updates, absorbed
+
+    async def _retrieve(self, kind: str, object_id: str) -> StripeDict | None:
+        if kind == "customer":
+            return await self.gateway.retrieve_customer(object_id)
+        return await self.gateway.retrieve(_RESOURCES[kind], object_id)
+
+    async def _with_discounts(self, sub: StripeDict, current: StripeDict | None) -> StripeDict:
+        """Event payloads carry discount ids; the builder needs discount dicts (coupon inside)."""
+        discounts = sub.get("discounts") or []
+        if all(isinstance(d, dict) for d in discounts):
+            return sub
+        known = {d.get("id"): d for d in (current or {}).get("discounts") or [] if isinstance(d, dict)}
+        resolved = [known.get(d, d) if isinstance(d, str) else d for d in discounts]
+        if all(isinstance(d, dict) for d in resolved):
+            return {**sub, "discounts": resolved}
+        fresh = await self.gateway.retrieve("subscriptions", str(sub["id"]))
+        if fresh is not None and all(isinstance(d, dict) for d in fresh.get("discounts") or []):
+            return {**sub, "discounts": fresh.get("discounts") or []}
+        log.warning("subscription %s: discounts could not be expanded", sub.get("id"))
+        return {**sub, "discounts": [d for d in resolved if isinstance(d, dict)]}
+
+    async def _after_save(
+        self, customer_id: str, stored: Mapping[str, StripeDict], updates: Mapping[str, StripeDict],
+        data: CustomerData | None, *, first_build: bool,
+    ) -> None:
+        """Index writes in other slots: email index, customers set, price/coupon references.
+
+        Skipped when nothing they index changed (the common case: one more invoice or status). The
+        first build indexes every stored object: those kept while the customer was unknown had none.
+        """
+        if data is None:
+            return
+        previous = stored.get(customer_id)
+        old_email = (previous or {}).get("email")
+        new_email = data.customer.get("email")
+        changed = {**stored, **updates}.values() if first_build else updates.values()
+        referring = [o for o in changed if o.get("object") in {"subscription", "customer"}]
+        if previous is not None and old_email == new_email and not referring:
+            return
+        pipe = self.store.client.pipeline(transaction=False)
+        self.store._queue_indexes(pipe, customer_id, new_email, old_email)
+        await pipe.execute()
+        if referring:
+            await self.store.update_refs(customer_id, stored.values())
+
+    async def _store_prices(self, subscription: StripeDict) -> None:
+        """Prices carried by a subscription event, stored per tenant before the rebuild needs them
+        (a tiered price is fetched with its tiers, which events never carry)."""
+        objects = []
+        for price in prices_of_subscription(subscription):
+            if price.get("billing_scheme") == "tiered" and not price.get("tiers"):
+                price = slim({**await self.gateway.price_with_tiers(str(price["id"])), "object": "price"})
+            objects.append(price)
+        if objects:
+            await self.store.put_tenant_objects_if_missing(objects, (0, "from-subscription"))
+
+    # ---- the outbox -------------------------------------------------------------------------
+    @property
+    def pending_key(self) -> str:
+        """Customers whose outbox still holds transitions, scored by when to try again."""
+        return self.store.tenant_key("outbox:pending")
+
+    @property
+    def failures_key(self) -> str:
+        return self.store.tenant_key("outbox:failures")
+
+    async def _schedule(self, customer_id: str, *, delay: float) -> None:
+        await self.store.client.zadd(self.pending_key, {customer_id: time.time() + delay})
+
+    async def _flush_outbox(
+        self, customer_id: str, *, swept: bool = False, fresh: Sequence[str] = ()
+    ) -> bool:
+        """Notify the customer's outbox in order; True when it is empty afterwards.
+
+        One worker flushes a customer at a time (a lock with a TTL, so a crashed holder only delays
+        it). A notifier failure stops the flush (later transitions wait, so a thread's replies keep
+        their order) and schedules a retry with backoff; it never raises but for Redis errors.
+        ``fresh``: the entries this worker just queued, known to be neither queued before nor notified
+        (when the outbox holds only them, the first is notified after one round trip).
+        """
+        client = self.store.client
+        outbox_key = self.store.customer_key(customer_id, "outbox")
+        if not fresh and not await client.llen(outbox_key):  # a duplicate with nothing to finish
+            if swept:
+                await self._unschedule(customer_id)
+            return True
+        lock_key = self.store.customer_key(customer_id, "flushing")
+        token = uuid.uuid4().hex
+        pipe = client.pipeline(transaction=False)
+        pipe.set(lock_key, token, nx=True, px=self.flush_lock_ms)
+        pipe.lrange(outbox_key, 0, -1)
+        locked, queued = await pipe.execute()
+        if not locked:
+            # Another worker is flushing; what it may miss is found by the sweeper.
+            await self._schedule(customer_id, delay=self.retry_base)
+            return False
+        try:
+            checked = [_text(raw) for raw in queued] == list(fresh)
+            while queued:
+                if not await self._notify_in_order(customer_id, queued, checked=checked):
+                    return False
+                checked = False
+                queued = await client.lrange(outbox_key, 0, -1)  # queued meanwhile
+            await self._unschedule(customer_id)
+        finally:
+            await self._unlock(lock_key, token)
+        if await client.llen(outbox_key):
+            # A transition queued while this flush was finishing (its worker found the lock taken).
+            await self._schedule(customer_id, delay=0)
+            return False
+        return True
+
+    async def _notify_in_order(self, customer_id: str, queued: Sequence[Any], *, checked: bool) -> bool:
+        """Notify ``queued`` (the outbox's entries, oldest first) and drop each from the outbox; a
+        transition already notified (``sent`` marker) is dropped unnotified, unless ``checked`` says
+        none is. False at the first failure."""
+        client = self.store.client
+        outbox_key = self.store.customer_key(customer_id, "outbox")
+        transitions = [_transition_from_dict(json.loads(raw)) for raw in queued]
+        sent_keys = [self.store.customer_key(customer_id, f"sent:{t.dedup_key}") for t in transitions]
+        already: Any = (  # one slot: the customer's
+            [None] * len(sent_keys) if checked else await client.execute_command("MGET", *sent_keys)
+        )
+        for raw, transition, sent_key, done in zip(queued, transitions, sent_keys, already, strict=True):
+            if done is None:
+                try:
+                    await self.notifier.notify(transition)
+                except NotifyLater as later:
+                    delay = await self._retry_later(customer_id, later.retry_after)
+                    log.info("%s of customer %s waits: %s; retried in %.1f s", transition.name,
+                             customer_id, later, delay)
+                    return False
+                except Exception as exc:
+                    self.stats.notify_failed += 1
+                    delay = await self._retry_later(customer_id)
+                    log.warning("notifying %s of customer %s failed (%s); kept in its outbox, retried "
+                                "in %.0f s", transition.name, customer_id, exc, delay, exc_info=True)
+                    return False
+                self.stats.notified += 1
+            pipe = client.pipeline(transaction=False)
+            pipe.set(sent_key, 1, ex=DEDUP_TTL_SECONDS)
+            pipe.lrem(outbox_key, 1, _text(raw))
+            await pipe.execute()
+        return True
+
+    async def _unschedule(self, customer_id: str) -> None:
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.zrem(self.pending_key, customer_id)
+        pipe.hdel(self.failures_key, customer_id)
+        await pipe.execute()
+
+    async def _retry_later(self, customer_id: str, after: float | None = None) -> float:
+        if after is not None:  # the notifier knows when: no failure counted
+            await self._schedule(customer_id, delay=min(max(after, 0.0), self.retry_max))
+            return min(max(after, 0.0), self.retry_max)
+        failures = int(await self.store.client.hincrby(self.failures_key, customer_id, 1))
+        delay: float = min(self.retry_base * 2 ** min(failures - 1, 30), self.retry_max)
+        await self._schedule(customer_id, delay=delay)
+        return delay
+
+    async def _unlock(self, lock_key: str, token: str) -> None:
+        async with self.store.client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(lock_key)
+                if _text(await pipe.get(lock_key) or b"") != token:
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.delete(lock_key)
+                await pipe.execute()
+            except WatchError:
+                return  # expired and taken by another worker meanwhile: theirs now
+
+    async def sweep(self, limit: int = 100) -> int:
+        """Retry the outboxes that are due (failed notifications, flushes cut short by a crash);
+        returns how many were emptied. ``run`` calls it every ``sweep_interval`` seconds."""
+        self.last_sweep_at = time.time()
+        due = await self.store.client.zrangebyscore(self.pending_key, "-inf", time.time(), start=0, num=limit)
+        emptied = 0
+        for raw in due:
+            customer_id = _text(raw)
+            try:
+                if await self._flush_outbox(customer_id, swept=True):
+                    emptied += 1
+            except REDIS_ERRORS:
+                raise
+            except Exception:
+                log.exception("sweeping the outbox of customer %s failed", customer_id)
+                await self._retry_later(customer_id)
+        return emptied
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """A never-seen customer's objects as fetched from Stripe, each versioned by the fetch start."""
+
+    objects: dict[str, StripeDict]
+
+
+def _with_snapshot(merged: Mapping[str, StripeDict], snapshot: _Snapshot) -> dict[str, StripeDict]:
+    """``merged`` with each fetched object that is newer than the stored one (a tie keeps the stored
+    one, like a lookup's snapshot: what an event applied is never overwritten by an older fetch)."""
+    out = dict(merged)
+    for object_id, candidate in snapshot.objects.items():
+        current = out.get(object_id)
+        if current is None or decide(version_of(current), version_of(candidate) or (0, "")) == "apply":
+            out[object_id] = candidate
+    return out
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _evidence(context: BillingContext, event: StripeDict) -> list[Transition]:
+    """A change a lookup or backfill stored first and alerted nobody about: the event itself is the
+    evidence (keyed by the event, so a duplicate adds nothing)."""
+    evidence = {str(_event_object(event).get("id")): str(event.get("id"))}
+    return diff_contexts(None, context, event, versions=evidence)
+
+
+def _with_action_flag(invoice: StripeDict, current: StripeDict | None, event_type: str) -> StripeDict:
+    """``requires_action``: set by ``invoice.payment_action_required``, kept while the invoice is open."""
+    if event_type == "invoice.payment_action_required":
+        return {**invoice, "requires_action": True}
+    if current and current.get("requires_action") and invoice.get("status") == "open":
+        return {**invoice, "requires_action": True}
+    return invoice
+
+
+def _key_of(entry: Mapping[str, Any]) -> str:
+    """The ``dedup_key`` of a queued transition (``Transition.dedup_key``, without parsing its context)."""
+    return str(entry.get("key") or f"{entry['name']}:{entry['object_id']}:{entry['event_id']}")
+
+
+def _transition_to_dict(t: Transition) -> dict[str, Any]:
+    return {
+        "key": t.dedup_key, "name": t.name, "customer_id": t.customer_id, "object_id": t.object_id,
+        "event_id": t.event_id, "context": t.context.model_dump(mode="json"),
+    }
+
+
+def _transition_from_dict(d: Mapping[str, Any]) -> Transition:
+    return Transition(
+        name=d["name"], customer_id=d["customer_id"], object_id=d["object_id"], event_id=d["event_id"],
+        context=BillingContext.model_validate(d["context"]),
+    )
+
