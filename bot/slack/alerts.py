@@ -285,60 +285,51 @@ class SlackAlertPoster:
             "ts": ts,
             "thread": message.thread_ts is not None,
         }
+
+        def write(pipe: Any) -> None:
+            pipe.set(record, f"sent:{message.channel}:{ts}", ex=MESSAGE_KEY_TTL_SECONDS)
+            queue_recent(pipe, self.namespace, entry)
+            if message.opens_incident:
+                incident = Incident(
+                    channel=message.channel, ts=ts, started_at=now.timestamp(),
+                    subscription_id=transition.object_id, opened_by=transition.dedup_key,
+                )
+                pipe.set(incident_key(self.namespace, transition.customer_id), incident.to_json(), nx=True)
+
+        return await self._compare_and_set(record, lambda raw: _text(raw) == expected, write)
+
+    async def _replace(self, record: str, expected: str, new: str) -> bool:
+        """Compare-and-set: ``record`` becomes ``new`` if it still holds ``expected``."""
+        return await self._compare_and_set(record, lambda raw: _text(raw) == expected,
+                                           lambda pipe: pipe.set(record, new, ex=MESSAGE_KEY_TTL_SECONDS))
+
+    async def _release(self, record: str, lease: str) -> None:
+        """Drop our lease (nothing was posted): the next attempt posts at once."""
+        await self._compare_and_set(record, lambda raw: _text(raw) == lease, lambda pipe: pipe.delete(record))
+
+    async def _compare_and_set(
+        self, key: str, holds: Callable[[Any], bool], write: Callable[[Any], object]
+    ) -> bool:
+        """Queue ``write`` in a MULTI on ``key`` if ``holds`` its current (present) value; True if written.
+
+        WATCH makes the write fail when another poster changed ``key`` between the read and the write;
+        the value is then read and judged again, so ``holds`` always decides on what is really there.
+        """
         for _attempt in range(_MAX_ROUNDS):
             async with self.namespace.client.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(record)
-                    current = await pipe.get(record)
-                    if current is None or _text(current) != expected:
+                    await pipe.watch(key)
+                    current = await pipe.get(key)
+                    if current is None or not holds(current):
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return False
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(record, f"sent:{message.channel}:{ts}", ex=MESSAGE_KEY_TTL_SECONDS)
-                    queue_recent(pipe, self.namespace, entry)
-                    if message.opens_incident:
-                        incident = Incident(
-                            channel=message.channel, ts=ts, started_at=now.timestamp(),
-                            subscription_id=transition.object_id, opened_by=transition.dedup_key,
-                        )
-                        pipe.set(incident_key(self.namespace, transition.customer_id), incident.to_json(),
-                                 nx=True)
+                    write(pipe)
                     await pipe.execute()
                     return True
                 except WatchError:
                     continue
         return False
-
-    async def _replace(self, record: str, expected: str, new: str) -> bool:
-        """Compare-and-set: ``record`` becomes ``new`` if it still holds ``expected``."""
-        async with self.namespace.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(record)
-                current = await pipe.get(record)
-                if current is None or _text(current) != expected:
-                    await pipe.unwatch()  # type: ignore[no-untyped-call]
-                    return False
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.set(record, new, ex=MESSAGE_KEY_TTL_SECONDS)
-                await pipe.execute()
-                return True
-            except WatchError:
-                return False
-
-    async def _release(self, record: str, lease: str) -> None:
-        """Drop our lease (nothing was posted): the next attempt posts at once."""
-        async with self.namespace.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(record)
-                current = await pipe.get(record)
-                if current is None or _text(current) != lease:
-                    await pipe.unwatch()  # type: ignore[no-untyped-call]
-                    return
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.delete(record)
-                await pipe.execute()
-            except WatchError:
-                return
 
     async def _find_posted(self, message: PlannedMessage, key: str, *, since: float) -> str | None:
         """The ts of the message carrying ``key`` in Slack (the channel, or the thread), or None."""
@@ -364,18 +355,8 @@ class SlackAlertPoster:
     async def _close(self, customer_id: str, incident: Incident) -> None:
         """Close the customer's incident if it is still ``incident`` (a newer one stays open)."""
         key = incident_key(self.namespace, customer_id)
-        async with self.namespace.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(key)
-                raw = await pipe.get(key)
-                if raw is None or Incident.from_json(raw).ts != incident.ts:
-                    await pipe.unwatch()  # type: ignore[no-untyped-call]
-                    return
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.delete(key)
-                await pipe.execute()
-            except WatchError:
-                return  # changed meanwhile: whoever changed it decided
+        await self._compare_and_set(key, lambda raw: Incident.from_json(raw).ts == incident.ts,
+                                    lambda pipe: pipe.delete(key))
 
     # ---- content ----------------------------------------------------------------------------
     def _render(
