@@ -1,0 +1,145 @@
+"""Issue #11 (CLI start) and issue #9 item 1: a cached ``billing lookup`` is start-up and one Redis read.
+
+1. With Stripe hanging (a socket that accepts and never answers) a cached lookup still prints the card,
+   and the hanging Stripe receives nothing: nothing on the hit path waits on Stripe.
+2. A cached lookup, run whole, never imports the libraries only other commands use (Slack, LangChain,
+   MCP, the ASGI server, the Stripe SDK): a lazy import that rots back into an eager one fails here.
+
+Real parts: the Stripe sandbox (to cache the customer), the shared Redis under this test's key prefix
+(unlinked afterwards), the installed ``billing`` console script and the interpreter as subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.core import ACCOUNT_ID
+from tests.fixtures_redis import unlink_prefix
+from tests.fixtures_sandbox import SandboxHandle
+
+BILLING = Path(sys.executable).with_name("billing")
+OUR_VARIABLES = ("STRIPE_", "BILLING_", "REDIS_", "SLACK_")
+ONLY_OTHER_COMMANDS = ("slack_bolt", "slack_sdk", "langchain_core", "langchain", "mcp", "uvicorn",
+                       "starlette", "prometheus_client", "stripe", "yaml")
+"""Top-level packages a cached lookup does not use: the Slack app, the LLM tools, the MCP server, the
+ASGI server, metrics, the Stripe SDK (a hit never asks Stripe) and the rules."""
+
+
+@pytest.fixture
+async def prefix(redis_url: str, key_prefix: str) -> AsyncIterator[str]:
+    yield key_prefix
+    await unlink_prefix(redis_url, key_prefix)
+
+
+class HangingStripe:
+    """A TCP server that accepts every connection, reads what is sent and never answers."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.connections = 0
+        self.received = bytearray()
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            self._held.append(conn)  # held open, never answered
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            while chunk := conn.recv(65536):
+                self.received += chunk
+        except OSError:
+            pass
+
+    def __enter__(self) -> HangingStripe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._held:
+            conn.close()
+        self._listener.close()
+
+
+@pytest.fixture
+def hanging_stripe() -> Iterator[HangingStripe]:
+    with HangingStripe() as server:
+        yield server
+
+
+def billing(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARIABLES)}
+    return subprocess.run([str(BILLING), *args], env={**base, **env}, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@pytest.mark.parametrize("account", ["remembered", "configured"])
+def test_a_cached_lookup_never_asks_a_hanging_stripe(
+    sandbox: SandboxHandle, redis_url: str, prefix: str, hanging_stripe: HangingStripe, account: str
+) -> None:
+    env = {"STRIPE_API_KEY": sandbox.api_key, "STRIPE_API_BASE": sandbox.url, "REDIS_URL": redis_url,
+           "BILLING_KEY_PREFIX": prefix}
+    if account == "configured":
+        env["STRIPE_ACCOUNT_ID"] = ACCOUNT_ID
+    first = billing(["lookup", "jane@acme.com", "--json"], env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["source"] == "stripe"
+
+    # One attempt, short: were the hit path to ask Stripe, this test fails on what Stripe received,
+    # quickly, rather than after the product's default 4 attempts × 10 s.
+    hung = {**env, "STRIPE_API_BASE": hanging_stripe.url, "BILLING_STRIPE_RETRIES": "0",
+            "BILLING_STRIPE_TIMEOUT": "2"}
+    second = billing(["lookup", "jane@acme.com", "--json"], hung)
+    assert second.returncode == 0, second.stderr
+    body = json.loads(second.stdout)
+    assert (body["source"], body["status"], body["stale"]) == ("cache", "past_due", False)
+    assert second.stderr == ""
+    assert (hanging_stripe.connections, bytes(hanging_stripe.received)) == (0, b"")
+
+
+def test_a_cached_lookup_imports_nothing_only_other_commands_use(
+    sandbox: SandboxHandle, redis_url: str, prefix: str
+) -> None:
+    env = {"STRIPE_API_KEY": sandbox.api_key, "STRIPE_API_BASE": sandbox.url, "REDIS_URL": redis_url,
+           "BILLING_KEY_PREFIX": prefix, "STRIPE_ACCOUNT_ID": ACCOUNT_ID}
+    first = billing(["lookup", "jane@acme.com", "--json"], env)
+    assert first.returncode == 0, first.stderr
+
+    # The console script's own entry point, run whole; at exit, the top-level packages it loaded.
+    script = (
+        "import atexit, json, sys\n"
+        "atexit.register(lambda: print(json.dumps(sorted({m.split('.')[0] for m in sys.modules}))))\n"
+        "sys.argv = ['billing', 'lookup', 'jane@acme.com', '--json']\n"
+        "from bot.cli import main\n"
+        "main()\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARIABLES)}
+    done = subprocess.run([sys.executable, "-c", script], env={**base, **env}, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    card, loaded_line = done.stdout.rstrip("\n").rsplit("\n", 1)
+    assert json.loads(card)["source"] == "cache"
+    loaded = set(json.loads(loaded_line))
+    assert "redis" in loaded and "typer" in loaded  # the figure is of the command that ran
+    assert sorted(loaded.intersection(ONLY_OTHER_COMMANDS)) == []
