@@ -114,11 +114,16 @@ class Transition:
         "subscription.canceled",
         "subscription.trial_will_end",
         "invoice.payment_failed",
+        "subscription.renewal_upcoming",
+        "subscription.trial_ending",
     ]
     customer_id: str
     object_id: str
     event_id: str
     context: BillingContext
+    # A reminder (renewal_upcoming, trial_ending) is sent N days ahead: the alerts with that
+    # ``days_before`` fire for it, others of the same name wait for their own reminder.
+    days_before: int | None = None
 
     @property
     def dedup_key(self) -> str:

@@ -944,12 +944,13 @@ def _transition_to_dict(t: Transition) -> dict[str, Any]:
     return {
         "key": t.dedup_key, "name": t.name, "customer_id": t.customer_id, "object_id": t.object_id,
         "event_id": t.event_id, "context": t.context.model_dump(mode="json"),
+        **({"days_before": t.days_before} if t.days_before is not None else {}),
     }
 
 
 def _transition_from_dict(d: Mapping[str, Any]) -> Transition:
     return Transition(
         name=d["name"], customer_id=d["customer_id"], object_id=d["object_id"], event_id=d["event_id"],
-        context=BillingContext.model_validate(d["context"]),
+        context=BillingContext.model_validate(d["context"]), days_before=d.get("days_before"),
     )
 
