@@ -794,14 +794,19 @@ def not_found_message(query: str, tried: Sequence[str]) -> SlackMessage:
     ways = [MATCH_TEXT.get(t, inline(t, 60)) for t in tried]
     tried_text = f"Tried: {', '.join(w for w in ways if w)}." if any(ways) else ""
     hint = "Check the spelling, or look up the customer id (`cus_…`) from the Stripe dashboard."
-    blocks = [_section(line), _context(tried_text, hint)]
-    return _message(f"No Stripe customer found for {shown or 'that query'}. {tried_text}".strip(), blocks)
+    fallback = f"No Stripe customer found for {shown or 'that query'}. {tried_text}".strip()
+    return _short_message(line, tried_text, hint, fallback=fallback)
 
 
 def notice(text: str) -> SlackMessage:
     """One short sentence (an error, a refusal, a confirmation), shown as typed."""
-    shown = inline(text, MAX_TEXT - 10) or "Something went wrong."
-    return _message(shown, [_section(shown)])
+    return _short_message(inline(text, MAX_TEXT - 10) or "Something went wrong.")
+
+
+def _short_message(line: str, *details: str, fallback: str | None = None) -> SlackMessage:
+    """``line`` (mrkdwn, already escaped) with ``details`` in small print below it, when any."""
+    blocks = [_section(line), _context(*details) if any(details) else None]
+    return _message(fallback or line, blocks)
 
 
 def with_notice(message: SlackMessage, text: str) -> SlackMessage:
