@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from billing.domain.models import BillingContext, Money
 from billing.domain.money import exponent, format_money, to_minor
 from rules.conditions import AllOf, AnyOf, Condition, FieldTest, Not, Scalar
-from rules.fields import FieldValue, Kind, customer_currencies, field_spec
+from rules.fields import FieldValue, Kind, customer_currencies, field_spec, focus
 from rules.schema import PRIORITIES, Alert, ExchangeRates, Priority, RulesFile
 
 
@@ -150,7 +150,7 @@ def _words_outcome(test: FieldTest, value: list[str]) -> _Outcome:
         return _Outcome(held, (f"{name} is {shown}" if value else f"{name} is empty",))
     wanted = test.value if isinstance(test.value, tuple) else (test.value,)
     present = [w for w in wanted if w in value]
-    if name == "currency" and test.op in ("eq", "contains", "ne"):
+    if name in ("currency", "interval") and test.op in ("eq", "contains", "ne"):
         text = f"{name} is {shown}" + ("" if present else f", not {_show_list(wanted)}")
     elif test.op in ("eq", "contains", "ne"):
         text = f"{name} contains {_show_list(wanted)}" if present else \
@@ -251,19 +251,30 @@ def evaluate_rules(context: BillingContext, rules: RulesFile, now: datetime) -> 
 
 
 def alerts_for(
-    transition_name: str, context: BillingContext, rules: RulesFile, now: datetime
+    transition_name: str, context: BillingContext, rules: RulesFile, now: datetime, *,
+    subscription_id: str | None = None, days_before: int | None = None,
 ) -> list[AlertMatch]:
-    """The alerts that fire when ``transition_name`` happens to ``context`` (file order)."""
+    """The alerts that fire when ``transition_name`` happens to ``context`` (file order).
+
+    A reminder names its subscription (``subscription_id``: the conditions see that subscription, e.g.
+    its ``interval``) and how many days ahead it is sent (``days_before``: only the alerts sent that
+    many days ahead fire).
+    """
     if not context.found:
         return []
+    if subscription_id is not None:
+        context = focus(context, subscription_id)
     fired: list[AlertMatch] = []
     for alert in rules.alerts:
         if alert.on != transition_name or not alert.channel:
             continue
+        if days_before is not None and alert.lead_days != days_before:
+            continue
         outcome = _alert_outcome(alert, context, rules, now)
         if outcome.held:
+            ahead = f" ({days_before} {'day' if days_before == 1 else 'days'} ahead)" if days_before else ""
             fired.append(AlertMatch(alert=alert.label, on=alert.on, channel=alert.channel,
-                                    reasons=[f"transition {transition_name}", *outcome.reasons]))
+                                    reasons=[f"transition {transition_name}{ahead}", *outcome.reasons]))
     return fired
 
 

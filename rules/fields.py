@@ -94,6 +94,26 @@ def _currency(ctx: BillingContext, now: datetime) -> FieldValue:
     return customer_currencies(ctx)
 
 
+INTERVALS = ("day", "week", "month", "year")
+
+
+def _interval(ctx: BillingContext, now: datetime) -> FieldValue:
+    # Every live subscription's billing interval; an alert about one subscription (a reminder) sees
+    # only that one (``focus``).
+    return sorted({s.interval for s in ctx.subscriptions if s.status in _LIVE_STATUSES and s.interval})
+
+
+def focus(ctx: BillingContext, subscription_id: str) -> BillingContext:
+    """``ctx`` as seen by an alert about one of its subscriptions: that subscription alone, its renewal
+    and trial end (the customer's MRR, LTV and status stay the customer's). Unchanged when the
+    subscription is not in the context."""
+    sub = next((s for s in ctx.subscriptions if s.id == subscription_id), None)
+    if sub is None:
+        return ctx
+    return ctx.model_copy(update={"subscriptions": [sub], "renewal_date": sub.current_period_end,
+                                  "trial_end": sub.trial_end if sub.status == "trialing" else None})
+
+
 def _lifecycle_stage(ctx: BillingContext, now: datetime) -> FieldValue:
     return ctx.lifecycle_stage
 
@@ -151,6 +171,7 @@ FIELDS: dict[str, FieldSpec] = {
         FieldSpec("mrr", Kind.MONEY, _mrr),
         FieldSpec("ltv", Kind.MONEY, _ltv),
         FieldSpec("currency", Kind.WORDS, _currency),
+        FieldSpec("interval", Kind.WORDS, _interval, INTERVALS),
         FieldSpec("lifecycle_stage", Kind.CHOICE, _lifecycle_stage, get_args(LifecycleStage)),
         FieldSpec("segments", Kind.WORDS, _segments, SEGMENTS),
         FieldSpec("payment_status", Kind.CHOICE, _payment_status, get_args(PaymentStatus)),

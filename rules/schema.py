@@ -38,8 +38,13 @@ TransitionName = Literal[
     "subscription.canceled",
     "subscription.trial_will_end",
     "invoice.payment_failed",
+    "subscription.renewal_upcoming",
+    "subscription.trial_ending",
 ]
 TRANSITIONS: tuple[str, ...] = get_args(TransitionName)
+# Reminders are sent ``days_before`` their date; an alert that does not say is sent this many days ahead.
+DEFAULT_DAYS_BEFORE: dict[str, int] = {"subscription.renewal_upcoming": 7, "subscription.trial_ending": 3}
+MAX_DAYS_BEFORE = 365
 
 
 def problems_error(problems: list[Problem]) -> PydanticCustomError:
@@ -147,21 +152,47 @@ class Alert(_Model):
     """Post to ``channel`` when transition ``on`` happens to a customer for whom ``when`` holds.
 
     An empty channel (``"${BILLING_ALERT_CHANNEL:-}"`` with the variable unset) turns the alert off.
+    A reminder (``subscription.renewal_upcoming``, ``subscription.trial_ending``) is sent ``days_before``
+    its date (default ``DEFAULT_DAYS_BEFORE``).
     """
 
     on: Annotated[TransitionName, BeforeValidator(_transition)]
     name: NonEmpty | None = None
     when: SkipValidation[Condition] = ALWAYS
     channel: str
+    days_before: SkipValidation[int | None] = None
 
     @field_validator("when", mode="before")
     @classmethod
     def _when(cls, raw: object, info: ValidationInfo) -> Condition:
         return _parse_condition(raw, info, "alert")
 
+    @field_validator("days_before", mode="before")
+    @classmethod
+    def _days_before(cls, raw: object, info: ValidationInfo) -> int | None:
+        on, name = info.data.get("on"), info.data.get("name")
+        label = repr(name or on) if name or on else "this alert"
+        if raw is None:
+            return None
+        if on is not None and on not in DEFAULT_DAYS_BEFORE:
+            raise problems_error([Problem((), f"days_before in alert {label} applies only to "
+                                          f"{' and '.join(DEFAULT_DAYS_BEFORE)}, not to {on}")])
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= MAX_DAYS_BEFORE:
+            shown = "a list" if isinstance(raw, list) else "a mapping" if isinstance(raw, dict) else \
+                str(raw).lower() if isinstance(raw, bool) else repr(raw)
+            raise problems_error([Problem((), f"days_before in alert {label} must be a whole number of "
+                                          f"days from 1 to {MAX_DAYS_BEFORE}, not {shown}")])
+        return raw
+
     @property
     def label(self) -> str:
         return self.name or self.on
+
+    @property
+    def lead_days(self) -> int | None:
+        """How many days before its date this reminder alert is sent (None: not a reminder)."""
+        default = DEFAULT_DAYS_BEFORE.get(self.on)
+        return None if default is None else self.days_before or default
 
 
 class ExchangeRates(_Model):
@@ -202,6 +233,15 @@ class RulesFile(_Model):
         if problems:
             raise problems_error(problems)
         return self
+
+    def lead_times(self) -> dict[str, frozenset[int]]:
+        """Per reminder transition, the ``days_before`` of its alerts that are on (have a channel):
+        the moments the scheduler reminds at."""
+        leads: dict[str, set[int]] = {}
+        for alert in self.alerts:
+            if alert.lead_days is not None and alert.channel:
+                leads.setdefault(alert.on, set()).add(alert.lead_days)
+        return {name: frozenset(days) for name, days in leads.items()}
 
     def money_currency(self, test: FieldTest) -> str:
         """The currency a money test compares in (its own, else the file's default)."""

@@ -303,20 +303,28 @@ def test_load_rules_reads_a_file_and_names_it(tmp_path: Path) -> None:
         load_rules(tmp_path / "missing.yml")
 
 
-def test_default_rules_file_ships_the_three_product_rules_and_the_alert() -> None:
+def test_default_rules_file_ships_the_three_product_rules_and_the_alerts() -> None:
     rules = load_rules(default_rules_path(), env={"BILLING_ALERT_CHANNEL": "C0ALERTS"})
     assert [r.name for r in rules.rules] == [
         "senior-agent-for-high-mrr",
         "past-due-billing",
         "trial-onboarding",
     ]
-    assert [(a.on, a.channel) for a in rules.alerts] == [("subscription.past_due", "C0ALERTS")]
+    assert [(a.on, a.channel, a.lead_days) for a in rules.alerts] == [
+        ("subscription.past_due", "C0ALERTS", None),
+        ("subscription.renewal_upcoming", "C0ALERTS", 7),
+        ("subscription.trial_ending", "C0ALERTS", 3),
+    ]
     assert {a for a in TRANSITIONS} >= {a.on for a in rules.alerts}
+    assert rules.lead_times() == {"subscription.renewal_upcoming": {7}, "subscription.trial_ending": {3}}
 
 
 def test_default_rules_load_without_the_alert_channel_and_the_alert_is_off() -> None:
     rules = load_rules(default_rules_path(), env={})
-    assert [(a.on, a.channel) for a in rules.alerts] == [("subscription.past_due", "")]
+    assert [(a.on, a.channel) for a in rules.alerts] == [
+        ("subscription.past_due", ""), ("subscription.renewal_upcoming", ""), ("subscription.trial_ending", ""),
+    ]
+    assert rules.lead_times() == {}  # no alert is on: the scheduler reminds of nothing
     past_due = BillingContext(found=True, query="q", status="past_due")
     assert alerts_for("subscription.past_due", past_due, rules, datetime.now(UTC)) == []
 
