@@ -7,9 +7,7 @@ to ``/slack/events``. ``billing audit`` runs as a subprocess at the end.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,22 +18,19 @@ import httpx
 import pytest
 
 from tests.bot.slack.conftest import all_text
-from tests.cluster import free_port
-from tests.e2e.test_fresh_data import BILLING, product_env, stop, wait_healthy
+from tests.e2e.conftest import Served, running_serve
 from tests.fakes.slack_api import CHANNEL_ALERTS, USER_MEMBER, FakeSlackAPI
 from tests.fakes.slack_requests import message_shortcut_body, signed_headers, slash_command_body
-from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
 
 SIGNING_SECRET = "e2e-signing-secret-0123456789abcdef"
 JANE_SLACK = "U0JANE"
 
 
-@dataclass
-class Served:
-    url: str
-    env: dict[str, str]
-    log_path: Path
+@dataclass(frozen=True)
+class SlackServed(Served):
+    """``billing serve`` with Slack configured, and the fake Slack Web API it talks to."""
+
     slack: FakeSlackAPI
 
     def post_slack(self, body: bytes) -> tuple[httpx.Response, float]:
@@ -49,40 +44,22 @@ class Served:
         try:
             found: list[Any] = self.slack.wait_for(match, timeout=30)
         except AssertionError as err:
-            log = self.log_path.read_text()[-4000:]
-            raise AssertionError(f"{err}\n--- billing serve log ---\n{log}") from None
+            raise AssertionError(f"{err}\n--- billing serve log ---\n{self.log()[-4000:]}") from None
         return found
-
-    def billing(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BILLING), *args], env=self.env, capture_output=True, text=True,
-                              timeout=60, check=False)
 
 
 @pytest.fixture
-def served(sandbox: SandboxHandle, redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[Served]:
-    secret = f"whsec_{secrets.token_hex(16)}"
+def served(sandbox: SandboxHandle, redis_url: str, key_prefix: str, tmp_path: Path) -> Iterator[SlackServed]:
+    """Overrides the e2e ``served``: a single Redis, and Slack settings pointing at a fake Slack."""
     with FakeSlackAPI() as slack:
         slack.add_user(JANE_SLACK, email="jane@acme.com", real_name="Jane Doe")
-        env = product_env(
-            sandbox, redis_url, key_prefix, STRIPE_WEBHOOK_SECRET=secret, SLACK_BOT_TOKEN="xoxb-e2e-token",
-            SLACK_SIGNING_SECRET=SIGNING_SECRET, SLACK_API_URL=slack.url,
-            BILLING_ALERT_CHANNEL=CHANNEL_ALERTS,
-        )
-        url = f"http://127.0.0.1:{free_port()}"
-        log_path = tmp_path / "serve.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen([str(BILLING), "serve", "--port", url.rsplit(":", 1)[1]], env=env,
-                                       stdout=log_file, stderr=subprocess.STDOUT)
-            try:
-                wait_healthy(url, process, log_path)
-                sandbox.control.register_webhook(f"{url}/stripe/webhook", secret)
-                yield Served(url, env, log_path, slack)
-            finally:
-                stop(process)
-                asyncio.run(unlink_prefix(redis_url, key_prefix))
+        with running_serve(sandbox, redis_url, key_prefix, tmp_path / "serve.log",
+                           SLACK_BOT_TOKEN="xoxb-e2e-token", SLACK_SIGNING_SECRET=SIGNING_SECRET,
+                           SLACK_API_URL=slack.url, BILLING_ALERT_CHANNEL=CHANNEL_ALERTS) as running:
+            yield SlackServed(running.url, running.env, running.log_path, slack)
 
 
-def card_of(served: Served, response: httpx.Response, name: str) -> dict[str, Any]:
+def card_of(served: SlackServed, response: httpx.Response, name: str) -> dict[str, Any]:
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json() if response.content else {}
     if body and "Looking up" not in all_text(body):
@@ -111,7 +88,7 @@ def sandbox_list(sandbox: SandboxHandle, resource: str, **params: Any) -> list[d
     return data
 
 
-def test_slack_app_done_when(served: Served, sandbox: SandboxHandle) -> None:
+def test_slack_app_done_when(served: SlackServed, sandbox: SandboxHandle) -> None:
     slack = served.slack
     # 1. /billing for the past_due demo customer: answered within 3 s with a correct card.
     response, elapsed = served.post_slack(slash_command_body(
