@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from billing.config import Settings
-from billing.domain.models import BillingContext, CustomerInfo
 from billing.ports import Transition
 from bot.alerts import RulesAlertNotifier, alert_notifier
 from rules import AlertMatch, RulesError, load_rules_text
-
-NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
-
-RULES = """
-version: 1
-alerts:
-  - on: subscription.past_due
-    channel: C-BILLING
-  - on: subscription.past_due
-    when: {mrr: {gt: 1000, currency: usd}}
-    channel: C-VIP
-  - on: subscription.canceled
-    channel: C-CHURN
-"""
+from tests.bot.alert_cases import NOW, RULES, transition
 
 
 class RecordingPoster:
@@ -34,16 +19,6 @@ class RecordingPoster:
 
     async def post(self, alert: AlertMatch, transition: Transition) -> None:
         self.posts.append((alert.channel, transition.name, transition.customer_id))
-
-
-def transition(name: str, mrr_usd: int) -> Transition:
-    context = BillingContext(
-        found=True, query="jane@acme.com", status="past_due", mrr={"usd": mrr_usd},
-        customer=CustomerInfo(id="cus_1", email="jane@acme.com", name="Jane", livemode=False,
-                              created=NOW, delinquent=True, dashboard_url="https://dashboard.stripe.com/test/customers/cus_1"),
-    )
-    return Transition(name=name, customer_id="cus_1", object_id="sub_1", event_id="evt_1",  # type: ignore[arg-type]
-                      context=context)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +33,7 @@ def transition(name: str, mrr_usd: int) -> Transition:
 async def test_each_alert_whose_conditions_hold_is_posted(name: str, mrr: int, expected: list[str]) -> None:
     poster = RecordingPoster()
     notifier = RulesAlertNotifier(lambda: load_rules_text(RULES), poster, clock=lambda: NOW)
-    await notifier.notify(transition(name, mrr))
+    await notifier.notify(transition(name, mrr=mrr))
     assert [channel for channel, _, _ in poster.posts] == expected
     assert all(t == name and c == "cus_1" for _, t, c in poster.posts)
 
@@ -67,9 +42,9 @@ async def test_the_rules_are_read_per_transition_so_a_reload_takes_effect() -> N
     poster = RecordingPoster()
     current = {"text": RULES}
     notifier = RulesAlertNotifier(lambda: load_rules_text(current["text"]), poster, clock=lambda: NOW)
-    await notifier.notify(transition("subscription.canceled", 2900))
+    await notifier.notify(transition("subscription.canceled"))
     current["text"] = "version: 1\nalerts: []\n"
-    await notifier.notify(transition("subscription.canceled", 2900))
+    await notifier.notify(transition("subscription.canceled"))
     assert poster.posts == [("C-CHURN", "subscription.canceled", "cus_1")]
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import pytest
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -13,41 +11,19 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from billing.cache.store import RedisStore
-from billing.domain.models import BillingContext, CustomerInfo
-from billing.ports import Transition
 from bot.slack.alerts import PlannedMessage, plan_messages, posting_client
 from bot.slack.incidents import RECENT_KEPT, Incident, queue_recent, recent_alerts
 from rules import AlertMatch, alerts_for, load_rules_text
+from tests.bot.alert_cases import NOW, RULES, transition
 
-NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 INCIDENT = Incident(channel="C-BILLING", ts="1700000000.000100", started_at=NOW.timestamp(),
                     subscription_id="sub_1", opened_by="subscription.past_due:sub_1:past_due@evt_1")
-RULES = load_rules_text("""
-version: 1
-alerts:
-  - on: subscription.past_due
-    channel: C-BILLING
-  - on: subscription.past_due
-    when: {mrr: {gt: 1000, currency: usd}}
-    channel: C-VIP
-  - on: subscription.canceled
-    channel: C-CHURN
-""")
-
-
-def transition(name: str, *, mrr: int = 2900, status: str = "past_due") -> Transition:
-    context = BillingContext(
-        found=True, query="jane@acme.com", status=status, mrr={"usd": mrr},  # type: ignore[arg-type]
-        customer=CustomerInfo(id="cus_1", email="jane@acme.com", name="Jane", livemode=False, created=NOW,
-                              delinquent=True, dashboard_url="https://dashboard.stripe.com/test/customers/cus_1"),
-    )
-    return Transition(name=name, customer_id="cus_1", object_id="sub_1", event_id="evt_2",  # type: ignore[arg-type]
-                      context=context)
+RULES_FILE = load_rules_text(RULES)
 
 
 def plan(name: str, incident: Incident | None, **kw: int | str) -> list[PlannedMessage]:
     t = transition(name, **kw)  # type: ignore[arg-type]
-    fired: list[AlertMatch] = alerts_for(name, t.context, RULES, NOW)
+    fired: list[AlertMatch] = alerts_for(name, t.context, RULES_FILE, NOW)
     return plan_messages(t, fired, incident)
 
 
