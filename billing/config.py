@@ -12,6 +12,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_STALENESS_SECONDS = 10 * 365 * 24 * 3600  # ten years: far past any use, far below timedelta's limit
 _ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]+")
 _KEY_PREFIX = re.compile(r"[A-Za-z0-9_.:-]+")
+# Metadata keys a lookup may name (``user_id:1234``): no colon (it separates key and value), no
+# brackets or quotes (Stripe's search syntax), at most 40 characters (Stripe's limit on a key).
+_METADATA_KEY = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+MAX_METADATA_KEYS = 10
 
 
 def parse_log_level(value: str | None) -> str | None:
@@ -70,6 +74,38 @@ def check_http_url(variable: str, url: str, example: str) -> str:
     return url
 
 
+def check_metadata_keys(value: str) -> str:
+    """``BILLING_MATCH_METADATA_KEYS`` as a clean comma list (``user_id,account_id``); ValueError, one
+    sentence naming the variable, for an empty item, a key Stripe's search cannot name, or a repeat."""
+    text = value.strip()
+    if not text:
+        return ""
+    keys = [k.strip() for k in text.split(",")]
+    example = "such as user_id,account_id"
+    if any(not k for k in keys):
+        raise ValueError(f"BILLING_MATCH_METADATA_KEYS has an empty key (a stray comma); give keys {example}")
+    for key in keys:
+        if not _METADATA_KEY.fullmatch(key):
+            shown = key if len(key) <= 40 else key[:37] + "..."
+            raise ValueError(
+                f"BILLING_MATCH_METADATA_KEYS key {shown!r} must be 1 to 40 letters, digits, '_', '-' or '.' "
+                f"(no colon, space, quote or bracket); give keys {example}"
+            )
+        if key.lower() == "mailto":
+            raise ValueError(
+                "BILLING_MATCH_METADATA_KEYS cannot use mailto (a lookup reads mailto: as an email)"
+            )
+    lowered = [k.lower() for k in keys]
+    repeated = next((k for i, k in enumerate(keys) if lowered.index(k.lower()) != i), None)
+    if repeated is not None:
+        raise ValueError(f"BILLING_MATCH_METADATA_KEYS names {repeated} twice; give each key once")
+    if len(keys) > MAX_METADATA_KEYS:
+        raise ValueError(
+            f"BILLING_MATCH_METADATA_KEYS has {len(keys)} keys; give at most {MAX_METADATA_KEYS}"
+        )
+    return ",".join(keys)
+
+
 class Settings(BaseSettings):
     """Every setting the product reads; built once at start-up and handed down."""
 
@@ -105,6 +141,18 @@ class Settings(BaseSettings):
     log_level: str | None = Field(default=None, alias="BILLING_LOG_LEVEL")
     # ``serve`` and ``worker`` on ``memory://`` lose every queued event when they stop: only for a demo.
     demo: bool = Field(default=False, alias="BILLING_DEMO")
+    # Stripe customer metadata keys holding the operator's own ids: ``user_id:1234`` finds a customer.
+    match_metadata_keys: str = Field(default="", alias="BILLING_MATCH_METADATA_KEYS")
+
+    @property
+    def metadata_keys(self) -> tuple[str, ...]:
+        """``BILLING_MATCH_METADATA_KEYS`` as a tuple (empty when unset)."""
+        return tuple(k for k in self.match_metadata_keys.split(",") if k)
+
+    @field_validator("match_metadata_keys")
+    @classmethod
+    def _match_metadata_keys(cls, value: str) -> str:
+        return check_metadata_keys(value)
 
     @field_validator("redis_url")
     @classmethod

@@ -15,13 +15,24 @@ from starlette.routing import Route
 from sandbox import control_routes
 from sandbox.core import Sandbox
 from sandbox.errors import StripeError
-from sandbox.listing import RESOURCES, apply_expand, expand_paths, list_objects, search_customers
+from sandbox.listing import (
+    RESOURCES,
+    apply_expand,
+    expand_paths,
+    list_objects,
+    search_customers,
+    search_invoices,
+)
 from sandbox.params import Params, check_known, parse_params
 from sandbox.preview import PERMISSION as PREVIEW_PERMISSION
 from sandbox.preview import create_preview
 from sandbox.state import Obj
 
 _request_ids = itertools.count(1)
+# The ``param`` of Stripe's 404 for an unknown id, where it is not ``id`` (the path parameter's name).
+_RETRIEVE_PARAM = {
+    "subscription": "subscription_exposed_id", "payment_intent": "intent", "invoice": "invoice",
+}
 
 
 def error_response(error: StripeError) -> JSONResponse:
@@ -59,6 +70,9 @@ def _route(sandbox: Sandbox, method: str, path: str, params: Params, key: str, l
     if parts == ["customers", "search"]:
         sandbox.keys.authorize(key, "rak_customer_read")
         return search_customers(store, params, livemode)
+    if parts == ["invoices", "search"]:
+        sandbox.keys.authorize(key, "rak_invoice_read")
+        return search_invoices(store, params, livemode)
     resource = RESOURCES.get(parts[0]) if parts else None
     if resource is None or len(parts) > 2:
         raise StripeError(
@@ -70,7 +84,7 @@ def _route(sandbox: Sandbox, method: str, path: str, params: Params, key: str, l
     if len(parts) == 1:
         return list_objects(store, resource, params, livemode)
     check_known(params, {"expand"})
-    obj = store.get(resource.kind, parts[1], livemode)
+    obj = store.get(resource.kind, parts[1], livemode, param=_RETRIEVE_PARAM.get(resource.kind, "id"))
     rendered = store.render(obj)
     if rendered.get("deleted"):
         return {"id": rendered["id"], "object": rendered["object"], "deleted": True}

@@ -20,6 +20,7 @@ PERMISSIONS = (
     "rak_dispute_read",
     "rak_credit_note_read",
     "rak_payment_method_read",
+    "rak_payment_intent_read",
 )
 
 

@@ -826,6 +826,7 @@ def build(now: int) -> list[Obj]:
             amount = int(b.prices[(plan, False)]["unit_amount"]) * (1 + n % 3)
             b.history(cust, sub, amount, 1)
     _cards_and_cancellations(b)
+    _payment_intents(b)
     return b.objects
 
 
@@ -892,3 +893,28 @@ def _cards_and_cancellations(b: _Builder) -> None:
         "feedback": "too_expensive",
         "reason": "cancellation_requested",
     }
+
+
+def _payment_intents(b: _Builder) -> None:
+    """A PaymentIntent behind every charge, as Stripe makes one for each invoice payment; added last and
+    named after its charge (``ch_1Demo…`` → ``pi_1Demo…``), so every seeded id stays what it was."""
+    for charge in [o for o in b.objects if o.get("object") == "charge"]:
+        intent_id = "pi_" + charge["id"].removeprefix("ch_")
+        charge["payment_intent"] = intent_id
+        ok = charge["status"] == "succeeded"
+        b.add(
+            {
+                "id": intent_id,
+                "object": "payment_intent",
+                "amount": charge["amount"],
+                "amount_received": charge["amount"] if ok else 0,
+                "created": charge["created"],
+                "currency": charge["currency"],
+                "customer": charge["customer"],
+                "latest_charge": charge["id"],
+                "livemode": charge["livemode"],
+                "metadata": {},
+                "payment_method": charge["payment_method"],
+                "status": "succeeded" if ok else "requires_payment_method",
+            }
+        )

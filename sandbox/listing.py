@@ -205,6 +205,9 @@ RESOURCES: dict[str, Resource] = {
         ),
         Resource("products", "product", "rak_product_read", (("active", _bool_eq("active")),)),
         Resource("coupons", "coupon", "rak_coupon_read", ()),
+        Resource(
+            "payment_intents", "payment_intent", "rak_payment_intent_read", (("customer", _eq("customer")),)
+        ),
         Resource("events", "event", "rak_event_read", (("type", _event_type),)),
     )
 }
@@ -393,9 +396,17 @@ _CLAUSE = re.compile(
 )
 _ESCAPED = re.compile(r"\\(.)")  # Stripe's query language escapes a quote (or backslash) with a backslash
 _SEARCH_FIELDS = ("email", "name", "phone", "created", "metadata")
+# Stripe's query fields for invoices (docs "Search query language"); ``total`` and ``created`` are numbers.
+_INVOICE_SEARCH_FIELDS = (
+    "created", "currency", "customer", "last_finalization_error_code", "last_finalization_error_type",
+    "metadata", "number", "receipt_number", "status", "subscription", "total",
+)
+_NUMERIC_FIELDS = frozenset({"created", "total"})
 
 
-def _parse_query(query: str) -> tuple[str, list[tuple[str, str, str]]]:
+def _parse_query(
+    query: str, resource: str = "customers", fields: tuple[str, ...] = _SEARCH_FIELDS
+) -> tuple[str, list[tuple[str, str, str]]]:
     clauses: list[tuple[str, str, str]] = []
     joiner = ""
     pos = 0
@@ -415,10 +426,10 @@ def _parse_query(query: str) -> tuple[str, list[tuple[str, str, str]]]:
         joiner = word.group(1)
         pos += word.end()
     for field, _, _ in clauses:
-        if field.split("[")[0] not in _SEARCH_FIELDS:
+        if field.split("[")[0] not in fields:
             raise bad_request(
-                f"Field '{field}' is an unsupported search field for resource `customers`. "
-                f"Supported fields: {', '.join(_SEARCH_FIELDS)}.",
+                f"Field '{field}' is an unsupported search field for resource `{resource}`. "
+                f"Supported fields: {', '.join(fields)}.",
                 param="query",
             )
     return joiner or "AND", clauses
@@ -431,21 +442,35 @@ def _query_error(query: str) -> StripeError:
     )
 
 
-def _clause_matches(customer: Obj, field: str, op: str, value: str) -> bool:
+def _field_value(obj: Obj, field: str) -> Any:
+    """The value a search clause compares: a metadata entry, an invoice's subscription (under its
+    ``parent``), the code or type of its last finalization error, or the field itself."""
     if field.startswith("metadata["):
         key = field[len("metadata[") + 1 : -2]
-        actual: Any = (customer.get("metadata") or {}).get(key)
-    else:
-        actual = customer.get(field)
-    if field == "created":
+        return (obj.get("metadata") or {}).get(key)
+    if obj.get("object") == "invoice":
+        if field == "subscription":
+            return _sub_customer_invoice(obj)
+        if field.startswith("last_finalization_error_"):
+            error = obj.get("last_finalization_error") or {}
+            return error.get(field.removeprefix("last_finalization_error_"))
+    value = obj.get(field)
+    return value.get("id") if isinstance(value, dict) else value
+
+
+def _clause_matches(obj: Obj, field: str, op: str, value: str) -> bool:
+    actual = _field_value(obj, field)
+    if field in _NUMERIC_FIELDS:
+        if not re.fullmatch(r"-?\d+", value):
+            raise bad_request(f"The value for '{field}' must be a number.", param="query")
         number = int(value)
-        created = int(actual or 0)
+        have = int(actual or 0)
         return {
-            ":": created == number,
-            ">": created > number,
-            "<": created < number,
-            ">=": created >= number,
-            "<=": created <= number,
+            ":": have == number,
+            ">": have > number,
+            "<": have < number,
+            ">=": have >= number,
+            "<=": have <= number,
         }.get(op, False)
     if actual is None:
         return False
@@ -456,11 +481,16 @@ def _clause_matches(customer: Obj, field: str, op: str, value: str) -> bool:
     return False
 
 
-def search_customers(store: Store, params: Params, livemode: bool) -> Obj:
+def _search(
+    store: Store, kind: str, resource: str, fields: tuple[str, ...], params: Params, livemode: bool
+) -> Obj:
+    """One search endpoint: clauses joined by AND or OR, newest first, paged by ``page`` (an opaque
+    offset here). Exact matches are case-insensitive, as Stripe's; results are immediately consistent
+    (Stripe's can lag a minute: callers must not rely on either)."""
     check_known(params, {"query", "limit", "page", "expand"})
     if "query" not in params:
         raise bad_request("Missing required param: query.", param="query")
-    joiner, clauses = _parse_query(as_str(params["query"], "query"))
+    joiner, clauses = _parse_query(as_str(params["query"], "query"), resource, fields)
     limit = parse_limit(params)
     offset = 0
     if "page" in params:
@@ -472,9 +502,9 @@ def search_customers(store: Store, params: Params, livemode: bool) -> Obj:
             ) from None
     combine = all if joiner == "AND" else any
     matched = [
-        c
-        for c in store.all("customer", livemode)
-        if not c.get("deleted") and combine(_clause_matches(c, f, op, v) for f, op, v in clauses)
+        o
+        for o in store.all(kind, livemode)
+        if not o.get("deleted") and combine(_clause_matches(o, f, op, v) for f, op, v in clauses)
     ]
     matched.sort(key=store.order_key, reverse=True)
     page = matched[offset : offset + limit]
@@ -482,11 +512,19 @@ def search_customers(store: Store, params: Params, livemode: bool) -> Obj:
     next_page = base64.urlsafe_b64encode(str(offset + limit).encode()).decode() if has_more else None
     result: Obj = {
         "object": "search_result",
-        "data": [store.render(c) for c in page],
+        "data": [store.render(o) for o in page],
         "has_more": has_more,
         "next_page": next_page,
-        "url": "/v1/customers/search",
+        "url": f"/v1/{resource}/search",
     }
     for path in expand_paths(params, is_list=True):
         result = apply_expand(result, path, store, livemode)
     return result
+
+
+def search_invoices(store: Store, params: Params, livemode: bool) -> Obj:
+    return _search(store, "invoice", "invoices", _INVOICE_SEARCH_FIELDS, params, livemode)
+
+
+def search_customers(store: Store, params: Params, livemode: bool) -> Obj:
+    return _search(store, "customer", "customers", _SEARCH_FIELDS, params, livemode)

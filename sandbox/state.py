@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     "tax_rate": "tax_rate",
     "event": "event",
     "payment_method": "payment_method",
+    "payment_intent": "payment_intent",
 }
 
 

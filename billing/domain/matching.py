@@ -10,11 +10,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from billing.domain.models import Match
 from billing.domain.snapshot import StripeDict
 from billing.errors import BadQueryError
 
-ACCEPTED_FORMS = "give jane@acme.com, <mailto:jane@acme.com|jane@acme.com> or cus_…"
+ACCEPTED_FORMS = (
+    "give an email (jane@acme.com or <mailto:jane@acme.com|jane@acme.com>), a Stripe id (cus_…, sub_…, "
+    "in_…, ch_…, pi_…) or an invoice number as printed (0HIAXQK6-0004)"
+)
 MAX_QUERY_LENGTH = 512
+MAX_METADATA_VALUE = 500  # Stripe's limit on a metadata value
 
 # Lenient on purpose: Stripe stores whatever address the merchant gave it, so we accept any
 # dot-atom local part (RFC 5322 atext, Unicode letters too) and a dotted domain, never whitespace.
@@ -22,18 +27,53 @@ _LOCAL = r"[\w.!#$%&'*+/=?^`{|}~-]+"
 _LABEL = r"[^\W_](?:[\w-]*[^\W_])?"
 _EMAIL = re.compile(rf"{_LOCAL}@(?:{_LABEL}\.)+{_LABEL}")
 _CUSTOMER_ID = re.compile(r"cus_[A-Za-z0-9]+")
+# Stripe's invoice numbers: the customer's (or the account's) invoice prefix, 3 to 12 upper-case letters
+# or digits, a dash, and a sequence of at least 4 digits. Typed in any case; stored upper-case.
+_INVOICE_NUMBER = re.compile(r"[A-Za-z0-9]{3,12}-[0-9]{4,}")
+# A bare value for the one configured metadata key: no spaces, no "@" (a mistyped email stays an error).
+_BARE_VALUE = re.compile(r"[^\s@<>:|]{1,200}")
 # Pairs an agent (or Slack) may wrap a query in; stripped from the outside in.
 _WRAPPERS = {'"': '"', "'": "'", "`": "`", "<": ">", "“": "”", "‘": "’"}
 
 _PAYING = frozenset({"active", "past_due"})
 
+QueryKind = Literal[
+    "email", "customer_id", "subscription", "invoice", "invoice_number", "charge", "payment_intent",
+    "metadata",
+]
+# Other Stripe ids that belong to one customer. ASCII letters and digits only: the id goes into a
+# request path as is (``sub_sched_…``, a subscription schedule, is not a subscription).
+_OWNED_IDS: tuple[tuple[QueryKind, re.Pattern[str]], ...] = (
+    ("subscription", re.compile(r"sub_[A-Za-z0-9]+")),
+    ("invoice", re.compile(r"in_[A-Za-z0-9]+")),
+    ("charge", re.compile(r"ch_[A-Za-z0-9]+")),
+    ("payment_intent", re.compile(r"pi_[A-Za-z0-9]+")),
+)
+
 
 @dataclass(frozen=True)
 class Query:
-    """A parsed lookup query. An email keeps the case it was typed in (exact match is tried first)."""
+    """A parsed lookup query. An email keeps the case it was typed in (exact match is tried first);
+    an invoice number is upper-case; a metadata query names its ``key``."""
 
-    kind: Literal["email", "customer_id"]
+    kind: QueryKind
     value: str
+    key: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The query as a context and the index name it: ``user_id:1234`` for metadata, else the value."""
+        return f"{self.key}:{self.value}" if self.kind == "metadata" else self.value
+
+
+def accepted_forms(metadata_keys: Sequence[str] = ()) -> str:
+    """What a lookup accepts, as the end of a sentence (``give an email …``)."""
+    if not metadata_keys:
+        return ACCEPTED_FORMS
+    forms = " or ".join(f"{key}:…" for key in metadata_keys)
+    if len(metadata_keys) == 1:
+        forms += f" (or the {metadata_keys[0]} alone)"
+    return ACCEPTED_FORMS.replace(" or an invoice number", ", an invoice number") + f" or {forms}"
 
 
 def _strip_wrappers(text: str) -> str:
@@ -63,24 +103,82 @@ def _describe(raw: str) -> str:
     return repr(shown)
 
 
-def parse_query(raw: str) -> Query:
-    """An email, Slack's ``<mailto:a@b.com|a@b.com>`` or a ``cus_…`` id, else ``BadQueryError``."""
+def _metadata_query(text: str, raw: str, metadata_keys: Sequence[str]) -> Query:
+    """``key:value`` for a configured key, else one sentence saying what is accepted."""
+    accepted = accepted_forms(metadata_keys)
+    typed_key, _, value = text.partition(":")
+    typed_key, value = typed_key.strip(), value.strip()
+    if not metadata_keys:
+        raise BadQueryError(
+            f"{_describe(raw)} is not an email address, a Stripe id or an invoice number, and no metadata "
+            f"key is set for lookups (BILLING_MATCH_METADATA_KEYS); {accepted}."
+        )
+    key = next((k for k in metadata_keys if k == typed_key), None)
+    if key is None:  # metadata keys are case-sensitive in Stripe; a key differing only in case is still ours
+        key = next((k for k in metadata_keys if k.lower() == typed_key.lower()), None)
+    if key is None:
+        known = ", ".join(metadata_keys)
+        raise BadQueryError(
+            f"{_describe(typed_key)} is not a metadata key lookups use (they use {known}); {accepted}."
+        )
+    if not value:
+        raise BadQueryError(f"{key}: needs a value after the colon, e.g. {key}:1234; {accepted}.")
+    if len(value) > MAX_METADATA_VALUE or not value.isprintable():
+        raise BadQueryError(
+            f"The {key} value must be printable and at most {MAX_METADATA_VALUE} characters; {accepted}."
+        )
+    return Query(kind="metadata", value=value, key=key)
+
+
+def parse_query(raw: str, metadata_keys: Sequence[str] = ()) -> Query:
+    """An email, Slack's ``<mailto:a@b.com|a@b.com>``, a ``cus_``/``sub_``/``in_``/``ch_``/``pi_`` id, an
+    invoice number, or ``key:value`` for one of ``metadata_keys`` (a bare value when there is exactly
+    one); else ``BadQueryError``, one sentence naming what is accepted."""
+    accepted = accepted_forms(metadata_keys)
     if not isinstance(raw, str) or not raw.strip():
-        raise BadQueryError(f"The query is empty; {ACCEPTED_FORMS}.")
+        raise BadQueryError(f"The query is empty; {accepted}.")
     if len(raw) > MAX_QUERY_LENGTH:
         raise BadQueryError(
-            f"The query is {len(raw)} characters long (at most {MAX_QUERY_LENGTH}); {ACCEPTED_FORMS}."
+            f"The query is {len(raw)} characters long (at most {MAX_QUERY_LENGTH}); {accepted}."
         )
     text = _strip_wrappers(raw)
     if text[:7].lower() == "mailto:":
         text = _strip_wrappers(_mailto_address(text[7:]))
     if _CUSTOMER_ID.fullmatch(text):
         return Query(kind="customer_id", value=text)
+    for kind, pattern in _OWNED_IDS:
+        if pattern.fullmatch(text):
+            return Query(kind=kind, value=text)
     if _EMAIL.fullmatch(text):
         return Query(kind="email", value=text)
+    if _INVOICE_NUMBER.fullmatch(text):
+        return Query(kind="invoice_number", value=text.upper())
+    if ":" in text and "@" not in text:
+        return _metadata_query(text, raw, metadata_keys)
+    if len(metadata_keys) == 1 and _BARE_VALUE.fullmatch(text):
+        return Query(kind="metadata", value=text, key=metadata_keys[0])
     raise BadQueryError(
-        f"{_describe(raw)} is not an email address or a Stripe customer id; {ACCEPTED_FORMS}."
+        f"{_describe(raw)} is not an email address, a Stripe id or an invoice number; {accepted}."
     )
+
+
+_MATCHED_BY = {
+    "subscription": "subscription", "invoice": "invoice", "invoice_number": "invoice",
+    "charge": "charge", "payment_intent": "payment intent",
+}
+
+
+def matched_by(query: str, match: Match | None) -> str | None:
+    """``matched by invoice 0HIAXQK6-0004`` (or metadata ``user_id 1234``, subscription, charge, payment
+    intent) when the customer was found by something other than the email or the customer id; None
+    otherwise. What a card says so that an agent knows the email played no part."""
+    if match is None:
+        return None
+    if match.method == "metadata":
+        key, _, value = query.partition(":")
+        return f"matched by metadata {key} {value}"
+    what = _MATCHED_BY.get(match.method)
+    return f"matched by {what} {query}" if what is not None else None
 
 
 def _subscriptions_of(customer: StripeDict) -> list[StripeDict]:

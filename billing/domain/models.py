@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 Money = dict[str, int]
 """Integer minor units per lower-case ISO currency code: ``{"usd": 2900}`` is $29.00."""
 
-MatchMethod = Literal["email", "email_lowercase", "search", "customer_id", "manual_link"]
+MatchMethod = Literal[
+    "email", "email_lowercase", "search", "customer_id", "manual_link",
+    "subscription", "invoice", "invoice_number", "charge", "payment_intent", "metadata",
+]
 MatchConfidence = Literal["exact", "case_insensitive", "manual"]
 PaymentStatus = Literal["ok", "failed", "action_required", "none"]
 LifecycleStage = Literal["trial", "customer", "churned", "none"]

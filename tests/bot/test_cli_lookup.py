@@ -88,7 +88,9 @@ def test_not_found_is_exit_1(sandbox: Any) -> None:
 def test_bad_query_is_exit_2_without_any_setting() -> None:
     result = run(["lookup", "not an email"])
     assert result.exit_code == 2
-    assert one_sentence(result).startswith("'not an email' is not an email address or a Stripe customer id")
+    assert one_sentence(result).startswith(
+        "'not an email' is not an email address, a Stripe id or an invoice number"
+    )
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_parses_accepted_forms(raw: str, expected: Query) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["foo", "", "   ", "jane@", "@acme.com", "jane acme@acme.com", "jane@acme", "cus_", "sub_123",
+    ["foo", "", "   ", "jane@", "@acme.com", "jane acme@acme.com", "jane@acme", "cus_", "sub_sched_123",
      "jane@acme.com, bob@acme.com", "<mailto:|>", "cus_12 3", "x" * 600],
 )
 def test_refuses_anything_else_with_one_sentence(raw: str) -> None:
@@ -52,7 +52,8 @@ def test_refuses_anything_else_with_one_sentence(raw: str) -> None:
 
 
 def test_error_names_what_was_wrong() -> None:
-    with pytest.raises(BadQueryError, match=r"^'foo' is not an email address or a Stripe customer id; give"):
+    expected = r"^'foo' is not an email address, a Stripe id or an invoice number; give"
+    with pytest.raises(BadQueryError, match=expected):
         parse_query("foo")
 
 
