@@ -18,6 +18,7 @@ from billing.sync.worker import EventWorker
 from bot.alerts import build_notifier
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings, open_runtime
+from bot.slack.credentials import bot_token, check_slack_settings
 
 log = logging.getLogger("billing.serve")
 
@@ -47,17 +48,17 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool, so
 
     from bot.asgi import SERVER_OPTIONS, build_asgi_app
     from bot.metrics import Metrics
-    from bot.slack.app import build_slack_app, slack_configured, slack_web_client
+    from bot.slack.app import build_slack_app, slack_web_client
 
     _refuse_memory_store(settings, "serve")
     secret = _webhook_secret(settings)
-    if socket_mode and not slack_configured(settings):
-        raise ConfigurationError("--socket-mode needs SLACK_BOT_TOKEN (xoxb-…) and SLACK_APP_TOKEN (xapp-…).")
+    # Before Stripe's permission probes: a wrong Slack setting is said at once, even with Stripe hanging.
+    slack_on = check_slack_settings(settings, socket_mode=socket_mode)
     async with open_runtime(settings, verify_permissions=True, require_store=True) as runtime:
         store = runtime.store
         assert store is not None
         runtime.rules()  # a bad rules file is one sentence now, not at the first alert
-        slack_client = slack_web_client(settings) if slack_configured(settings) else None
+        slack_client = slack_web_client(settings) if slack_on else None
         notifier = build_notifier(runtime, slack_client=slack_client)
         worker = EventWorker(store, runtime.gateway, notifier) if with_worker else None
         slack_app = None
@@ -91,13 +92,16 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool, so
 
 
 async def _work(settings: Settings) -> None:
-    from bot.slack.app import slack_configured, slack_web_client
+    from bot.slack.app import slack_web_client
 
     _refuse_memory_store(settings, "worker")
+    slack_on = settings.slack_bot_token is not None
+    if slack_on:
+        bot_token(settings)  # the worker posts alerts: a wrong token is said before Stripe is asked
     async with open_runtime(settings, verify_permissions=True, require_store=True) as runtime:
         assert runtime.store is not None
         runtime.rules()
-        slack_client = slack_web_client(settings) if slack_configured(settings) else None
+        slack_client = slack_web_client(settings) if slack_on else None
         notifier = build_notifier(runtime, slack_client=slack_client)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -22,6 +22,7 @@ from billing.config import Settings
 from billing.errors import ConfigurationError
 from bot.runtime import Runtime, TenantRuntime
 from bot.slack.access import AccessPolicy, parse_ids
+from bot.slack.credentials import bot_token, signing_secret
 
 log = logging.getLogger("billing.slack")
 
@@ -106,20 +107,13 @@ def build_slack_app(
     from bot.slack import commands, home, interactions
 
     settings = runtime.settings
-    if settings.slack_bot_token is None:
-        raise ConfigurationError("SLACK_BOT_TOKEN is not set; use the xoxb-… token of the Slack app.")
-    if not settings.slack_bot_token.get_secret_value().startswith("xoxb-"):
-        raise ConfigurationError("SLACK_BOT_TOKEN must be a bot token (xoxb-…).")
-    secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
-    if not secret and not socket_mode:
-        raise ConfigurationError(
-            "SLACK_SIGNING_SECRET is not set; copy it from the Slack app's Basic Information page."
-        )
+    bot_token(settings)
+    secret = None if socket_mode else signing_secret(settings)
     client = client or slack_web_client(settings)
     deps = deps or build_deps(runtime, client)
     app = AsyncApp(
         client=client,
-        signing_secret=secret or None,
+        signing_secret=secret,
         request_verification_enabled=not socket_mode,
         process_before_response=False,
     )

@@ -16,7 +16,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.socket_mode.aiohttp import SocketModeClient
 
 from billing.config import Settings
-from billing.errors import ConfigurationError
+from bot.slack.credentials import app_token
 
 log = logging.getLogger("billing.slack.socket")
 
@@ -45,16 +45,6 @@ class SocketModeStatus:
             "last_connect_age_seconds": round(time.time() - self.last_connect_at, 1)
             if self.last_connect_at else None,
         }
-
-
-def app_token(settings: Settings) -> str:
-    token = settings.slack_app_token.get_secret_value() if settings.slack_app_token else ""
-    if not token:
-        raise ConfigurationError("--socket-mode needs SLACK_APP_TOKEN, the app-level xapp-… token "
-                                 "with the connections:write scope.")
-    if not token.startswith("xapp-"):
-        raise ConfigurationError("SLACK_APP_TOKEN must be an app-level token (xapp-…).")
-    return token
 
 
 class _TrackedClient(SocketModeClient):

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from billing.cache.store import decode_context
 from billing.stripe.gateway import PERMISSIONS
 from bot.cli import build_cli
+from tests.bot.test_cli_start import HangingStripe
 from tests.cluster import free_port
 from tests.fixtures_sandbox import SandboxHandle
 
@@ -126,6 +127,54 @@ def test_serve_refuses_a_missing_or_malformed_webhook_secret(
     assert result.exit_code == 2
     message = one_sentence(result)
     assert named in message and SECRET_MARK not in result.output
+
+
+@pytest.fixture
+def hanging_stripe() -> Iterator[HangingStripe]:
+    with HangingStripe() as server:
+        yield server
+
+
+SIGNING = "0123456789abcdef0123456789abcdef"  # 32 characters, as Slack's are
+
+
+@pytest.mark.parametrize(
+    ("command", "slack", "named"),
+    [
+        (["serve"], {"SLACK_BOT_TOKEN": f"xoxp-{SECRET_MARK}", "SLACK_SIGNING_SECRET": SIGNING},
+         "SLACK_BOT_TOKEN is a user token"),
+        (["serve"], {"SLACK_BOT_TOKEN": f"xapp-{SECRET_MARK}", "SLACK_SIGNING_SECRET": SIGNING},
+         "SLACK_BOT_TOKEN is an app-level token"),
+        (["serve"], {"SLACK_BOT_TOKEN": f"xoxb-{SECRET_MARK}", "SLACK_SIGNING_SECRET": ""},
+         "SLACK_SIGNING_SECRET is not set"),
+        (["serve"], {"SLACK_BOT_TOKEN": f"xoxb-{SECRET_MARK}", "SLACK_SIGNING_SECRET": f"{SECRET_MARK}0"},
+         "SLACK_SIGNING_SECRET is 9 characters"),
+        (["serve", "--socket-mode"], {"SLACK_BOT_TOKEN": f"xoxb-{SECRET_MARK}"}, "SLACK_APP_TOKEN"),
+        (["serve", "--socket-mode"], {"SLACK_BOT_TOKEN": f"xoxb-{SECRET_MARK}",
+                                      "SLACK_APP_TOKEN": f"xoxb-{SECRET_MARK}"}, "SLACK_APP_TOKEN must be"),
+        (["serve", "--socket-mode"], {"SLACK_APP_TOKEN": f"xapp-{SECRET_MARK}"}, "needs SLACK_BOT_TOKEN"),
+        (["worker"], {"SLACK_BOT_TOKEN": f"xoxp-{SECRET_MARK}"}, "SLACK_BOT_TOKEN is a user token"),
+    ],
+    ids=["user-token", "app-token-as-bot", "no-signing-secret", "short-signing-secret", "socket-no-app-token",
+         "socket-bot-token-as-app", "socket-no-bot-token", "worker-user-token"],
+)
+def test_a_wrong_slack_setting_is_one_sentence_before_stripe_is_asked(
+    redis_url: str, key_prefix: str, hanging_stripe: HangingStripe, command: list[str],
+    slack: dict[str, str], named: str,
+) -> None:
+    # Stripe hangs: were its permission probes first, the command would wait on them (one short attempt
+    # here, so a regression fails fast) and the hanging server would see a connection.
+    unset = dict.fromkeys(("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"))
+    env = env_for(None, redis_url, key_prefix, STRIPE_API_KEY="rk_test_hanging",
+                  STRIPE_API_BASE=hanging_stripe.url, STRIPE_WEBHOOK_SECRET="whsec_test",
+                  BILLING_STRIPE_RETRIES="0", BILLING_STRIPE_TIMEOUT="2", **{**unset, **slack})
+    if command[0] == "serve":
+        command = [*command, "--port", str(free_port())]
+    result = run(command, env)
+    assert result.exit_code == 2, result.output
+    assert named in one_sentence(result)
+    assert SECRET_MARK not in result.output
+    assert (hanging_stripe.connections, bytes(hanging_stripe.received)) == (0, b"")
 
 
 @pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "3000"], ["backfill"]])

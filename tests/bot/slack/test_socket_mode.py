@@ -127,7 +127,7 @@ async def test_socket_mode_answers_a_command_and_counts_reconnects(
 
 def test_socket_mode_needs_an_app_token() -> None:
     from billing.errors import ConfigurationError
-    from bot.slack.socket_mode import app_token
+    from bot.slack.credentials import app_token
 
     with pytest.raises(ConfigurationError, match="SLACK_APP_TOKEN"):
         app_token(load_settings(SLACK_BOT_TOKEN="xoxb-1"))
