@@ -14,15 +14,44 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
 from billing.config import Settings
+from billing.domain.reminders import REMINDER_KINDS, LeadTimes
 from billing.ports import Notifier, Transition
 from rules import AlertMatch, RulesFile, RulesWatcher, alerts_for, rules_path
 
 if TYPE_CHECKING:
     from slack_sdk.web.async_client import AsyncWebClient
 
+    from billing.cache.store import RedisStore
+    from billing.sync.scheduler import ReminderScheduler
     from bot.runtime import Runtime
 
 log = logging.getLogger("billing.alerts")
+
+
+def transition_alerts(transition: Transition, rules: RulesFile, now: datetime) -> list[AlertMatch]:
+    """The alerts ``transition`` fires: a reminder's conditions see its subscription, and only the
+    alerts sent as many days ahead as the reminder fire."""
+    reminder = transition.days_before is not None
+    return alerts_for(transition.name, transition.context, rules, now,
+                      subscription_id=transition.object_id if reminder else None,
+                      days_before=transition.days_before)
+
+
+def lead_times(rules: Callable[[], RulesFile]) -> Callable[[], LeadTimes]:
+    """The scheduler's lead times, read from the rules in force at each call (a reload applies)."""
+
+    def current() -> LeadTimes:
+        leads = rules().lead_times()
+        return {kind: leads[kind] for kind in REMINDER_KINDS if kind in leads}
+
+    return current
+
+
+def build_scheduler(store: RedisStore, rules: Callable[[], RulesFile]) -> ReminderScheduler:
+    """The renewal and trial reminder scheduler ``serve``'s and ``worker``'s event worker ticks."""
+    from billing.sync.scheduler import ReminderScheduler
+
+    return ReminderScheduler(store, lead_times(rules))
 
 
 class AlertPoster(Protocol):
@@ -58,7 +87,7 @@ class RulesAlertNotifier:
         self._clock = clock or (lambda: datetime.now(UTC))
 
     async def notify(self, transition: Transition) -> None:
-        fired = alerts_for(transition.name, transition.context, self._rules(), self._clock())
+        fired = transition_alerts(transition, self._rules(), self._clock())
         log.info("transition %s customer=%s object=%s: %d alert(s)", transition.name, transition.customer_id,
                  transition.object_id, len(fired))
         for alert in fired:

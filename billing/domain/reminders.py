@@ -93,6 +93,14 @@ def next_due(context: BillingContext, leads: LeadTimes, now: datetime) -> dateti
     return min((r.due_at for r in reminders(context, leads) if r.due_at > moment), default=None)
 
 
+def wake_at(context: BillingContext, leads: LeadTimes, now: datetime) -> datetime | None:
+    """When a scheduler should look at the context: ``now`` if a reminder is due (it may not have been
+    sent: the context is new to the schedule), else the next one's moment."""
+    if due_reminders(context, leads, now):
+        return _aware(now)
+    return next_due(context, leads, now)
+
+
 def leads_fingerprint(leads: LeadTimes) -> str:
     """A short name of ``leads``: moments computed under one set of lead times are stale under another."""
     text = ";".join(f"{kind}={','.join(str(d) for d in sorted(set(leads.get(kind, ()))))}"

@@ -1,0 +1,274 @@
+"""The reminder scheduler: renewal and trial reminders, sent N days ahead, once per period.
+
+Stripe's own ``invoice.upcoming`` and ``customer.subscription.trial_will_end`` depend on account
+settings (and come at times Stripe picks), so the worker keeps its own schedule from the cached
+contexts. ``billing.domain.reminders`` says what is due (pure); this module keeps the moments in Redis
+and turns what is due into transitions, queued in the customer's outbox like any other transition: the
+worker's sweeper notifies them (``EventWorker.run`` ticks this scheduler).
+
+Keys (``p`` = the tenant prefix)::
+
+    p:reminders:due              zset    customer -> when to look at it next (unix seconds)
+    p:reminders:dirty            set     customers to (re)compute the moment of (a walk puts them here)
+    p:reminders:index            hash    leads (lead-time fingerprint), walking, cursor, walked_at
+    p:reminders:lock             string  the scheduler ticking now (one per tenant at a time)
+    p:{cus_1}:reminded:<k>:<sub>:<period>:<N>   the once-marker of one reminder (until its date)
+
+Surviving restarts and duplicates: the moments and the walk's cursor live in Redis, and a reminder is
+queued in the same MULTI that sets its once-marker (WATCHed), so a second scheduler, a restart or a
+re-walk finds the marker and queues nothing. A new period has a new date, hence a new marker.
+
+Finding changes: the tenant's customers are walked (``SSCAN``, a bounded step per tick) whenever the
+lead times change and ``rewalk_after`` seconds after the last walk, each context's next moment
+recomputed; so a subscription created or renewed since is scheduled within ``rewalk_after`` (a
+reminder is sent days ahead: within the hour is in time). A writer may also add a customer to
+``reminders:dirty`` to have it looked at on the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis.exceptions import WatchError
+
+from billing.cache.store import RedisStore, decode_context
+from billing.domain.models import BillingContext
+from billing.domain.reminders import LeadTimes, Reminder, due_reminders, leads_fingerprint, next_due, wake_at
+from billing.ports import Transition
+from billing.sync.worker import _transition_to_dict
+
+log = logging.getLogger("billing.sync.scheduler")
+
+DIRTY_PART = "reminders:dirty"
+# A once-marker outlives its reminder's date by this much: a clock a little behind never sees the
+# reminder as due again.
+MARKER_MARGIN = timedelta(days=2)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass
+class SchedulerStats:
+    ticks: int = 0
+    walked: int = 0  # customers met by walks
+    computed: int = 0  # contexts whose next moment was computed
+    queued: int = 0  # reminders queued (each once)
+    already: int = 0  # reminders found due and already queued (a restart, another scheduler)
+
+
+@dataclass
+class ReminderScheduler:
+    """Tick it (``maybe_tick``, or ``run``); ``leads`` is called per tick, so a reloaded rules file's
+    ``days_before`` take effect at once (the changed fingerprint starts a walk)."""
+
+    store: RedisStore
+    leads: Callable[[], LeadTimes]
+    clock: Callable[[], datetime] = _utcnow
+    interval: float = 5.0  # seconds between ticks
+    batch: int = 200  # customers per Redis round trip
+    max_per_tick: int = 1000  # customers walked, computed or fired per tick (bounds a tick's time)
+    rewalk_after: float = 3600.0
+    lock_ms: int = 30_000
+    stats: SchedulerStats = field(default_factory=SchedulerStats)
+    last_tick_at: float | None = None
+    _last_tick: float | None = field(default=None, repr=False)
+
+    # ---- keys -------------------------------------------------------------------------------
+    @property
+    def due_key(self) -> str:
+        return self.store.tenant_key("reminders:due")
+
+    @property
+    def dirty_key(self) -> str:
+        return self.store.tenant_key(DIRTY_PART)
+
+    @property
+    def index_key(self) -> str:
+        return self.store.tenant_key("reminders:index")
+
+    @property
+    def lock_key(self) -> str:
+        return self.store.tenant_key("reminders:lock")
+
+    def marker_key(self, customer_id: str, reminder: Reminder) -> str:
+        return self.store.customer_key(customer_id, f"reminded:{reminder.kind}:{reminder.subscription_id}:"
+                                                    f"{reminder.period}:{reminder.days_before}")
+
+    # ---- the loop ---------------------------------------------------------------------------
+    async def maybe_tick(self) -> int:
+        """Tick when ``interval`` has passed since the last tick; returns the reminders queued."""
+        now = time.monotonic()
+        if self._last_tick is not None and now - self._last_tick < self.interval:
+            return 0
+        self._last_tick = now
+        return await self.tick()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick every ``interval`` seconds until ``stop`` is set (``EventWorker.run`` ticks it itself)."""
+        while not stop.is_set():
+            await self.maybe_tick()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self.interval)
+
+    async def tick(self) -> int:
+        """Walk a step, compute the moments of dirty customers, queue what is due; returns how many
+        reminders were queued. One scheduler per tenant ticks at a time (the others skip)."""
+        client = self.store.client
+        token = uuid.uuid4().hex
+        if not await client.set(self.lock_key, token, nx=True, px=self.lock_ms):
+            return 0
+        self.stats.ticks += 1
+        self.last_tick_at = time.time()
+        try:
+            now = self.clock()
+            leads = self.leads()
+            await self._walk(leads, now)
+            await self._compute_dirty(leads, now)
+            return await self._fire(leads, now)
+        finally:
+            if _text(await client.get(self.lock_key) or b"") == token:
+                await client.delete(self.lock_key)
+
+    # ---- finding moments --------------------------------------------------------------------
+    async def _walk(self, leads: LeadTimes, now: datetime) -> None:
+        """One bounded step of the walk over the tenant's customers (starting one when due)."""
+        client = self.store.client
+        state = {_text(k): _text(v) for k, v in (await client.hgetall(self.index_key)).items()}
+        fingerprint = leads_fingerprint(leads)
+        walking = state.get("walking") == "1"
+        walked_at = float(state.get("walked_at") or 0)
+        stale = not walking and now.timestamp() - walked_at >= self.rewalk_after
+        if state.get("leads") != fingerprint or stale:
+            state = {"leads": fingerprint, "walking": "1", "cursor": "0", "walked_at": str(walked_at)}
+        elif not walking:
+            return
+        cursor = int(state.get("cursor") or 0)
+        met = 0
+        while met < self.max_per_tick:
+            cursor, members = await client.sscan(self.store.tenant_key("customers"), cursor, count=self.batch)
+            if members:
+                await client.sadd(self.dirty_key, *members)
+                met += len(members)
+            if cursor == 0:
+                state.update(walking="0", walked_at=str(now.timestamp()))
+                break
+        state["cursor"] = str(cursor)
+        self.stats.walked += met
+        await client.hset(self.index_key, mapping=dict(state))  # type: ignore[arg-type]
+
+    async def _compute_dirty(self, leads: LeadTimes, now: datetime) -> None:
+        """The next moment of each dirty customer, from its cached context."""
+        client = self.store.client
+        done = 0
+        while done < self.max_per_tick:
+            raw_ids: Any = await client.spop(self.dirty_key, self.batch)
+            ids = [_text(i) for i in raw_ids or []]
+            if not ids:
+                return
+            contexts = await self._contexts(ids)
+            pipe = client.pipeline(transaction=False)
+            for customer_id in ids:
+                context = contexts.get(customer_id)
+                moment = wake_at(context, leads, now) if context is not None else None
+                if moment is None:
+                    pipe.zrem(self.due_key, customer_id)
+                else:
+                    pipe.zadd(self.due_key, {customer_id: moment.timestamp()})
+            await pipe.execute()
+            done += len(ids)
+            self.stats.computed += len(ids)
+            await asyncio.sleep(0)  # the event loop is shared with the webhook endpoint in serve
+
+    async def _contexts(self, ids: Sequence[str]) -> dict[str, BillingContext]:
+        pipe = self.store.client.pipeline(transaction=False)
+        for customer_id in ids:
+            pipe.get(self.store.customer_key(customer_id, "ctx"))
+        raws = await pipe.execute()
+        out: dict[str, BillingContext] = {}
+        for customer_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                out[customer_id] = decode_context(raw)
+            except ValueError:
+                log.warning("customer %s: cached context unreadable; no reminders until it is rebuilt",
+                            customer_id)
+        return out
+
+    # ---- sending ----------------------------------------------------------------------------
+    async def _fire(self, leads: LeadTimes, now: datetime) -> int:
+        """Queue every due reminder of the customers whose moment has come, then reschedule them."""
+        client = self.store.client
+        queued = 0
+        seen = 0
+        while seen < self.max_per_tick:
+            raw_ids = await client.zrangebyscore(self.due_key, "-inf", now.timestamp(), start=0,
+                                                 num=self.batch)
+            ids = [_text(i) for i in raw_ids]
+            if not ids:
+                break
+            contexts = await self._contexts(ids)
+            for customer_id in ids:
+                context = contexts.get(customer_id)
+                if context is not None:
+                    for reminder in due_reminders(context, leads, now):
+                        queued += await self._queue_once(customer_id, reminder, context, now)
+                moment = next_due(context, leads, now) if context is not None else None
+                if moment is None:
+                    await client.zrem(self.due_key, customer_id)
+                else:
+                    await client.zadd(self.due_key, {customer_id: moment.timestamp()})
+            seen += len(ids)
+        return queued
+
+    async def _queue_once(self, customer_id: str, reminder: Reminder, context: BillingContext,
+                          now: datetime) -> int:
+        """Put the reminder's transition in the customer's outbox unless its marker says it was; 1 if
+        queued. The marker and the outbox entry are written in one MULTI (one slot: the customer's)."""
+        client = self.store.client
+        marker = self.marker_key(customer_id, reminder)
+        outbox = self.store.customer_key(customer_id, "outbox")
+        transition = Transition(
+            name=reminder.kind, customer_id=customer_id, object_id=reminder.subscription_id,
+            event_id=reminder.cause, context=context, days_before=reminder.days_before,
+        )
+        entry = json.dumps(_transition_to_dict(transition), separators=(",", ":"), ensure_ascii=False)
+        expires = max(int((reminder.date + MARKER_MARGIN - now).total_seconds()), 60)
+        # Scheduled before it is queued: a crash in between leaves an empty pending entry (the sweeper
+        # drops it), never a queued reminder nobody comes back to.
+        await client.zadd(self.store.tenant_key("outbox:pending"), {customer_id: time.time()})
+        for _attempt in range(10):
+            async with client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(marker)
+                    if await pipe.get(marker) is not None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        self.stats.already += 1
+                        return 0
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(marker, now.isoformat(), ex=expires)
+                    pipe.rpush(outbox, entry)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            self.stats.queued += 1
+            log.info("%s of %s (%s, %d days ahead) queued for customer %s", reminder.kind,
+                     reminder.subscription_id, reminder.date.date().isoformat(), reminder.days_before,
+                     customer_id)
+            return 1
+        raise RuntimeError(f"the reminder marker of customer {customer_id} kept changing")
