@@ -50,6 +50,15 @@ def sandbox_env(sandbox: SandboxHandle, **extra: str) -> dict[str, str]:
             "BILLING_STRIPE_RETRIES": "1", **extra}
 
 
+def with_redis(
+    command: list[str], sandbox: SandboxHandle, url: str, key_prefix: str, *, code: int = 2
+) -> str:
+    """``billing COMMAND`` on Redis at ``url`` exits ``code`` with one sentence on stderr: that sentence."""
+    result = billing(command, **sandbox_env(sandbox, REDIS_URL=url, BILLING_KEY_PREFIX=key_prefix))
+    assert result.returncode == code, result.stderr
+    return one_line(result)
+
+
 # --- item 6: values refused in-process, one sentence naming the variable --------------------------
 
 
@@ -196,9 +205,7 @@ def test_a_wrong_redis_password_is_configuration_exit_2(
     sandbox: SandboxHandle, password_redis: RedisServer, key_prefix: str, command: list[str]
 ) -> None:
     url = f"redis://:wrong{SECRET}@127.0.0.1:{password_redis.port}/0"
-    result = billing(command, **sandbox_env(sandbox, REDIS_URL=url, BILLING_KEY_PREFIX=key_prefix))
-    assert result.returncode == 2, result.stderr
-    message = one_line(result)
+    message = with_redis(command, sandbox, url, key_prefix)
     assert "REDIS_URL" in message and "password" in message
 
 
@@ -206,9 +213,7 @@ def test_a_missing_redis_password_is_configuration_exit_2(
     sandbox: SandboxHandle, password_redis: RedisServer, key_prefix: str
 ) -> None:
     url = f"redis://127.0.0.1:{password_redis.port}/0"
-    result = billing(["status"], **sandbox_env(sandbox, REDIS_URL=url, BILLING_KEY_PREFIX=key_prefix))
-    assert result.returncode == 2, result.stderr
-    assert "REDIS_URL" in one_line(result)
+    assert "REDIS_URL" in with_redis(["status"], sandbox, url, key_prefix)
 
 
 @pytest.mark.parametrize("command", [["lookup", "jane@acme.com"], ["status"]])
@@ -216,9 +221,7 @@ def test_a_database_the_server_lacks_is_configuration_exit_2(
     sandbox: SandboxHandle, redis_url: str, key_prefix: str, command: list[str]
 ) -> None:
     url = redis_url.rsplit("/", 1)[0] + "/99"
-    result = billing(command, **sandbox_env(sandbox, REDIS_URL=url, BILLING_KEY_PREFIX=key_prefix))
-    assert result.returncode == 2, result.stderr
-    message = one_line(result)
+    message = with_redis(command, sandbox, url, key_prefix)
     assert "REDIS_URL" in message and "99" in message
 
 
@@ -226,10 +229,7 @@ def test_tls_to_a_plain_redis_is_configuration_exit_2(
     sandbox: SandboxHandle, redis_url: str, key_prefix: str
 ) -> None:
     url = redis_url.replace("redis://", "rediss://", 1)
-    result = billing(["lookup", "jane@acme.com"],
-                     **sandbox_env(sandbox, REDIS_URL=url, BILLING_KEY_PREFIX=key_prefix))
-    assert result.returncode == 2, result.stderr
-    message = one_line(result)
+    message = with_redis(["lookup", "jane@acme.com"], sandbox, url, key_prefix)
     assert "REDIS_URL" in message and "TLS" in message
 
 
@@ -237,9 +237,7 @@ def test_plain_redis_to_a_tls_server_is_configuration_exit_2(
     sandbox: SandboxHandle, tls_redis: int, key_prefix: str
 ) -> None:
     url = f"redis://127.0.0.1:{tls_redis}/0"
-    result = billing(["status"], **sandbox_env(sandbox, REDIS_URL=url, BILLING_KEY_PREFIX=key_prefix))
-    assert result.returncode == 2, result.stderr
-    message = one_line(result)
+    message = with_redis(["status"], sandbox, url, key_prefix)
     assert "REDIS_URL" in message and "rediss://" in message
 
 
@@ -247,17 +245,13 @@ def test_an_untrusted_tls_certificate_is_configuration_exit_2(
     sandbox: SandboxHandle, tls_redis: int, key_prefix: str
 ) -> None:
     url = f"rediss://127.0.0.1:{tls_redis}/0"
-    result = billing(["status"], **sandbox_env(sandbox, REDIS_URL=url, BILLING_KEY_PREFIX=key_prefix))
-    assert result.returncode == 2, result.stderr
-    message = one_line(result)
+    message = with_redis(["status"], sandbox, url, key_prefix)
     assert "REDIS_URL" in message and "certificate" in message
 
 
 def test_status_with_unreachable_redis_stays_exit_3(sandbox: SandboxHandle, key_prefix: str) -> None:
     url = f"redis://127.0.0.1:{free_port()}/0"
-    result = billing(["status"], **sandbox_env(sandbox, REDIS_URL=url, BILLING_KEY_PREFIX=key_prefix))
-    assert result.returncode == 3, result.stderr
-    assert "Redis" in one_line(result)
+    assert "Redis" in with_redis(["status"], sandbox, url, key_prefix, code=3)
 
 
 def test_an_unreachable_cache_is_one_warning_line_and_the_lookup_still_answers(
