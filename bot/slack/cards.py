@@ -153,7 +153,10 @@ TRANSITION_TITLE: Final = {
     "subscription.recovered": (":white_check_mark:", "\u2705", "Payment recovered"),
     "subscription.canceled": (":wave:", "\U0001f44b", "Subscription canceled"),
     "subscription.trial_will_end": (":hourglass_flowing_sand:", "\u23f3", "Trial ending soon"),
+    "subscription.renewal_upcoming": (":calendar:", "\U0001f4c5", "Renewal coming up"),
+    "subscription.trial_ending": (":hourglass_flowing_sand:", "\u23f3", "Trial ending"),
 }
+_REMINDED_DATE: Final = {"subscription.renewal_upcoming": "Renews", "subscription.trial_ending": "Trial ends"}
 _ENDED = frozenset({"canceled", "incomplete_expired"})
 
 
@@ -947,6 +950,25 @@ def _alert_fields(context: BillingContext, now: datetime) -> list[tuple[str, str
     return pairs
 
 
+def _reminder_fields(context: BillingContext, transition: str, subscription_id: str | None,
+                     now: datetime) -> list[tuple[str, str]]:
+    """A renewal or trial reminder's subscription: its plan and interval, and the date it is about."""
+    label = _REMINDED_DATE.get(transition)
+    sub = next((s for s in context.subscriptions if s.id == subscription_id), None)
+    if label is None or sub is None:
+        return []
+    plan = inline(sub.plan or "", 200) or "—"
+    if sub.interval:
+        every = sub.interval if (sub.interval_count or 1) == 1 else f"{sub.interval_count} {sub.interval}s"
+        plan += f" (every {inline(every, 40)})"
+    date = sub.current_period_end if transition == "subscription.renewal_upcoming" else sub.trial_end
+    when = date_with_days(date, now)
+    upcoming = next_invoice_text(sub.next_invoice)
+    if upcoming:
+        when += f"\nNext invoice {escape_mrkdwn(upcoming)}"
+    return [("Subscription", plan), (label, when)]
+
+
 def alert_message(
     context: BillingContext,
     *,
@@ -955,11 +977,14 @@ def alert_message(
     tags: Sequence[str],
     reasons: Sequence[str],
     now: datetime,
+    subscription_id: str | None = None,
 ) -> SlackMessage:
     """A channel alert for a transition (``subscription.past_due`` and any other name).
 
     No buttons: a channel message should not need our interactivity to be useful; the dashboard is a
-    plain link. Post replies about the same incident with :func:`thread_reply`.
+    plain link. Post replies about the same incident with :func:`thread_reply`. A reminder
+    (``subscription.renewal_upcoming``, ``subscription.trial_ending``) names its subscription
+    (``subscription_id``) and the date.
     """
     code, glyph, title = _transition_title(transition)
     who = _alert_who(context)
@@ -973,7 +998,8 @@ def alert_message(
     blocks: list[Block | None] = [
         _header(f"{glyph} {title} — {who}"),
         _optional_section(priority_line),
-        _fields(_alert_fields(context, now)) if context.found else None,
+        _fields([*_alert_fields(context, now), *_reminder_fields(context, transition, subscription_id, now)])
+        if context.found else None,
         _optional_section(reason_text if reason_lines else None),
         _context(dashboard, *_provenance(context, now)),
     ]
