@@ -34,6 +34,9 @@ Named customers and the facts tests may assert (MRR/LTV per MRR.md, minor units)
 - ``coupon@example.com`` - ``active`` "Growth Monthly" 5000/month with coupon ``FOREVER20`` (20 % forever,
   subscription level). MRR usd 4000.
 - ``nosubs@example.com`` - no subscriptions, no charges.
+- ``renewal@example.com`` - Renewal Yearly Ltd. ``active`` "Business Yearly" 120000/year, renewing in
+  5 days (the default rules' yearly-renewal reminder, 7 days ahead, is due). MRR usd 10000; LTV usd
+  120000.
 
 Other coverage customers (one per edge case; MRR in usd unless stated):
 ``annual@example.com`` 120000/year -> 10000; ``weekly@example.com`` 1000/week -> 4333;
@@ -88,6 +91,7 @@ DEMO_CUSTOMERS: dict[str, str] = {
     "tiered@example.com": "graduated tiers, qty 20, MRR usd 12750",
     "coupon@example.com": "5000/month with 20% forever, MRR usd 4000",
     "nosubs@example.com": "no subscriptions",
+    "renewal@example.com": "active Business Yearly 120000/year, renews in 5 days (a renewal reminder)",
 }
 
 # product key -> name
@@ -825,6 +829,11 @@ def build(now: int) -> list[Obj]:
         if status != "trialing":
             amount = int(b.prices[(plan, False)]["unit_amount"]) * (1 + n % 3)
             b.history(cust, sub, amount, 1)
+    # Last of the seeded objects, so every id and invoice number above stays what it was.
+    renewing = b.customer("renewal@example.com", "Renewal Yearly Ltd", 370)
+    sub = b.subscription(renewing, [("business_year", 1)], days_ago=360)  # renews in 5 days
+    b.invoice(renewing, sub, 120000, "paid", 360)
+    b.charge(renewing, 120000, days_ago=360)
     _cards_and_cancellations(b)
     _payment_intents(b)
     return b.objects
