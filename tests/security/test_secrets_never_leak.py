@@ -34,7 +34,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from langchain_core.messages import ToolCall
 
 from billing.sync.worker import EventWorker
@@ -53,6 +52,7 @@ from tests.fakes.slack_requests import (
 )
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
+from tests.loopback import run_asgi
 from tools.context_tools import BillingToolkit
 
 BILLING = Path(sys.executable).with_name("billing")
@@ -129,20 +129,10 @@ async def serving(
                          worker=worker, stripe_check=runtime.gateway.ping,
                          slack_app=build_slack_app(runtime, client=client, deps=deps),
                          slack_status=lambda: {"mode": "http"})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="debug",
-                                           log_config=None, lifespan="on", **SERVER_OPTIONS))
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:  # noqa: ASYNC110 - uvicorn has no event
-        await asyncio.sleep(0.01)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+    async with run_asgi(app, log_level="debug", log_config=None, lifespan="on", **SERVER_OPTIONS) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
             yield http, deps
         await deps.drain()
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def test_no_secret_appears_anywhere_at_debug_with_failures_injected(

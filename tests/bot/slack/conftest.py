@@ -5,7 +5,6 @@ records every call. Nothing of ours is replaced.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -14,16 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from bot.asgi import build_asgi_app
 from bot.runtime import Runtime, load_settings, open_runtime
 from bot.slack.app import SlackDeps, build_deps, build_slack_app, slack_web_client
-from tests.cluster import free_port
 from tests.fakes.slack_api import FakeSlackAPI
 from tests.fakes.slack_requests import signed_headers
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
+from tests.loopback import run_asgi
 
 SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 BOT_TOKEN = "xoxb-1111-2222-testtoken"
@@ -72,19 +70,10 @@ async def running_app(sandbox: SandboxHandle, redis_url: str, key_prefix: str, s
             app = build_asgi_app(settings=settings, store=runtime.store, webhook_secret=WEBHOOK_SECRET,
                                  tenant=runtime.store.tenant, slack_app=build_slack_app(runtime, deps=deps,
                                                                                         client=client))
-            port = free_port()
-            server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-            task = asyncio.create_task(server.serve())
-            deadline = time.monotonic() + 10
-            while not server.started and time.monotonic() < deadline:  # noqa: ASYNC110 - uvicorn has no event
-                await asyncio.sleep(0.01)
-            try:
-                async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            async with run_asgi(app) as url:
+                async with httpx.AsyncClient(base_url=url, timeout=30) as http:
                     yield SlackHarness(http, slack, runtime, deps, sandbox)
                 await deps.drain()
-            finally:
-                server.should_exit = True
-                await task
     finally:
         await unlink_prefix(redis_url, key_prefix)
 

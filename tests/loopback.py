@@ -1,0 +1,36 @@
+"""An ASGI app under real uvicorn on a loopback port, for as long as a test needs it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+
+from tests.cluster import free_port
+
+START_WITHIN_SECONDS = 10.0
+
+
+@asynccontextmanager
+async def run_asgi(app: Any, *, log_level: str = "warning", **config: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn (``config`` as ``uvicorn.Config`` takes it), started, lifespan run: its
+    base URL. Afterwards the server is stopped and its task awaited (an error it raised is raised)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, **config))
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + START_WITHIN_SECONDS
+    while not server.started:  # uvicorn offers no event to wait on
+        if task.done():
+            task.result()  # its start-up error, rather than a timeout
+            raise AssertionError("uvicorn stopped before it started")
+        assert time.monotonic() < deadline, f"uvicorn did not start within {START_WITHIN_SECONDS} s"
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
