@@ -134,12 +134,13 @@ def _iso(ts: int) -> str:
 
 
 async def _backfill(
-    settings: Settings, *, resume: bool, since: int | None, windows: int, concurrency: int, console: Console
+    settings: Settings, *, resume: bool, since: int | None, windows: int, concurrency: int, console: Console,
+    previews: bool = False,
 ) -> str:
     async with _connected(settings) as (gateway, store, notifier):
         with ProgressDisplay(console) as display:
             report = await Backfill(
-                gateway, store, windows=windows, concurrency=concurrency, observer=display
+                gateway, store, windows=windows, concurrency=concurrency, observer=display, previews=previews,
             ).run(resume=resume, since=since)
         # Changes made while the backfill ran reach us through the events it started before.
         worker = EventWorker(store, gateway, notifier, block_ms=1)
@@ -166,6 +167,10 @@ WindowsOption = Annotated[
 ConcurrencyOption = Annotated[
     int, typer.Option("--concurrency", min=1, max=64, help="windows fetched at the same time.")
 ]
+PreviewsOption = Annotated[
+    bool, typer.Option("--previews", help="Also ask Stripe for each renewing subscription's next invoice "
+                       "(one request each); without it cards show an estimate until next read from Stripe."),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -180,13 +185,14 @@ def register(app: typer.Typer) -> None:
         since: SinceOption = None,
         windows: WindowsOption = DEFAULT_WINDOWS,
         concurrency: ConcurrencyOption = DEFAULT_CONCURRENCY,
+        previews: PreviewsOption = False,
     ) -> None:
         """Load every customer from Stripe into Redis and build every context, then reconcile events."""
         settings = load_settings()
         console = Console(stderr=True)
         typer.echo(run_async(_backfill(
             settings, resume=resume, since=parse_since(since), windows=windows, concurrency=concurrency,
-            console=console,
+            console=console, previews=previews,
         )))
 
     @app.command()
@@ -195,12 +201,13 @@ def register(app: typer.Typer) -> None:
         since: SinceOption = None,
         windows: WindowsOption = DEFAULT_WINDOWS,
         concurrency: ConcurrencyOption = DEFAULT_CONCURRENCY,
+        previews: PreviewsOption = False,
     ) -> None:
         """Backfill again over the cache without clearing it (contexts stay served until rebuilt)."""
         settings = load_settings()
         typer.echo(run_async(_backfill(
             settings, resume=False, since=parse_since(since), windows=windows, concurrency=concurrency,
-            console=Console(stderr=True),
+            console=Console(stderr=True), previews=previews,
         )))
 
     @app.command("reconcile")

@@ -108,7 +108,7 @@ def comparable(context: Any) -> dict[str, Any]:
 async def test_backfill_builds_every_demo_customer_like_a_cold_lookup(
     sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore, clock: FixedClock
 ) -> None:
-    report = await Backfill(gateway, store, windows=3, clock=clock).run()
+    report = await Backfill(gateway, store, windows=3, clock=clock, previews=True).run()
 
     # as a lookup finds them: with the default card expanded
     card = {"expand": ["data.invoice_settings.default_payment_method"]}
@@ -133,6 +133,37 @@ async def test_backfill_builds_every_demo_customer_like_a_cold_lookup(
     assert jane_context is not None and jane_context.status == "past_due"
     health = await store.health()
     assert health.backfill_started_at == clock.now and health.backfill_finished_at == clock.now
+
+
+async def test_a_default_backfill_asks_for_no_previews_and_labels_next_invoices_estimates(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore, clock: FixedClock
+) -> None:
+    # Issue #11: one preview per renewing subscription was most of a backfill's requests. By default
+    # the card shows the next invoice estimated from the subscription, and says it is an estimate.
+    sandbox.control.clear_requests()
+    await Backfill(gateway, store, windows=3, clock=clock).run()
+    paths = [r["path"] for r in sandbox.control.requests()]
+    assert paths and not [p for p in paths if p.startswith("/v1/invoices/create_preview")]
+    now = datetime.fromtimestamp(clock.now, UTC)
+    estimated = 0
+    for customer in await listed(gateway, "customers"):
+        cached = await store.get_context(customer["id"])
+        assert cached is not None, customer["id"]
+        cold = build_context(
+            await gateway.fetch_customer_data(customer), query=customer["id"],
+            match=Match(method="customer_id", confidence="exact"), now=now,
+        )
+        assert [s.id for s in cached.subscriptions] == [s.id for s in cold.subscriptions]
+        for ours, previewed in zip(cached.subscriptions, cold.subscriptions, strict=True):
+            if ours.next_invoice is None:
+                continue
+            assert ours.next_invoice.estimate, ours.id
+            estimated += 1
+            if previewed.next_invoice is not None:  # the same renewal Stripe previews (its date
+                # is when Stripe will attempt payment, about an hour after the period ends)
+                assert abs(ours.next_invoice.date - previewed.next_invoice.date).total_seconds() <= 86_400
+                assert ours.next_invoice.currency == previewed.next_invoice.currency
+    assert estimated > 3
 
 
 async def test_empty_account_backfills_nothing(
