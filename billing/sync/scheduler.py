@@ -33,6 +33,7 @@ import json
 import logging
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,7 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
+from billing.cache.connections import REDIS_ERRORS
 from billing.cache.store import RedisStore, decode_context
 from billing.domain.models import BillingContext
 from billing.domain.reminders import LeadTimes, Reminder, due_reminders, leads_fingerprint, next_due, wake_at
@@ -111,12 +113,21 @@ class ReminderScheduler:
 
     # ---- the loop ---------------------------------------------------------------------------
     async def maybe_tick(self) -> int:
-        """Tick when ``interval`` has passed since the last tick; returns the reminders queued."""
+        """Tick when ``interval`` has passed since the last tick; returns the reminders queued.
+
+        Redis errors are raised (the worker waits Redis out); any other failure is logged and tried
+        again next time: the worker's events never wait for reminders."""
         now = time.monotonic()
         if self._last_tick is not None and now - self._last_tick < self.interval:
             return 0
         self._last_tick = now
-        return await self.tick()
+        try:
+            return await self.tick()
+        except REDIS_ERRORS:
+            raise
+        except Exception:
+            log.exception("the reminder scheduler failed; it tries again in %.0f s", self.interval)
+            return 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Tick every ``interval`` seconds until ``stop`` is set (``EventWorker.run`` ticks it itself)."""
@@ -205,7 +216,7 @@ class ReminderScheduler:
                 continue
             try:
                 out[customer_id] = decode_context(raw)
-            except ValueError:
+            except (ValueError, zlib.error):
                 log.warning("customer %s: cached context unreadable; no reminders until it is rebuilt",
                             customer_id)
         return out

@@ -243,3 +243,17 @@ async def test_lead_times_from_the_rules_and_a_change_of_them_rewalks(
     await h.deliver()
     assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7)]
 
+
+
+async def test_an_unreadable_cached_context_is_skipped_and_the_others_are_reminded(
+    store: RedisStore, clock: FrozenDateTimeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = Harness(store, clock)
+    soon = START + 5 * DAY
+    await h.apply(*(event for c in "BY" for event in customer_events(
+        f"cus_{c}", sub(f"sub_{c}", f"cus_{c}", price=yearly_price(), period_end=soon), START)))
+    await store.client.set(store.customer_key("cus_B", "ctx"), b"\x00 not a context")
+    assert await h.scheduler().maybe_tick() == 1
+    await h.deliver()
+    assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7)]
+    assert "customer cus_B: cached context unreadable" in caplog.text
