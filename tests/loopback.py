@@ -34,3 +34,13 @@ async def run_asgi(app: Any, *, log_level: str = "warning", **config: Any) -> As
     finally:
         server.should_exit = True
         await task
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Status and body of one HTTP/1.1 response with a Content-Length, read off a raw socket."""
+    status = int((await reader.readline()).split()[1])
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return status, await reader.readexactly(length)

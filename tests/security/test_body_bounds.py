@@ -14,18 +14,17 @@ import pytest
 from billing.sync.webhook import MAX_BODY_BYTES
 from bot.asgi import MAX_SLACK_BODY_BYTES
 from tests.bot.slack.conftest import SlackHarness
+from tests.loopback import read_response
 
 ROUTES = [("/stripe/webhook", MAX_BODY_BYTES), ("/slack/events", MAX_SLACK_BODY_BYTES)]
 CHUNK = 64 * 1024
 
 
-async def read_status(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return status, await reader.readexactly(length)
+def request_head(path: str, port: int, framing: str) -> bytes:
+    """A POST's head that either route could take (both signature headers, ``framing`` for the body)."""
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{framing}\r\n"
+            "Content-Type: application/json\r\nStripe-Signature: t=1,v1=00\r\n"
+            "X-Slack-Request-Timestamp: 1\r\nX-Slack-Signature: v0=00\r\n\r\n").encode()
 
 
 @pytest.mark.parametrize(("path", "bound"), ROUTES)
@@ -33,15 +32,14 @@ async def test_a_declared_length_over_the_bound_is_refused_before_the_body(
     harness: SlackHarness, path: str, bound: int
 ) -> None:
     port = harness.http.base_url.port
+    assert port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         # Declared one byte over the bound; only a few bytes follow: the answer must not wait for the rest.
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {bound + 1}\r\n"
-                     "Content-Type: application/json\r\nStripe-Signature: t=1,v1=00\r\n"
-                     "X-Slack-Request-Timestamp: 1\r\nX-Slack-Signature: v0=00\r\n\r\n{".encode())
+        writer.write(request_head(path, port, f"Content-Length: {bound + 1}") + b"{")
         await writer.drain()
         async with asyncio.timeout(3):  # the body timeout (408) is 10 s: a 413 here was not waiting
-            status, body = await read_status(reader)
+            status, body = await read_response(reader)
     finally:
         writer.close()
     assert status == 413 and str(bound).encode() in body
@@ -52,13 +50,12 @@ async def test_a_chunked_body_is_cut_off_just_past_the_bound(
     harness: SlackHarness, path: str, bound: int
 ) -> None:
     port = harness.http.base_url.port
+    assert port is not None
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     sent = 0
     try:
-        writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n"
-                     "Content-Type: application/json\r\nStripe-Signature: t=1,v1=00\r\n"
-                     "X-Slack-Request-Timestamp: 1\r\nX-Slack-Signature: v0=00\r\n\r\n".encode())
-        answer = asyncio.create_task(read_status(reader))
+        writer.write(request_head(path, port, "Transfer-Encoding: chunked"))
+        answer = asyncio.create_task(read_response(reader))
 
         async def endless() -> None:  # 64 MiB if nobody stops it
             nonlocal sent
