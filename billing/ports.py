@@ -46,6 +46,16 @@ class StripeReader(Protocol):
     async def retrieve_customer(self, customer_id: str) -> StripeDict | None:
         """The customer, or None when it does not exist or is deleted."""
 
+    async def owner_of(self, kind: str, object_id: str) -> str | None:
+        """The customer id of a ``subscription``, ``invoice``, ``charge`` or ``payment_intent`` (None when
+        Stripe has no such object or it has no customer)."""
+
+    async def customers_of_invoice_number(self, number: str) -> list[str]:
+        """The customers of the invoices printed with ``number`` (Stripe's invoice search)."""
+
+    async def search_customers_by_metadata(self, key: str, value: str) -> list[StripeDict]:
+        """Customers whose metadata ``key`` is exactly ``value`` (Search API), ``subscriptions`` expanded."""
+
     async def fetch_customer_data(self, customer: StripeDict) -> CustomerData:
         """Everything a BillingContext needs, fetched concurrently (≤ 3 requests for a typical customer)."""
 
@@ -101,6 +111,16 @@ class EmailReader(Protocol):
         """The first of ``link_keys`` manually linked and that customer's stored context (none when
         not cached), or, with no link, ``(None, contexts)`` of every customer indexed under
         ``email``, in customer id order; contexts as stored (``source`` as saved)."""
+        ...
+
+
+@runtime_checkable
+class LookupReader(Protocol):
+    """A store that indexes customers by their other ids (``RedisStore``); ``BillingService`` reads
+    lookups by subscription, invoice, invoice number, charge, payment intent or metadata from it."""
+
+    async def customer_ids_for_lookup(self, kind: str, text: str) -> list[str]:
+        """Customer ids cached under a lookup (``Query.kind``, ``Query.text``), in id order."""
         ...
 
 

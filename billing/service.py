@@ -19,10 +19,10 @@ from billing.cache.connections import REDIS_ERRORS
 from billing.domain.builder import build_context, other_customer
 from billing.domain.lifecycle import most_urgent_status
 from billing.domain.matching import Query, parse_query, rank_customers
-from billing.domain.models import BillingContext, Match, OtherCustomer
+from billing.domain.models import BillingContext, Match, MatchMethod, OtherCustomer
 from billing.domain.snapshot import StripeDict
 from billing.errors import StoreUnavailableError, StripeUnavailableError
-from billing.ports import ContextStore, EmailReader, StripeReader
+from billing.ports import ContextStore, EmailReader, LookupReader, StripeReader
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,11 @@ LOWERCASE = Match(method="email_lowercase", confidence="case_insensitive")
 SEARCH = Match(method="search", confidence="case_insensitive")
 BY_ID = Match(method="customer_id", confidence="exact")
 LINKED = Match(method="manual_link", confidence="manual")
+# A lookup by another id than the email or the customer's: the id names one customer (or a metadata
+# value the operator's system gave it), so the match is exact.
+OTHER_ID_KINDS = frozenset({
+    "subscription", "invoice", "invoice_number", "charge", "payment_intent", "metadata",
+})
 
 
 def _utcnow() -> datetime:
@@ -68,6 +73,23 @@ def _email_reader(store: ContextStore | None) -> EmailReader | None:
     if known is None:
         known = _EMAIL_READERS[kind] = isinstance(store, EmailReader)
     return cast(EmailReader, store) if known else None
+
+
+def _lookup_reader(store: ContextStore | None) -> LookupReader | None:
+    return store if isinstance(store, LookupReader) else None
+
+
+def _by_other_id(parsed: Query) -> Match:
+    return Match(method=cast(MatchMethod, parsed.kind), confidence="exact")
+
+
+def _still_matches(parsed: Query, context: BillingContext) -> bool:
+    """Whether a cached context still answers a lookup by metadata (an index entry may be older than
+    the value); an id of a Stripe object never changes customer."""
+    if parsed.kind != "metadata":
+        return True
+    customer = context.customer
+    return customer is not None and customer.metadata.get(parsed.key or "") == parsed.value
 
 
 def _link_keys(parsed: Query) -> list[str]:
@@ -131,15 +153,21 @@ class BillingService:
         *,
         clock: Callable[[], datetime] | None = None,
         max_staleness: timedelta = timedelta(hours=24),
+        metadata_keys: Sequence[str] = (),
     ) -> None:
         self.gateway = gateway
         self.store = store
         self._clock = clock or _utcnow
         self.max_staleness = max_staleness
+        self.metadata_keys = tuple(metadata_keys)
+
+    def parse(self, query: str) -> Query:
+        """``parse_query`` with this service's metadata keys: what a lookup accepts, or BadQueryError."""
+        return parse_query(query, self.metadata_keys)
 
     async def lookup(self, query: str, *, refresh: bool = False) -> BillingContext:
         """The customer's BillingContext, or ``BillingContext.not_found``; raises BadQueryError first."""
-        parsed = parse_query(query)
+        parsed = self.parse(query)
         if refresh:
             link, cached = await self._manual_link(parsed), None
         else:
@@ -210,12 +238,36 @@ class BillingService:
         if link is not None or parsed.kind == "customer_id":
             context = await store.get_context(link if link is not None else parsed.value)
             return self._choose(parsed, link, [context] if context is not None else [])
+        if parsed.kind in OTHER_ID_KINDS:
+            reader = _lookup_reader(store)
+            ids = await reader.customer_ids_for_lookup(parsed.kind, parsed.text) if reader else []
+            found = [await store.get_context(customer_id) for customer_id in ids]
+            return self._choose_by_other_id(parsed, [c for c in found if c is not None])
         contexts: list[BillingContext] = []
         for customer_id in await store.customer_ids_for_email(parsed.value):
             context = await store.get_context(customer_id)
             if context is not None:
                 contexts.append(context)
         return self._choose(parsed, link, contexts)
+
+    def _choose_by_other_id(
+        self, parsed: Query, stored: Sequence[BillingContext]
+    ) -> BillingContext | None:
+        """The cached answer to a lookup by another id: the customers indexed under it that still
+        match, ranked as Stripe's answer would be (several customers may share a metadata value)."""
+        by_id = {
+            c.customer.id: c for c in stored
+            if c.found and c.customer is not None and _still_matches(parsed, c)
+        }
+        if not by_id:
+            return None
+        ranked = [str(d["id"]) for d in rank_customers([_as_ranking_dict(c) for c in by_id.values()])]
+        return by_id[ranked[0]].model_copy(update={
+            "query": parsed.text,
+            "match": _by_other_id(parsed),
+            "source": "cache",
+            "other_customers": [_as_other(by_id[i]) for i in ranked[1:]],
+        })
 
     def _choose(
         self, parsed: Query, link: str | None, stored: Sequence[BillingContext]
@@ -276,6 +328,8 @@ class BillingService:
         if parsed.kind == "customer_id":
             customer = await self.gateway.retrieve_customer(parsed.value)
             return ([customer] if customer is not None else []), BY_ID
+        if parsed.kind in OTHER_ID_KINDS:
+            return await self._customers_by_other_id(parsed), _by_other_id(parsed)
         # Every case variant: the exact list, the lower-cased list (both immediately consistent) and
         # the case-insensitive search (eventually consistent), merged, so the answer does not depend
         # on the case typed. Search failing is survivable when a list found someone. All three at
@@ -304,13 +358,26 @@ class BillingService:
         email = primary.get("email") if primary is not None else None
         return found, _email_match(parsed.value, email if isinstance(email, str) else None)
 
+    async def _customers_by_other_id(self, parsed: Query) -> list[StripeDict]:
+        """Stripe's customers for a lookup by another id: the object's owner (one retrieve), the
+        invoices' owners (invoice search), or the customers with the metadata value (customer search)."""
+        if parsed.kind == "metadata":
+            return await self.gateway.search_customers_by_metadata(parsed.key or "", parsed.value)
+        if parsed.kind == "invoice_number":
+            owners = await self.gateway.customers_of_invoice_number(parsed.value)
+        else:
+            owner = await self.gateway.owner_of(parsed.kind, parsed.value)
+            owners = [owner] if owner is not None else []
+        found = [await self.gateway.retrieve_customer(customer_id) for customer_id in owners]
+        return [c for c in found if c is not None]
+
     async def _from_stripe(self, parsed: Query, link: str | None) -> BillingContext:
         candidates, match = await self._candidates(parsed, link)
         if not candidates:
-            return BillingContext.not_found(parsed.value)
+            return BillingContext.not_found(parsed.text)
         ranked = rank_customers(candidates)
         others = [other_customer(c, _status_of(c)) for c in ranked[1:]]
-        return await self._build(ranked[0], query=parsed.value, match=match, others=others, save=True)
+        return await self._build(ranked[0], query=parsed.text, match=match, others=others, save=True)
 
     async def _build(
         self,

@@ -192,9 +192,12 @@ async def _open_store(
     asks Stripe, which is correct, only slower (the cache is an optimisation, never a dependency)."""
     try:
         if tenant is not None:
-            return await open_store(settings.redis_url, tenant, prefix=settings.key_prefix)
+            return await open_store(
+                settings.redis_url, tenant, prefix=settings.key_prefix, metadata_keys=settings.metadata_keys
+            )
         return await open_tenant_store(
-            settings.redis_url, gateway, key_account_id(key), prefix=settings.key_prefix
+            settings.redis_url, gateway, key_account_id(key), prefix=settings.key_prefix,
+            metadata_keys=settings.metadata_keys,
         )
     except StoreUnavailableError as err:
         if required:
@@ -229,7 +232,8 @@ async def open_runtime(
         try:
             tenant = store.tenant if store is not None else configured or await gateway.tenant()
             service = BillingService(
-                gateway, store, max_staleness=timedelta(seconds=settings.max_staleness_seconds)
+                gateway, store, max_staleness=timedelta(seconds=settings.max_staleness_seconds),
+                metadata_keys=settings.metadata_keys,
             )
             audit = store.audit_log() if store is not None else None
             yield Runtime(settings, gateway, TenantRuntime(tenant, service, store, audit))

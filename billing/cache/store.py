@@ -13,6 +13,8 @@ Key layout (``p`` = ``{key_prefix}:{account_id}:{live|test}``)::
     p:prices|products|coupons   hash  object id -> slim JSON with "_v" (shared by customers)
     p:refs:<price|coupon id>    set   customers whose live subscriptions (or own discount) use it
     p:email:<lower email>       set   customer ids
+    p:find:<kind>:<value>       set   customer ids a lookup by another id finds (``lookup_index``),
+    p:{cus_1}:find              set   and the index keys this customer is in
     p:link:<key>                string  manual link -> customer id
     p:customers                 set   cached customer ids
     p:events / p:events:dead    streams (webhook events, trimmed below what every group acknowledged /
@@ -44,6 +46,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 
 from billing.cache.audit import AuditLog
 from billing.cache.connections import REDIS_ERRORS, RedisClient, open_redis
+from billing.cache.lookup_index import LookupIndex
 from billing.domain.builder import build_context
 from billing.domain.models import BillingContext, Match
 from billing.domain.snapshot import CustomerData, StripeDict
@@ -209,7 +212,9 @@ class RedisStore:
 
     GROUP = "workers"
 
-    def __init__(self, client: RedisClient, tenant: Tenant, *, prefix: str = "bl") -> None:
+    def __init__(
+        self, client: RedisClient, tenant: Tenant, *, prefix: str = "bl", metadata_keys: Sequence[str] = (),
+    ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ValueError("the key prefix must not contain braces (they select Redis Cluster slots)")
         self.client = client
@@ -217,6 +222,8 @@ class RedisStore:
         self.prefix = f"{prefix}:{tenant.key}"
         self._scripted: bool | None = None  # None: not decided yet (see _script_reads)
         self._email_script: Any = None
+        # Lookups by subscription, invoice (id or number), charge, payment intent or ``metadata_keys``.
+        self.lookup = LookupIndex(client, self.tenant_key, self.customer_key, metadata_keys)
 
     # ---- keys -------------------------------------------------------------------------------
     def customer_key(self, customer_id: str, part: str) -> str:
@@ -263,6 +270,10 @@ class RedisStore:
     async def customer_ids_for_email(self, email: str) -> list[str]:
         members = await self.client.smembers(self.email_key(email))
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def customer_ids_for_lookup(self, kind: str, text: str) -> list[str]:
+        """``billing.ports.LookupReader``: the customers indexed under a lookup by another id."""
+        return await self.lookup.customer_ids(kind, text)
 
     async def linked_customer(self, key: str) -> str | None:
         return _text(await self.client.get(self.tenant_key(f"link:{key}")))
@@ -466,7 +477,8 @@ class RedisStore:
         pipe.get(self.customer_key(customer_id, "objs"))
         pipe.smembers(record)
         raw, recorded = await pipe.execute()
-        wanted = refs_of(decode_objects(raw).values())
+        objects = decode_objects(raw)
+        wanted = refs_of(objects.values())
         before = {_text(m) or "" for m in recorded} | refs_of(previous)
         pipe = self.client.pipeline(transaction=False)
         for ref in sorted(before - wanted):
@@ -477,6 +489,8 @@ class RedisStore:
         if wanted:
             pipe.sadd(record, *sorted(wanted))
         await pipe.execute()
+        # The lookup index follows the same objects, whoever saved them (a lookup, a backfill, the worker).
+        await self.lookup.sync(customer_id, objects.values())
 
     # ---- per-customer objects ----------------------------------------------------------------
     async def get_objects(self, customer_id: str) -> dict[str, StripeDict]:
@@ -658,7 +672,7 @@ class RedisStore:
         objects = decode_objects(await self.client.get(self.customer_key(customer_id, "objs")))
         emails = {str(o["email"]) for o in objects.values()
                   if o.get("object") == "customer" and isinstance(o.get("email"), str)}
-        touched = 0
+        touched = await self.lookup.forget(customer_id)  # before its record goes with the customer's keys
         async for key in self.client.scan_iter(match=f"{self.prefix}:{{{customer_id}}}:*", count=500):
             touched += int(await self.client.delete(key))
         for email in emails:
@@ -843,7 +857,8 @@ def _plain(objects: Mapping[str, StripeDict]) -> dict[str, StripeDict]:
 
 
 async def open_tenant_store(
-    url: str, gateway: StripeReader, key_fingerprint: str, *, prefix: str = "bl"
+    url: str, gateway: StripeReader, key_fingerprint: str, *, prefix: str = "bl",
+    metadata_keys: Sequence[str] = (),
 ) -> RedisStore:
     """A store for the account the gateway's key belongs to.
 
@@ -864,13 +879,15 @@ async def open_tenant_store(
     except BaseException:
         await client.aclose()
         raise
-    return RedisStore(client, tenant, prefix=prefix)
+    return RedisStore(client, tenant, prefix=prefix, metadata_keys=metadata_keys)
 
 
-async def open_store(url: str, tenant: Tenant, *, prefix: str = "bl") -> RedisStore:
+async def open_store(
+    url: str, tenant: Tenant, *, prefix: str = "bl", metadata_keys: Sequence[str] = ()
+) -> RedisStore:
     """A store on a fresh client for ``url`` (``redis://``, ``rediss://``, ``memory://``)."""
     client = await open_redis(url)
-    return RedisStore(client, tenant, prefix=prefix)
+    return RedisStore(client, tenant, prefix=prefix, metadata_keys=metadata_keys)
 
 
 

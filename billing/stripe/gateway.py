@@ -74,6 +74,14 @@ PREVIEW_PERMISSION = "rak_invoice_read"  # what Stripe asks of a restricted key 
 _PERMISSION_IN_MESSAGE = re.compile(r"\brak_[a-z_]+_read\b")
 _KEY_SHAPE = re.compile(r"(rk|sk)_(live|test)_[A-Za-z0-9]+")
 
+# A lookup by another id retrieves that object for its customer: (path, what a restricted key needs).
+OWNED_OBJECTS: dict[str, tuple[str, str]] = {
+    "subscription": ("subscriptions", "rak_subscription_read"),
+    "invoice": ("invoices", "rak_invoice_read"),
+    "charge": ("charges", "rak_charge_read"),
+    "payment_intent": ("payment_intents", "rak_payment_intent_read"),
+}
+
 _NO_KEY = "STRIPE_API_KEY is not set; give a restricted key (rk_test_… or rk_live_…)."
 _BAD_KEY_401 = "Stripe refused the API key (401): check STRIPE_API_KEY."
 
@@ -400,6 +408,13 @@ def _json_shaped(value: Any) -> Any:
     if isinstance(value, Decimal):
         return format(value, "f")
     return value
+
+
+def search_string(value: str, quote: str = "'") -> str:
+    """``value`` as a string of Stripe's search query language: in ``quote``s, with a backslash before
+    each backslash and each ``quote`` inside it (``o'brien`` -> ``'o\\'brien'``)."""
+    escaped = value.replace("\\", "\\\\").replace(quote, "\\" + quote)
+    return f"{quote}{escaped}{quote}"
 
 
 def _coupon_ref(discount: Any) -> tuple[str | None, StripeDict | None]:
@@ -809,9 +824,22 @@ class StripeGateway:
 
     async def search_customers_by_email(self, email: str) -> list[StripeDict]:
         """Search API fallback (eventually consistent), kept to case-insensitive exact matches."""
-        quoted = email.replace("\\", "\\\\").replace("'", "\\'")
+        customers = await self._search_customers(f"email:{search_string(email)}", repr(email))
+        wanted = email.lower()
+        return [c for c in customers if str(c.get("email") or "").lower() == wanted]
+
+    async def search_customers_by_metadata(self, key: str, value: str) -> list[StripeDict]:
+        """Customers whose metadata ``key`` is exactly ``value`` (``metadata['user_id']:'1234'``, Search
+        API: eventually consistent; its matches are kept to exact, case-sensitive equality)."""
+        query = f"metadata[{search_string(key)}]:{search_string(value)}"
+        customers = await self._search_customers(query, f"{key}:{value!r}")
+        return [c for c in customers if (c.get("metadata") or {}).get(key) == value]
+
+    async def _search_customers(self, query: str, shown: str) -> list[StripeDict]:
+        """Customers (not deleted, ``subscriptions`` expanded) matching a search ``query``; [] where
+        search is unavailable (e.g. merchants in India). ``shown`` names the query in an error."""
         def params() -> Any:
-            return {"query": f"email:'{quoted}'", "limit": LIST_LIMIT,
+            return {"query": query, "limit": LIST_LIMIT,
                     "expand": ["data.subscriptions", *self._cards(f"data.{CUSTOMER_CARD}")]}
 
         try:
@@ -827,18 +855,69 @@ class StripeGateway:
             if err.http_status == 400 and getattr(err, "param", None) == "query":
                 # Stripe could not read the query: a malformed query is not "no match".
                 raise BadQueryError(
-                    f"Stripe's customer search refused the query for {email!r}: "
+                    f"Stripe's customer search refused the query for {shown}: "
                     f"{(err.user_message or str(err)).strip()}"
                 ) from None
             # Search is unavailable to some accounts (e.g. merchants in India): no fallback, no match.
             log.info("Stripe customer search unavailable (HTTP %s)", err.http_status)
             return []
-        wanted = email.lower()
         customers = [_to_dict(obj) for obj in result.data]
-        return [
-            c for c in customers
-            if not c.get("deleted") and str(c.get("email") or "").lower() == wanted
-        ]
+        return [c for c in customers if not c.get("deleted")]
+
+    async def customers_of_invoice_number(self, number: str) -> list[str]:
+        """The customers of the invoices numbered ``number`` (``GET /v1/invoices/search`` with
+        ``number:"…"``; eventually consistent, spends search's own budget), exact matches only
+        (numbers compared upper-cased, as Stripe prints them), in Stripe's order."""
+        query = "number:" + search_string(number, quote='"')
+        try:
+            response = await self._call(
+                "searching invoices",
+                lambda: self._client.raw_request_async("get", "/v1/invoices/search", query=query, limit=10),
+                search=True,
+            )
+        except stripe.PermissionError as err:
+            raise ConfigurationError(
+                _permission_sentence([_missing_permission(err, "invoices")], ["invoices"])
+            ) from None
+        except stripe.InvalidRequestError as err:
+            log.info("Stripe invoice search unavailable (HTTP %s)", err.http_status)
+            return []
+        page: StripeDict = _json_shaped(response.data)
+        owners = (
+            id_of(inv.get("customer")) for inv in page.get("data") or []
+            if isinstance(inv, dict) and str(inv.get("number") or "").upper() == number.upper()
+        )
+        return list(dict.fromkeys(o for o in owners if o))
+
+    async def owner_of(self, kind: str, object_id: str) -> str | None:
+        """The customer id a subscription, invoice, charge or payment intent belongs to (``kind`` as in
+        ``OWNED_OBJECTS``); None when Stripe has no such object or it has no customer.
+
+        A key that may not read payment intents (``rak_payment_intent_read`` is not among the
+        permissions the product asks for) finds the intent's customer through its charges instead."""
+        path, permission = OWNED_OBJECTS[kind]
+        what = kind.replace("_", " ")
+        try:
+            response = await self._call(
+                f"retrieving a {what}",
+                lambda: self._client.raw_request_async("get", f"/v1/{path}/{object_id}"),
+            )
+        except stripe.InvalidRequestError as err:
+            if err.http_status == 404:
+                return None
+            raise
+        except stripe.PermissionError as err:
+            if kind == "payment_intent":
+                charges = await self._list_all(
+                    "charges", {"payment_intent": object_id, "limit": 1}, max_pages=1
+                )
+                return id_of(charges[0].get("customer")) if charges else None
+            found = _PERMISSION_IN_MESSAGE.search(str(err))
+            raise ConfigurationError(
+                _permission_sentence([found.group(0) if found else permission], [path])
+            ) from None
+        obj: StripeDict = _json_shaped(response.data)
+        return None if obj.get("deleted") else id_of(obj.get("customer"))
 
     async def retrieve_customer(self, customer_id: str) -> StripeDict | None:
         """The customer with ``subscriptions`` expanded, or None when missing or deleted."""

@@ -83,6 +83,7 @@ CHARGE: Spec = {
     # read by billing.domain.timeline (payment failed: the decline reason; the invoice when Stripe names it)
     "failure_code": None, "failure_message": None, "outcome": {"reason": None, "type": None},
     "invoice": None,
+    "payment_intent": None,  # a lookup by ``pi_…`` finds the customer in the cache through its charges
 }
 DISPUTE: Spec = {
     "id": None, "object": None, "charge": None, "amount": None, "currency": None, "status": None,

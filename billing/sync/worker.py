@@ -40,6 +40,7 @@ import stripe
 from redis.exceptions import ResponseError, WatchError
 
 from billing.cache.connections import REDIS_ERRORS
+from billing.cache.lookup_index import index_changed
 from billing.cache.store import (
     DEDUP_TTL_SECONDS,
     SNAPSHOT_EVENT_ID,
@@ -737,6 +738,9 @@ class EventWorker:
         """
         if data is None:
             return
+        if first_build or index_changed(stored, updates, self.store.lookup.metadata_keys):
+            # A new invoice, charge or subscription, a number given at finalization, a new metadata value.
+            await self.store.lookup.sync(customer_id, trim_invoices({**stored, **updates}).values())
         previous = stored.get(customer_id)
         old_email = (previous or {}).get("email")
         new_email = data.customer.get("email")

@@ -1,0 +1,402 @@
+"""More ways to find a customer (issue #10 item 6): a subscription, an invoice (id or printed number),
+a charge, a payment intent, or an id of the operator's system in the customer's metadata; each from
+the cache when it can be, from Stripe (the sandbox, over real HTTP) otherwise, and the match says which."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from urllib.parse import unquote_plus
+
+import pytest
+
+from billing.cache.connections import open_redis
+from billing.cache.store import RedisStore
+from billing.config import Settings
+from billing.domain.matching import Query, matched_by, parse_query
+from billing.errors import BadQueryError, ConfigurationError
+from billing.ports import Tenant, Transition
+from billing.service import BillingService
+from billing.stripe.gateway import PERMISSIONS, RetryPolicy, StripeGateway
+from billing.sync.backfill import Backfill
+from billing.sync.worker import EventWorker
+from bot.runtime import load_settings
+from tests.billing import stripe_factory as sf
+from tests.fixtures_redis import unlink_prefix
+from tests.fixtures_sandbox import SandboxHandle
+
+KEYS = ("user_id", "account_id")
+JANE_NUMBER = "0HIAXQK6-0004"  # the demo's open invoice of Jane's (its prefix is seeded)
+TENANT = Tenant(account_id="acct_queryforms", livemode=False)
+
+
+# ---- parsing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "keys", "expected"),
+    [
+        ("sub_1Demo9xY", (), Query("subscription", "sub_1Demo9xY")),
+        (" 'in_1DemoAbC' ", (), Query("invoice", "in_1DemoAbC")),
+        ("0HIAXQK6-0004", (), Query("invoice_number", "0HIAXQK6-0004")),
+        ("0hiaxqk6-0004", (), Query("invoice_number", "0HIAXQK6-0004")),
+        ("`ACME-000123`", (), Query("invoice_number", "ACME-000123")),
+        ("ch_3Mx", (), Query("charge", "ch_3Mx")),
+        ("pi_3Mx", (), Query("payment_intent", "pi_3Mx")),
+        ("user_id:1234", KEYS, Query("metadata", "1234", "user_id")),
+        ("account_id: acct-77 ", KEYS, Query("metadata", "acct-77", "account_id")),
+        ("USER_ID:1234", KEYS, Query("metadata", "1234", "user_id")),
+        ("user_id:John Smith", KEYS, Query("metadata", "John Smith", "user_id")),
+        ("1234", ("user_id",), Query("metadata", "1234", "user_id")),
+        ("user_id:o'neil", ("user_id",), Query("metadata", "o'neil", "user_id")),
+        ("jane@acme.com", ("user_id",), Query("email", "jane@acme.com")),
+    ],
+)
+def test_every_query_form_parses(raw: str, keys: tuple[str, ...], expected: Query) -> None:
+    assert parse_query(raw, keys) == expected
+
+
+def test_a_metadata_query_names_itself_as_key_and_value() -> None:
+    assert parse_query("user_id:1234", KEYS).text == "user_id:1234"
+    assert parse_query("1234", ("user_id",)).text == "user_id:1234"
+
+
+@pytest.mark.parametrize(
+    ("raw", "keys", "expected"),
+    [
+        ("user_id:", KEYS, "user_id: needs a value after the colon, e.g. user_id:1234;"),
+        ("user_id:   ", ("user_id",), "user_id: needs a value after the colon"),
+        ("team:7", KEYS, "'team' is not a metadata key lookups use (they use user_id, account_id);"),
+        ("user_id:1234", (), "no metadata key is set for lookups (BILLING_MATCH_METADATA_KEYS)"),
+        ("1234", KEYS, "'1234' is not an email address, a Stripe id or an invoice number;"),
+        ("1234", (), "'1234' is not an email address, a Stripe id or an invoice number;"),
+        ("jane@acme", ("user_id",), "'jane@acme' is not an email address"),
+        ("sub_sched_1", (), "is not an email address, a Stripe id or an invoice number"),
+        ("AB-1234", (), "is not an email address, a Stripe id or an invoice number"),
+        ("0HIAXQK6-004", (), "is not an email address, a Stripe id or an invoice number"),
+    ],
+)
+def test_a_bad_form_is_one_sentence_naming_what_is_accepted(
+    raw: str, keys: tuple[str, ...], expected: str
+) -> None:
+    with pytest.raises(BadQueryError) as info:
+        parse_query(raw, keys)
+    message = str(info.value)
+    assert expected in message
+    assert message.endswith(".") and "\n" not in message
+    assert "sub_…" in message and "0HIAXQK6-0004" in message  # what is accepted
+    for key in keys:
+        assert f"{key}:…" in message
+
+
+def test_the_card_line_says_what_matched() -> None:
+    from billing.domain.models import Match
+
+    assert matched_by(JANE_NUMBER, Match(method="invoice_number", confidence="exact")) == (
+        f"matched by invoice {JANE_NUMBER}"
+    )
+    assert matched_by("user_id:1234", Match(method="metadata", confidence="exact")) == (
+        "matched by metadata user_id 1234"
+    )
+    paid = Match(method="payment_intent", confidence="exact")
+    assert matched_by("pi_1", paid) == "matched by payment intent pi_1"
+    assert matched_by("jane@acme.com", Match(method="email", confidence="exact")) is None
+
+
+# ---- BILLING_MATCH_METADATA_KEYS ----------------------------------------------------------------
+
+
+def test_metadata_keys_setting_is_read_as_a_clean_list() -> None:
+    assert load_settings(BILLING_MATCH_METADATA_KEYS=" user_id , account_id ").metadata_keys == KEYS
+    assert load_settings(BILLING_MATCH_METADATA_KEYS="").metadata_keys == ()
+    assert Settings().metadata_keys == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("user_id,,account_id", "has an empty key (a stray comma)"),
+        ("user_id,", "has an empty key"),
+        ("user id", "key 'user id' must be 1 to 40 letters"),
+        ("user_id:x", "must be 1 to 40 letters, digits"),
+        ("metadata['x']", "no colon, space, quote or bracket"),
+        ("k" * 41, "must be 1 to 40 letters"),
+        ("user_id,USER_ID", "names USER_ID twice"),
+        ("mailto", "cannot use mailto"),
+        (",".join(f"k{i}" for i in range(11)), "has 11 keys; give at most 10"),
+    ],
+)
+def test_a_bad_metadata_keys_setting_is_one_sentence_at_start_up(value: str, expected: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(BILLING_MATCH_METADATA_KEYS=value)
+    message = str(info.value)
+    assert message.startswith("BILLING_MATCH_METADATA_KEYS") and expected in message
+    assert message.endswith(".") and "\n" not in message
+
+
+# ---- from Stripe ----------------------------------------------------------------------------------
+
+
+FAST = RetryPolicy(attempts=2, base_seconds=0.001, cap_seconds=0.01)
+
+
+@pytest.fixture
+async def gateway(sandbox: SandboxHandle) -> AsyncIterator[StripeGateway]:
+    async with StripeGateway(sandbox.api_key, api_base=sandbox.url, retry=FAST, rate_limit=1000) as gw:
+        yield gw
+
+
+async def _jane_ids(gateway: StripeGateway) -> dict[str, str]:
+    [jane] = await gateway.list_customers_by_email("jane@acme.com")
+    customer = str(jane["id"])
+    subs = [s async for s in gateway.iter_objects("subscriptions", {"customer": customer})]
+    invoices = [i async for i in gateway.iter_objects("invoices", {"customer": customer})]
+    charges = [c async for c in gateway.iter_objects("charges", {"customer": customer})]
+    open_invoice = next(i for i in invoices if i["status"] == "open")
+    assert open_invoice["number"] == JANE_NUMBER
+    return {
+        "customer": customer, "subscription": subs[0]["id"], "invoice": invoices[-1]["id"],
+        "invoice_number": JANE_NUMBER, "charge": charges[0]["id"],
+        "payment_intent": charges[-1]["payment_intent"],
+    }
+
+
+def _requests(sandbox: SandboxHandle) -> list[tuple[str, str]]:
+    return [(r["path"], unquote_plus(r["query"].get("query", ""))) for r in sandbox.control.requests()]
+
+
+async def test_each_form_finds_jane_from_stripe(sandbox: SandboxHandle, gateway: StripeGateway) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"user_id": "1001"}})
+    service = BillingService(gateway, None, metadata_keys=KEYS)
+    queries = {
+        "subscription": ids["subscription"], "invoice": ids["invoice"], "invoice_number": JANE_NUMBER.lower(),
+        "charge": ids["charge"], "payment_intent": ids["payment_intent"], "metadata": "user_id:1001",
+    }
+    for method, query in queries.items():
+        context = await service.lookup(query)
+        assert context.found and context.customer is not None, query
+        assert context.customer.id == ids["customer"] and context.customer.name == "Jane Doe"
+        assert context.match is not None and (context.match.method, context.match.confidence) == (
+            method, "exact"
+        )
+        assert context.source == "stripe" and context.status == "past_due"
+    assert (await service.lookup(JANE_NUMBER)).query == JANE_NUMBER
+    assert (await service.lookup("user_id:1001")).query == "user_id:1001"
+
+
+async def test_stripe_is_asked_with_its_own_query_syntax(
+    sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"user_id": "o'neil\\7"}})
+    service = BillingService(gateway, None, metadata_keys=("user_id",))
+    sandbox.control.clear_requests()
+    found = await service.lookup("0hiaxqk6-0004")
+    assert found.customer is not None and found.customer.id == ids["customer"]
+    assert _requests(sandbox)[0] == ("/v1/invoices/search", 'number:"0HIAXQK6-0004"')
+    sandbox.control.clear_requests()
+    # A quote and a backslash in the value are escaped, and Stripe reads back exactly the value.
+    quoted = await service.lookup("o'neil\\7")
+    assert quoted.customer is not None and quoted.customer.id == ids["customer"]
+    assert _requests(sandbox)[0] == ("/v1/customers/search", "metadata['user_id']:'o\\'neil\\\\7'")
+    sandbox.control.clear_requests()
+    await service.lookup(ids["subscription"])
+    assert _requests(sandbox)[0] == (f"/v1/subscriptions/{ids['subscription']}", "")
+
+
+async def test_unknown_ids_and_numbers_are_not_found(sandbox: SandboxHandle, gateway: StripeGateway) -> None:
+    service = BillingService(gateway, None, metadata_keys=KEYS)
+    for query in ("sub_NoSuch", "in_NoSuch", "ch_NoSuch", "pi_NoSuch", "ZZZZ-9999", "user_id:nobody"):
+        context = await service.lookup(query)
+        assert context.to_json_dict() == {"found": False, "query": query}
+    statuses = {r["path"]: r["status"] for r in sandbox.control.requests()}
+    assert statuses["/v1/subscriptions/sub_NoSuch"] == 404
+    assert statuses["/v1/payment_intents/pi_NoSuch"] == 404
+
+
+async def test_sandbox_answers_unknown_ids_as_stripe_does(sandbox: SandboxHandle) -> None:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {sandbox.api_key}"}
+    async with httpx.AsyncClient(base_url=sandbox.url, headers=headers) as http:
+        for path, param, kind in (
+            ("/v1/subscriptions/sub_X", "subscription_exposed_id", "subscription"),
+            ("/v1/payment_intents/pi_X", "intent", "payment_intent"),
+            ("/v1/invoices/in_X", "invoice", "invoice"),
+        ):
+            error = (await http.get(path)).json()["error"]
+            assert error == {
+                "type": "invalid_request_error", "code": "resource_missing", "param": param,
+                "message": f"No such {kind}: '{path.rsplit('/', 1)[1]}'",
+                "doc_url": "https://stripe.com/docs/error-codes/resource-missing",
+            }
+        refused = await http.get("/v1/invoices/search", params={"query": "email:'x@y.z'"})
+        assert refused.status_code == 400 and "unsupported search field for resource `invoices`" in (
+            refused.json()["error"]["message"]
+        )
+
+
+async def test_a_key_that_may_not_read_payment_intents_finds_the_customer_through_its_charges(
+    sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.set_key_permissions(sandbox.api_key, sorted(PERMISSIONS.values()))
+    service = BillingService(gateway, None)
+    context = await service.lookup(ids["payment_intent"])
+    assert context.customer is not None and context.customer.id == ids["customer"]
+    assert context.match is not None and context.match.method == "payment_intent"
+    paths = [r["path"] for r in sandbox.control.requests()]
+    assert f"/v1/payment_intents/{ids['payment_intent']}" in paths and "/v1/charges" in paths
+
+
+async def test_a_key_without_invoice_read_is_told_which_permission(
+    sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    granted = sorted(set(PERMISSIONS.values()) - {"rak_invoice_read"})
+    sandbox.control.set_key_permissions(sandbox.api_key, granted)
+    service = BillingService(gateway, None)
+    for query in ("in_Anything", JANE_NUMBER):
+        with pytest.raises(ConfigurationError, match="rak_invoice_read"):
+            await service.lookup(query)
+
+
+async def test_customers_sharing_a_metadata_value_are_ranked_with_the_others_shown(
+    sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"account_id": "acct-77"}})
+    sandbox.control.load([
+        sf.customer(cid="cus_Twin", email="twin@acme.com", metadata={"account_id": "acct-77"}),
+        sf.customer(cid="cus_Case", email="case@acme.com", metadata={"account_id": "ACCT-77"}),
+    ])
+    context = await BillingService(gateway, None, metadata_keys=KEYS).lookup("account_id:acct-77")
+    assert context.customer is not None and context.customer.id == ids["customer"]  # paying first
+    # Stripe's search is case-insensitive; a metadata id is not: ACCT-77 is another customer's.
+    assert [o.id for o in context.other_customers] == ["cus_Twin"]
+
+
+# ---- from the cache --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    prefix = f"blqf{uuid.uuid4().hex[:10]}"
+    client = await open_redis(redis_url)
+    try:
+        yield RedisStore(client, TENANT, prefix=prefix, metadata_keys=KEYS)
+    finally:
+        await client.aclose()
+        await unlink_prefix(redis_url, prefix)
+
+
+async def test_after_a_backfill_every_form_is_answered_from_the_cache_without_stripe(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"user_id": "1001"}})
+    await Backfill(gateway, store).run()
+    service = BillingService(gateway, store, metadata_keys=KEYS)
+    sandbox.control.clear_requests()
+    queries = {
+        "subscription": ids["subscription"], "invoice": ids["invoice"], "invoice_number": JANE_NUMBER.lower(),
+        "charge": ids["charge"], "payment_intent": ids["payment_intent"], "metadata": "user_id:1001",
+    }
+    for method, query in queries.items():
+        context = await service.lookup(query)
+        assert context.found and context.customer is not None and context.customer.id == ids["customer"]
+        assert context.source == "cache", query
+        assert context.match is not None and context.match.method == method
+        assert context.query == parse_query(query, KEYS).text
+    assert sandbox.control.requests() == []
+
+
+async def test_a_cold_lookup_indexes_what_it_saved(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    ids = await _jane_ids(gateway)
+    service = BillingService(gateway, store, metadata_keys=KEYS)
+    cold = await service.lookup(JANE_NUMBER)
+    assert cold.source == "stripe"
+    sandbox.control.clear_requests()
+    for query in (JANE_NUMBER, ids["charge"], ids["subscription"]):
+        assert (await service.lookup(query)).source == "cache"
+    assert sandbox.control.requests() == []
+
+
+class _Quiet:
+    async def notify(self, transition: Transition) -> None:
+        del transition
+
+
+async def _apply_new_events(gateway: StripeGateway, store: RedisStore, seen: set[str]) -> None:
+    """Queue the sandbox's events not yet queued and let a worker apply them."""
+    events = sorted([e async for e in gateway.iter_objects("events")], key=lambda e: (e["created"], e["id"]))
+    for event in events:
+        if event["id"] not in seen:
+            seen.add(event["id"])
+            await store.client.xadd(store.stream_key, {"e": json.dumps(event)})
+    worker = EventWorker(store, gateway, _Quiet(), block_ms=10)
+    await worker.ensure_group()
+    for _ in range(50):
+        if not await worker.run_once(block_ms=10):
+            return
+
+
+async def test_the_worker_keeps_the_index_to_what_the_cache_holds(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    ids = await _jane_ids(gateway)
+    customer = ids["customer"]
+    seen = {e["id"] async for e in gateway.iter_objects("events")}
+    service = BillingService(gateway, store, metadata_keys=KEYS)
+    await service.lookup("jane@acme.com")  # cached, with her invoices, charges and subscription
+    assert await store.customer_ids_for_lookup("invoice_number", JANE_NUMBER) == [customer]
+    assert await store.customer_ids_for_lookup("metadata", "user_id:1001") == []
+    sandbox.control.update(customer, {"metadata": {"user_id": "1001"}})
+    await _apply_new_events(gateway, store, seen)
+    assert await store.customer_ids_for_lookup("metadata", "user_id:1001") == [customer]
+    # A new charge, then a new metadata value: the old value leaves the index, the new one is there.
+    [created] = sandbox.control.create_charge(customer, 2900)["events"]
+    charge = created["data"]["object"]
+    sandbox.control.update(customer, {"metadata": {"user_id": "2002"}})
+    await _apply_new_events(gateway, store, seen)
+    assert await store.customer_ids_for_lookup("charge", charge["id"]) == [customer]
+    assert await store.customer_ids_for_lookup("metadata", "user_id:1001") == []
+    found = await service.lookup("user_id:2002")
+    assert found.source == "cache" and found.customer is not None and found.customer.id == customer
+    assert not (await service.lookup("user_id:1001")).found  # asked Stripe: nobody has it any more
+    # The customer deleted: nothing of it is left in the index.
+    sandbox.control.delete(customer)
+    await _apply_new_events(gateway, store, seen)
+    for kind, text in (("invoice_number", JANE_NUMBER), ("charge", charge["id"]),
+                       ("subscription", ids["subscription"]), ("metadata", "user_id:2002")):
+        assert await store.customer_ids_for_lookup(kind, text) == [], kind
+    assert await store.client.exists(store.customer_key(customer, "find")) == 0
+
+
+async def test_an_index_entry_older_than_the_metadata_is_not_believed(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"user_id": "1001"}})
+    service = BillingService(gateway, store, metadata_keys=KEYS)
+    await service.lookup("user_id:1001")
+    # An entry naming Jane under a value she does not have (a write that lost a race, say).
+    await store.client.sadd(store.lookup.key("metadata:user_id:9999"), ids["customer"])
+    sandbox.control.clear_requests()
+    context = await service.lookup("user_id:9999")
+    assert not context.found and sandbox.control.requests() != []  # Stripe was asked, and is right
+
+
+async def test_forgetting_a_customer_takes_it_out_of_the_index(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    ids = await _jane_ids(gateway)
+    await BillingService(gateway, store, metadata_keys=KEYS).lookup(JANE_NUMBER)
+    assert await store.customer_ids_for_lookup("invoice_number", JANE_NUMBER) == [ids["customer"]]
+    await store.forget_customer(ids["customer"])
+    assert await store.customer_ids_for_lookup("invoice_number", JANE_NUMBER) == []
+    assert [k async for k in store.client.scan_iter(match=store.lookup.key("*"))] == []
+
