@@ -144,14 +144,8 @@ EVALUATION = RuleEvaluation(
 
 # ---- reading messages ----------------------------------------------------------------------------
 def _text_objects(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        if node.get("type") in ("mrkdwn", "plain_text") and isinstance(node.get("text"), str):
-            yield node
-        for value in node.values():
-            yield from _text_objects(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _text_objects(value)
+    return (d for d in _walk_dicts(node)
+            if d.get("type") in ("mrkdwn", "plain_text") and isinstance(d.get("text"), str))
 
 
 def _mrkdwn_texts(message: cards.SlackMessage) -> list[str]:
