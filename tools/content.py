@@ -117,9 +117,13 @@ def iso_date(moment: datetime | None) -> str | None:
     return None if moment is None else _utc(moment).date().isoformat()
 
 
+# One encoder: json.dumps with options builds a new JSONEncoder on every call.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps(document: Mapping[str, Any]) -> str:
     """Compact JSON; non-ASCII kept as characters (the bound counts characters)."""
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODE(document)
 
 
 # -- failures ------------------------------------------------------------------------------------------
@@ -351,11 +355,23 @@ def _freshness(context: BillingContext, now: datetime) -> dict[str, Any]:
 # -- documents ----------------------------------------------------------------------------------------
 
 
-def _stripe_context_document(context: BillingContext, evaluation: RuleEvaluation | None, now: datetime,
-                             policy: ContentPolicy) -> dict[str, Any]:
+class _Parts:
+    """The parts of one call's document, each built once: the size bound tries several policies, and
+    most parts are the same under all of them (the same objects, so ``_Serialiser`` reuses their
+    text too)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[Any, Any] = {}
+
+    def get(self, key: Any, build: Callable[[], Any]) -> Any:
+        if key not in self._parts:
+            self._parts[key] = build()
+        return self._parts[key]
+
+
+def _stripe_context_head(context: BillingContext) -> dict[str, Any]:
+    """Everything before the recent invoices that no degradation step changes."""
     assert context.customer is not None
-    invoices = context.recent_invoices[: policy.invoices]
-    routing = _routing(evaluation, policy)
     doc: dict[str, Any] = {
         "ok": True,
         "customer": {"id": safe_id(context.customer.id), "livemode": context.customer.livemode,
@@ -379,7 +395,18 @@ def _stripe_context_document(context: BillingContext, evaluation: RuleEvaluation
         doc["next_invoice"] = next_invoices
     if cancellations := _cancellations(context):
         doc["cancellation"] = cancellations
-    doc["recent_invoices"] = [_invoice(i) for i in invoices]
+    return doc
+
+
+def _stripe_context_document(context: BillingContext, evaluation: RuleEvaluation | None, now: datetime,
+                             policy: ContentPolicy, parts: _Parts | None = None) -> dict[str, Any]:
+    assert context.customer is not None
+    parts = parts or _Parts()
+    invoices = context.recent_invoices[: policy.invoices]
+    routing = parts.get(("routing", policy.reasons, policy.reason_chars, policy.metadata_keys),
+                        lambda: _routing(evaluation, policy))
+    doc: dict[str, Any] = dict(parts.get("head", lambda: _stripe_context_head(context)))
+    doc["recent_invoices"] = parts.get(("invoices", len(invoices)), lambda: [_invoice(i) for i in invoices])
     omitted = _omitted(evaluation, policy, "routing reasons (evaluate_routing_rules gives them)")
     if policy.invoices_dropped and len(context.recent_invoices) > len(invoices):
         omitted.insert(0, "older invoices (too long to show; see the Stripe dashboard)")
@@ -387,10 +414,10 @@ def _stripe_context_document(context: BillingContext, evaluation: RuleEvaluation
         doc["omitted"] = omitted
     if routing is not None:
         doc["routing"] = {**routing.actions, **({"reasons": routing.trusted} if routing.trusted else {})}
-    candidates = _candidates(context, policy.candidates)
+    candidates = parts.get(("candidates", policy.candidates), lambda: _candidates(context, policy.candidates))
     if candidates is not None:
         doc["several_customers"] = candidates
-    doc.update(_freshness(context, now))
+    doc.update(parts.get("freshness", lambda: _freshness(context, now)))
     doc["untrusted_customer_data"] = _untrusted(context, policy, invoices, routing)
     return doc
 
@@ -456,10 +483,31 @@ def _degradations(policy: ContentPolicy) -> Iterator[ContentPolicy]:
         yield step
 
 
+class _Serialiser:
+    """``dumps`` of one call's documents, each top-level value serialised once: the documents the
+    size bound tries share most of their values (``_Parts``), so only what a step changed is
+    serialised again. The text is exactly ``dumps(document)``'s."""
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, int], tuple[Any, str]] = {}
+
+    def dumps(self, document: Mapping[str, Any]) -> str:
+        items = []
+        for key, value in document.items():
+            known = self._items.get((key, id(value)))
+            if known is None or known[0] is not value:
+                # the value is kept with its text, so its id is not reused during the call
+                known = (value, f"{_ENCODE(key)}:{_ENCODE(value)}")
+                self._items[key, id(value)] = known
+            items.append(known[1])
+        return "{" + ",".join(items) + "}"
+
+
 def _bounded(build: Build, fallback: Callable[[], dict[str, Any]], policy: ContentPolicy,
              limit: int) -> str:
+    serialiser = _Serialiser()
     for step in _degradations(policy):
-        text = dumps(build(step))
+        text = serialiser.dumps(build(step))
         if len(text) <= limit:
             return text
     return dumps(fallback())
@@ -472,7 +520,8 @@ def stripe_context_content(
     """The ``get_stripe_context`` content for a context (not found: the not-found message)."""
     if not context.found or context.customer is None:
         return not_found_content(context.query)
-    return _bounded(lambda p: _stripe_context_document(context, evaluation, now, p),
+    parts = _Parts()
+    return _bounded(lambda p: _stripe_context_document(context, evaluation, now, p, parts),
                     lambda: _minimal_document(context, now), policy or ContentPolicy(), limit)
 
 
