@@ -37,7 +37,7 @@ import json
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -168,6 +168,17 @@ class Namespace:
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+
+@dataclass
+class CatalogueReads:
+    """Prices, coupons and products already read from the tenant's hashes, for rebuilding one
+    customer several times in a row (after each event of a batch) with one read of each. Only what was
+    found is kept: an object missing now (stored later, e.g. from a subscription event) is read again."""
+
+    prices: dict[str, StripeDict] = field(default_factory=dict)
+    coupons: dict[str, StripeDict] = field(default_factory=dict)
+    products: dict[str, StripeDict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -593,9 +604,11 @@ class RedisStore:
         return sorted(_text(m) or "" for m in members)
 
     async def load_customer_data(
-        self, customer_id: str, objects: Mapping[str, StripeDict] | None = None
+        self, customer_id: str, objects: Mapping[str, StripeDict] | None = None,
+        *, catalogue: CatalogueReads | None = None,
     ) -> CustomerData | None:
-        """The stored slim objects of a customer joined with the tenant's prices, products and coupons."""
+        """The stored slim objects of a customer joined with the tenant's prices, products and coupons
+        (those ``catalogue`` holds are not read again; those read are added to it)."""
         if objects is None:
             objects = await self.get_objects(customer_id)
         plain = [without_version(o) for o in objects.values()]
@@ -616,18 +629,27 @@ class RedisStore:
             sub_prices, sub_coupons = referenced_ids(sub)
             price_ids |= sub_prices
             coupon_ids |= sub_coupons
+        known = catalogue if catalogue is not None else CatalogueReads()
         # Prices and coupons in one round trip, then the products the prices name (two, not three).
-        pipe = self.client.pipeline(transaction=False)
-        wanted_prices, wanted_coupons = sorted(price_ids), sorted(coupon_ids)
-        if wanted_prices:
-            pipe.hmget(self.tenant_key("prices"), wanted_prices)
-        if wanted_coupons:
-            pipe.hmget(self.tenant_key("coupons"), wanted_coupons)
-        replies: list[Any] = await pipe.execute() if wanted_prices or wanted_coupons else []
-        prices = _plain(_found(wanted_prices, replies.pop(0) if wanted_prices else []))
-        coupons = _plain(_found(wanted_coupons, replies.pop(0) if wanted_coupons else []))
+        wanted_prices, wanted_coupons = sorted(price_ids - known.prices.keys()), sorted(
+            coupon_ids - known.coupons.keys()
+        )
+        if wanted_prices or wanted_coupons:
+            pipe = self.client.pipeline(transaction=False)
+            if wanted_prices:
+                pipe.hmget(self.tenant_key("prices"), wanted_prices)
+            if wanted_coupons:
+                pipe.hmget(self.tenant_key("coupons"), wanted_coupons)
+            replies: list[Any] = await pipe.execute()
+            known.prices.update(_plain(_found(wanted_prices, replies.pop(0) if wanted_prices else [])))
+            known.coupons.update(_plain(_found(wanted_coupons, replies.pop(0) if wanted_coupons else [])))
+        prices = {i: known.prices[i] for i in sorted(price_ids) if i in known.prices}
+        coupons = {i: known.coupons[i] for i in sorted(coupon_ids) if i in known.coupons}
         product_ids = {str(p["product"]) for p in prices.values() if isinstance(p.get("product"), str)}
-        products = _plain(await self.get_tenant_objects("products", product_ids))
+        known.products.update(
+            _plain(await self.get_tenant_objects("products", product_ids - known.products.keys()))
+        )
+        products = {i: known.products[i] for i in sorted(product_ids) if i in known.products}
         return CustomerData(
             customer=customers[0],
             subscriptions=[join_prices(s, prices) for s in subscriptions],

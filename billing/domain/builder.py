@@ -309,16 +309,31 @@ def _subscription_info(
     )
 
 
+InvoicePayment = tuple[str, str | None, int, int, int]
+"""(id, status, attempt_count, amount_paid, amount_due): an invoice's payment state as a context shows it."""
+
+
+def invoice_payment(invoice: StripeDict) -> InvoicePayment:
+    return (
+        invoice["id"],
+        _str(invoice.get("status")),
+        _int(invoice.get("attempt_count")),
+        _int(invoice.get("amount_paid")),
+        _int(invoice.get("amount_due")),
+    )
+
+
 def _invoice_info(invoice: StripeDict) -> InvoiceInfo:
+    invoice_id, status, attempt_count, amount_paid, amount_due = invoice_payment(invoice)
     return InvoiceInfo(
-        id=invoice["id"],
+        id=invoice_id,
         number=_str(invoice.get("number")),
-        status=_str(invoice.get("status")),
-        amount_due=_int(invoice.get("amount_due")),
-        amount_paid=_int(invoice.get("amount_paid")),
+        status=status,
+        amount_due=amount_due,
+        amount_paid=amount_paid,
         currency=_str(invoice.get("currency")) or "",
         created=to_datetime(invoice.get("created")) or _EPOCH,
-        attempt_count=_int(invoice.get("attempt_count")),
+        attempt_count=attempt_count,
         next_payment_attempt=to_datetime(invoice.get("next_payment_attempt")),
         hosted_invoice_url=_str(invoice.get("hosted_invoice_url")),
         subscription_id=invoice_subscription_id(invoice),
@@ -336,6 +351,21 @@ def _trial_end(subscriptions: Sequence[StripeDict], now: datetime) -> datetime |
     return min(ahead) if ahead else None
 
 
+def listed_subscriptions(data: CustomerData) -> list[StripeDict]:
+    """The subscriptions a context lists, newest first: a subscription without an id or a known
+    status cannot be shown or linked."""
+    return sorted(
+        (s for s in data.subscriptions if isinstance(s.get("id"), str) and s.get("status") in URGENCY),
+        key=_created,
+        reverse=True,
+    )
+
+
+def listed_invoices(data: CustomerData) -> list[StripeDict]:
+    """The invoices a context reads, newest first (the first ``RECENT_INVOICES`` are listed)."""
+    return sorted((i for i in data.invoices if isinstance(i.get("id"), str)), key=_created, reverse=True)
+
+
 def build_context(
     data: CustomerData,
     *,
@@ -351,13 +381,8 @@ def build_context(
     if not isinstance(data.customer.get("id"), str):
         raise ValueError("A customer object needs an 'id' (a cus_… string) to build its billing context.")
     customer = _customer_info(data.customer)
-    # a subscription without an id or a known status cannot be shown or linked
-    subscriptions = sorted(
-        (s for s in data.subscriptions if isinstance(s.get("id"), str) and s.get("status") in URGENCY),
-        key=_created,
-        reverse=True,
-    )
-    invoices = sorted((i for i in data.invoices if isinstance(i.get("id"), str)), key=_created, reverse=True)
+    subscriptions = listed_subscriptions(data)
+    invoices = listed_invoices(data)
     mrr = compute_mrr(
         subscriptions, customer=data.customer, coupons=data.coupons, prices=data.prices, as_of=now
     )

@@ -8,13 +8,66 @@ the invoice's attempt number, a trial ending by the trial's end.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from billing.domain.models import BillingContext
+from billing.domain.builder import (
+    RECENT_INVOICES,
+    InvoicePayment,
+    invoice_payment,
+    listed_invoices,
+    listed_subscriptions,
+)
+from billing.domain.models import BillingContext, InvoiceInfo
+from billing.domain.snapshot import CustomerData
 from billing.ports import Transition
 
 _TROUBLED = frozenset({"past_due", "unpaid"})
+
+
+@dataclass(frozen=True)
+class Facts:
+    """All that ``diff_contexts`` reads of a context: who, each listed subscription's status and the
+    recent invoices' payment state. Two states with the same facts have no transition between them,
+    so the worker finds each event's transitions from facts and builds a whole context only for a
+    state that has one (``facts_of_data`` gives the facts a build would, without building)."""
+
+    customer_id: str
+    statuses: tuple[tuple[str, str], ...]
+    invoices: tuple[InvoicePayment, ...]  # those of the context's recent invoices
+
+
+def facts_of(context: BillingContext | None) -> Facts | None:
+    if context is None or not context.found or context.customer is None:
+        return None
+    return Facts(
+        customer_id=context.customer.id,
+        statuses=tuple((s.id, s.status) for s in context.subscriptions),
+        invoices=_invoice_facts(context.recent_invoices),
+    )
+
+
+def facts_of_data(data: CustomerData) -> Facts:
+    """The facts of ``build_context(data, ...)`` (the same subscriptions and invoices it lists),
+    without building it; ``data`` needs only its customer, subscriptions and invoices."""
+    return Facts(
+        customer_id=str(data.customer["id"]),
+        statuses=tuple((str(s["id"]), str(s["status"])) for s in listed_subscriptions(data)),
+        invoices=tuple(invoice_payment(i) for i in listed_invoices(data)[:RECENT_INVOICES]),
+    )
+
+
+def _invoice_facts(invoices: Iterable[InvoiceInfo]) -> tuple[InvoicePayment, ...]:
+    return tuple((i.id, i.status, i.attempt_count, i.amount_paid, i.amount_due) for i in invoices)
+
+
+FoundName = Literal[
+    "subscription.past_due", "subscription.recovered", "subscription.canceled",
+    "subscription.trial_will_end", "invoice.payment_failed",
+]
+Found = tuple[FoundName, str, str]
+"""A transition found between two states: (name, object id, the cause that keys it)."""
 
 
 def diff_contexts(
@@ -31,56 +84,61 @@ def diff_contexts(
     Without an old context (the first time the customer is seen) only what the event itself shows
     counts: a status in ``previous_attributes``, a deletion, a failed payment.
     """
-    if not new.found or new.customer is None:
+    facts = facts_of(new)
+    if facts is None:
         return []
-    customer_id = new.customer.id
-    out: list[Transition] = []
+    return [
+        Transition(name=name, customer_id=facts.customer_id, object_id=object_id, event_id=cause,
+                   context=new)
+        for name, object_id, cause in diff_facts(facts_of(old), facts, event, versions=versions)
+    ]
 
-    def emit(name: Any, object_id: str, cause: str) -> None:
-        out.append(Transition(name=name, customer_id=customer_id, object_id=object_id,
-                              event_id=cause, context=new))
 
+def diff_facts(
+    old: Facts | None,
+    new: Facts,
+    event: Mapping[str, Any] | None = None,
+    *,
+    versions: Mapping[str, str] | None = None,
+) -> list[Found]:
+    """``diff_contexts`` on the facts of the two contexts."""
+    out: list[Found] = []
     versions = versions or {}
-    known = old is not None and old.found
-    if old is not None and old.found:
-        before: dict[str, str | None] = {s.id: s.status for s in old.subscriptions}
-        old_attempts = {i.id: i.attempt_count for i in old.recent_invoices}
+    known = old is not None
+    if old is not None:
+        before: dict[str, str | None] = dict(old.statuses)
+        old_attempts = {invoice[0]: invoice[2] for invoice in old.invoices}
     else:
         # First sight of this customer: the event itself says what changed (previous_attributes).
         before, old_attempts = _known_before(new, event)
-    for sub in new.subscriptions:
-        if not known and sub.id not in before:
+    for sub_id, status in new.statuses:
+        if not known and sub_id not in before:
             continue
-        old_status = before.get(sub.id)  # None: a subscription new since the old context
-        if old_status == sub.status:
+        old_status = before.get(sub_id)  # None: a subscription new since the old context
+        if old_status == status:
             continue
-        cause = f"{sub.status}@{versions.get(sub.id, '')}"
-        if sub.status == "past_due":
-            emit("subscription.past_due", sub.id, cause)
-        elif sub.status == "active" and old_status in _TROUBLED:
-            emit("subscription.recovered", sub.id, cause)
-        elif sub.status == "canceled" and old_status is not None:
-            emit("subscription.canceled", sub.id, cause)
-    for invoice in new.recent_invoices:
-        if not known and invoice.id not in old_attempts:
+        cause = f"{status}@{versions.get(sub_id, '')}"
+        if status == "past_due":
+            out.append(("subscription.past_due", sub_id, cause))
+        elif status == "active" and old_status in _TROUBLED:
+            out.append(("subscription.recovered", sub_id, cause))
+        elif status == "canceled" and old_status is not None:
+            out.append(("subscription.canceled", sub_id, cause))
+    for invoice_id, invoice_status, attempts, paid, due in new.invoices:
+        if not known and invoice_id not in old_attempts:
             continue
-        failed_now = (
-            invoice.status == "open"
-            and invoice.attempt_count > old_attempts.get(invoice.id, 0)
-            and invoice.amount_paid < invoice.amount_due
-        )
-        if failed_now:
-            emit("invoice.payment_failed", invoice.id, f"attempt-{invoice.attempt_count}")
+        if invoice_status == "open" and attempts > old_attempts.get(invoice_id, 0) and paid < due:
+            out.append(("invoice.payment_failed", invoice_id, f"attempt-{attempts}"))
 
     if event is not None and event.get("type") == "customer.subscription.trial_will_end":
         obj = (event.get("data") or {}).get("object") or {}
         if isinstance(obj, Mapping) and isinstance(obj.get("id"), str):
-            emit("subscription.trial_will_end", obj["id"], f"trial-end-{obj.get('trial_end')}")
+            out.append(("subscription.trial_will_end", obj["id"], f"trial-end-{obj.get('trial_end')}"))
     return out
 
 
 def _known_before(
-    new: BillingContext, event: Mapping[str, Any] | None
+    new: Facts, event: Mapping[str, Any] | None
 ) -> tuple[dict[str, str | None], dict[str, int]]:
     """Prior subscription statuses and invoice attempt counts that one event reveals on its own."""
     statuses: dict[str, str | None] = {}
@@ -93,7 +151,7 @@ def _known_before(
     if not isinstance(obj, Mapping) or not isinstance(obj.get("id"), str):
         return statuses, attempts
     kind = event.get("type")
-    current = {s.id: s.status for s in new.subscriptions}
+    current = dict(new.statuses)
     if kind == "customer.subscription.updated" and isinstance(previous, Mapping) and "status" in previous:
         # Only bad news, and only when the stored state still is what the event says (a stale event
         # proves nothing). A recovery is news only to whoever heard of the trouble: that needs an old context.

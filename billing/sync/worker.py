@@ -44,6 +44,7 @@ from billing.cache.lookup_index import index_changed
 from billing.cache.store import (
     DEDUP_TTL_SECONDS,
     SNAPSHOT_EVENT_ID,
+    CatalogueReads,
     RedisStore,
     _customer_objects,
     decide,
@@ -51,6 +52,7 @@ from billing.cache.store import (
     decode_objects,
     encode_context,
     encode_objects,
+    refs_of,
     trim_invoices,
 )
 from billing.domain.models import BillingContext, Match
@@ -69,7 +71,7 @@ from billing.stripe.slim import (
     with_version,
     without_version,
 )
-from billing.sync.transitions import diff_contexts
+from billing.sync.transitions import Facts, Found, diff_contexts, diff_facts, facts_of, facts_of_data
 
 log = logging.getLogger("billing.sync.worker")
 PINNED_API_VERSION: str = stripe.api_version
@@ -307,10 +309,11 @@ class EventWorker:
 
         customers = list(by_customer)
         gate = asyncio.Semaphore(self.max_parallel_customers)
+        price_writes: PriceWrites = {}  # each price a subscription event carries, stored once a batch
 
         async def apply(customer_id: str) -> None:
             async with gate:
-                await self._apply_customer(customer_id, by_customer[customer_id])
+                await self._apply_customer(customer_id, by_customer[customer_id], price_writes)
 
         # A price or coupon event reaches every customer on it: ``customer_step`` customers at a time,
         # yielding between steps, so a fan-out to many customers never holds them all in flight nor
@@ -472,7 +475,12 @@ class EventWorker:
         return True  # two versions of one second: whatever was settled, rebuild from it
 
     # ---- one customer ---------------------------------------------------------------------
-    async def _apply_customer(self, customer_id: str, entries: Sequence[_Entry]) -> None:
+    async def _apply_customer(
+        self, customer_id: str, entries: Sequence[_Entry], price_writes: PriceWrites | None = None
+    ) -> None:
+        """Apply ``entries`` (the batch's events of one customer); ``price_writes`` is shared by the
+        batch's customers (``_store_prices``)."""
+        price_writes = {} if price_writes is None else price_writes
         events = sorted([await self._in_current_shape(e.event) for e in entries], key=lambda ev: _version(ev))
         deletion = next((ev for ev in events if ev.get("type") == "customer.deleted"), None)
         if deletion is not None:
@@ -501,9 +509,11 @@ class EventWorker:
                     old = decode_context(old_raw) if old_raw else None
                     # Event by event in version order, each against the state before it: the
                     # transitions are those of one-per-batch delivery, however events are grouped.
-                    updates, absorbed, transitions, unseen = await self._apply_events(
-                        customer_id, events, stored, fetched, old
+                    catalogue = CatalogueReads()
+                    applied = await self._apply_events(
+                        customer_id, events, stored, fetched, old, catalogue, price_writes
                     )
+                    updates, absorbed, transitions = applied.updates, applied.absorbed, applied.transitions
                     merged = trim_invoices({**stored, **updates})
                     rebuild = bool(updates) or bool(absorbed) or any(
                         _event_object(ev).get("object") in TENANT_OBJECTS
@@ -524,7 +534,12 @@ class EventWorker:
                         if snapshot is not None:
                             merged = trim_invoices(_with_snapshot(merged, snapshot))
                             from_stripe = True
-                    data = await self.store.load_customer_data(customer_id, merged)
+                    # The last state an event made, already joined (and built, when it made a
+                    # transition) unless a snapshot came in since.
+                    latest = None if from_stripe else applied.latest
+                    data = latest.data if latest is not None and latest.data else (
+                        await self.store.load_customer_data(customer_id, merged, catalogue=catalogue)
+                    )
                     if data is None:
                         # Deleted (a tombstone), or gone from Stripe: keep the objects, build later.
                         pipe.multi()  # type: ignore[no-untyped-call]
@@ -532,7 +547,7 @@ class EventWorker:
                             pipe.set(objs_key, encode_objects(merged), keepttl=True)
                         await pipe.execute()
                         return
-                    new = self._build(data, old)
+                    new = latest.context if latest is not None and latest.context else self._build(data, old)
                     if from_stripe:
                         # Stripe's current state: each event is the evidence of what changed (keyed by
                         # the event, as when a snapshot absorbed it, so a redelivery adds nothing).
@@ -540,10 +555,13 @@ class EventWorker:
                             str(_event_object(ev).get("id")): str(ev.get("id"))})]
                     else:
                         versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in merged.items()}
-                        for ev, was_absorbed in unseen:
+                        facts = facts_of(new)
+                        for ev, was_absorbed in applied.unseen:
                             # Met before the customer itself was known: the event speaks for itself.
-                            transitions += (_evidence(new, ev) if was_absorbed
-                                            else diff_contexts(None, new, ev, versions=versions))
+                            if was_absorbed and facts is not None:
+                                transitions += _transitions(_evidence(facts, ev), new)
+                            elif not was_absorbed:
+                                transitions += diff_contexts(None, new, ev, versions=versions)
                     transitions = await self._not_yet_queued(pipe, customer_id, transitions)
                     queued = [_dumps(_transition_to_dict(t)) for t in transitions]
                     pipe.multi()  # type: ignore[no-untyped-call]
@@ -568,38 +586,65 @@ class EventWorker:
 
     async def _apply_events(
         self, customer_id: str, events: Sequence[StripeDict], stored: dict[str, StripeDict],
-        fetched: dict[str, StripeDict | None], old: BillingContext | None,
-    ) -> tuple[dict[str, StripeDict], list[StripeDict], list[Transition], list[tuple[StripeDict, bool]]]:
+        fetched: dict[str, StripeDict | None], old: BillingContext | None, catalogue: CatalogueReads,
+        price_writes: PriceWrites,
+    ) -> _Applied:
         """``_merge`` one event at a time (same result as all at once), with the transitions each
-        event makes against the context just before it: (updates, absorbed, transitions, events met
-        before the customer could be built, whose evidence is weighed against the final context).
+        event makes against the state just before it.
 
         A duplicate or an older event changes nothing, so it adds no transition; a transition's key
-        (status and the event that set it) is the one a one-per-batch delivery gives.
+        (status and the event that set it) is the one a one-per-batch delivery gives. Each state is
+        compared by its ``Facts`` (what ``diff_contexts`` reads, found from the objects alone); a
+        state is joined with the catalogue (read once, ``catalogue``) and built only when it makes a
+        transition (the context it carries), and the newest state is handed on to be saved.
         """
-        updates: dict[str, StripeDict] = {}
-        absorbed: list[StripeDict] = []
-        transitions: list[Transition] = []
-        unseen: list[tuple[StripeDict, bool]] = []
-        before = old if old is not None and old.found else None
+        out = _Applied()
+        before = facts_of(old)
         current = before
+        # The newest state: the stored context until an event changes the objects.
+        latest = _Latest(None, context=old) if before is not None else None
+        final = False  # ``latest`` is the state after the last change (the one to save)
         for ev in events:
-            changed, seen_first = await self._merge(customer_id, [ev], {**stored, **updates}, fetched)
-            updates.update(changed)
-            absorbed += seen_first
-            state = trim_invoices({**stored, **updates})
-            if changed and customer_id in state:
-                data = await self.store.load_customer_data(customer_id, state)
-                current = self._build(data, old) if data is not None else current
+            changed, seen_first = await self._merge(
+                customer_id, [ev], {**stored, **out.updates}, fetched, price_writes
+            )
+            out.updates.update(changed)
+            out.absorbed += seen_first
+            state = trim_invoices({**stored, **out.updates})
+            if changed:
+                # A charge, dispute or credit note changes no facts: only the state to save.
+                facts = current if final and not _FACT_KINDS.intersection(
+                    str(o.get("object")) for o in changed.values()
+                ) else _facts_of_state(state) if customer_id in state else None
+                if facts is not None:
+                    current, latest = facts, _Latest(state)
+                final = facts is not None
             if current is None:
-                unseen += [(ev, False), *((evt, True) for evt in seen_first)]
+                out.unseen += [(ev, False), *((evt, True) for evt in seen_first)]
                 continue
             versions = {k: str((version_of(v) or (0, ""))[1]) for k, v in state.items()}
-            transitions += diff_contexts(before, current, ev, versions=versions)
+            found = diff_facts(before, current, ev, versions=versions)
             for evt in seen_first:
-                transitions += _evidence(current, evt)
+                found += _evidence(current, evt)
+            if found and latest is not None:
+                context = await self._context_of(customer_id, latest, old, catalogue)
+                out.transitions += _transitions(found, context)
             before = current
-        return updates, absorbed, transitions, unseen
+        out.latest = latest if final else None
+        return out
+
+    async def _context_of(
+        self, customer_id: str, latest: _Latest, old: BillingContext | None, catalogue: CatalogueReads
+    ) -> BillingContext:
+        if latest.context is None:
+            if latest.data is None and latest.objects is not None:
+                latest.data = await self.store.load_customer_data(
+                    customer_id, latest.objects, catalogue=catalogue
+                )
+            if latest.data is None:  # not when its facts were found: a customer, not deleted
+                raise RuntimeError(f"customer {customer_id}: a state with facts but no data")
+            latest.context = self._build(latest.data, old)
+        return latest.context
 
     async def _not_yet_queued(
         self, pipe: Any, customer_id: str, transitions: Sequence[Transition]
@@ -644,7 +689,7 @@ class EventWorker:
 
     async def _merge(
         self, customer_id: str, events: Sequence[StripeDict], stored: dict[str, StripeDict],
-        fetched: dict[str, StripeDict | None],
+        fetched: dict[str, StripeDict | None], price_writes: PriceWrites,
     ) -> tuple[dict[str, StripeDict], list[StripeDict]]:
         """The stored objects that the events change (version-checked), keyed by object id, and the
         recent events whose change a snapshot (a lookup or a backfill) had already stored."""
@@ -696,7 +741,7 @@ class EventWorker:
                 seen = []
             if kind == "subscription":
                 obj = await self._with_discounts(obj, current)
-                await self._store_prices(obj)
+                await self._store_prices(obj, price_writes)
             if kind == "invoice":
                 obj = _with_action_flag(obj, current, event_type)
             entry = with_version(slim({**obj, "object": kind}), version)
@@ -733,8 +778,10 @@ class EventWorker:
     ) -> None:
         """Index writes in other slots: email index, customers set, price/coupon references.
 
-        Skipped when nothing they index changed (the common case: one more invoice or status). The
-        first build indexes every stored object: those kept while the customer was unknown had none.
+        Skipped when nothing they index changed (the common case: one more invoice or status, or a
+        subscription renewed on the same prices: every writer of a customer's objects keeps its
+        references current). The first build indexes every stored object: those kept while the
+        customer was unknown had none.
         """
         if data is None:
             return
@@ -746,6 +793,10 @@ class EventWorker:
         new_email = data.customer.get("email")
         changed = {**stored, **updates}.values() if first_build else updates.values()
         referring = [o for o in changed if o.get("object") in {"subscription", "customer"}]
+        if referring and not first_build and refs_of(stored.values()) == refs_of(
+            {**stored, **updates}.values()
+        ):
+            referring = []
         if previous is not None and old_email == new_email and not referring:
             return
         pipe = self.store.client.pipeline(transaction=False)
@@ -754,16 +805,27 @@ class EventWorker:
         if referring:
             await self.store.update_refs(customer_id, stored.values())
 
-    async def _store_prices(self, subscription: StripeDict) -> None:
-        """Prices carried by a subscription event, stored per tenant before the rebuild needs them
-        (a tiered price is fetched with its tiers, which events never carry)."""
+    async def _store_prices(self, subscription: StripeDict, writes: PriceWrites) -> None:
+        """Prices carried by a subscription event, stored per tenant before the rebuild needs them.
+        ``writes``: the batch's writes by price id, so that the customers of one price (a renewal
+        day's batch is many of them) store it once, the others waiting for that write."""
+        prices = [p for p in prices_of_subscription(subscription) if str(p.get("id")) not in writes]
+        if prices:
+            started = asyncio.ensure_future(self._put_prices(prices))
+            writes.update((str(p.get("id")), started) for p in prices)
+        for write in {id(w): w for p in prices_of_subscription(subscription)
+                      if (w := writes.get(str(p.get("id")))) is not None}.values():
+            await asyncio.shield(write)  # shared: one customer's cancellation is not the others'
+
+    async def _put_prices(self, prices: Sequence[StripeDict]) -> None:
+        """Store ``prices`` where the tenant has none (a tiered price is fetched with its tiers, which
+        events never carry)."""
         objects = []
-        for price in prices_of_subscription(subscription):
+        for price in prices:
             if price.get("billing_scheme") == "tiered" and not price.get("tiers"):
                 price = slim({**await self.gateway.price_with_tiers(str(price["id"])), "object": "price"})
             objects.append(price)
-        if objects:
-            await self.store.put_tenant_objects_if_missing(objects, (0, "from-subscription"))
+        await self.store.put_tenant_objects_if_missing(objects, (0, "from-subscription"))
 
     # ---- the outbox -------------------------------------------------------------------------
     @property
@@ -901,6 +963,54 @@ class EventWorker:
         return emptied
 
 
+PriceWrites = dict[str, "asyncio.Future[None]"]
+"""The writes of a batch's prices (``EventWorker._store_prices``), by price id."""
+
+
+@dataclass
+class _Latest:
+    """A state of a customer's objects, joined with the catalogue (``data``) and built (``context``)
+    once needed."""
+
+    objects: Mapping[str, StripeDict] | None
+    data: CustomerData | None = None
+    context: BillingContext | None = None
+
+
+_FACT_KINDS = frozenset({"customer", "subscription", "invoice"})  # the objects Facts are made of
+
+
+def _facts_of_state(objects: Mapping[str, StripeDict]) -> Facts | None:
+    """The facts of the context that ``objects`` build (``RedisStore.load_customer_data``, then the
+    builder), found without joining the catalogue or building; None when they build none (no
+    customer, or a deleted one)."""
+    customer = next((o for o in objects.values() if o.get("object") == "customer"), None)
+    if customer is None or customer.get("deleted"):
+        return None
+
+    def of(kind: str) -> list[StripeDict]:  # as load_customer_data lists them
+        return sorted(
+            (o for o in objects.values() if o.get("object") == kind and not o.get("deleted")),
+            key=lambda o: (o.get("created") or 0, str(o.get("id"))), reverse=True,
+        )
+
+    return facts_of_data(CustomerData(customer=customer, subscriptions=of("subscription"),
+                                      invoices=of("invoice")))
+
+
+@dataclass
+class _Applied:
+    """What one customer's events did: the objects they change, the recent events a snapshot had
+    already stored (absorbed), their transitions, the events met before the customer could be built
+    (whose evidence is weighed against the final context), and the state after the last change."""
+
+    updates: dict[str, StripeDict] = field(default_factory=dict)
+    absorbed: list[StripeDict] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    unseen: list[tuple[StripeDict, bool]] = field(default_factory=list)
+    latest: _Latest | None = None
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     """A never-seen customer's objects as fetched from Stripe, each versioned by the fetch start."""
@@ -923,11 +1033,18 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _evidence(context: BillingContext, event: StripeDict) -> list[Transition]:
+def _transitions(found: Sequence[Found], context: BillingContext) -> list[Transition]:
+    if context.customer is None:
+        return []
+    return [Transition(name=name, customer_id=context.customer.id, object_id=object_id, event_id=cause,
+                       context=context) for name, object_id, cause in found]
+
+
+def _evidence(facts: Facts, event: StripeDict) -> list[Found]:
     """A change a lookup or backfill stored first and alerted nobody about: the event itself is the
     evidence (keyed by the event, so a duplicate adds nothing)."""
     evidence = {str(_event_object(event).get("id")): str(event.get("id"))}
-    return diff_contexts(None, context, event, versions=evidence)
+    return diff_facts(None, facts, event, versions=evidence)
 
 
 def _with_action_flag(invoice: StripeDict, current: StripeDict | None, event_type: str) -> StripeDict:

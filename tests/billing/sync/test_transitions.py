@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from billing.domain.builder import build_context
 from billing.domain.models import BillingContext, Match
 from billing.domain.snapshot import CustomerData
-from billing.sync.transitions import diff_contexts
+from billing.sync.transitions import diff_contexts, facts_of, facts_of_data
 from tests.billing import stripe_factory as sf
 
 
@@ -81,3 +81,19 @@ def test_first_sight_and_later_sight_give_the_same_key() -> None:
     first = diff_contexts(None, ctx("past_due"), updated("past_due", "active"), versions=versions)
     later = diff_contexts(ctx("active"), ctx("past_due"), updated("past_due", "active"), versions=versions)
     assert [t.dedup_key for t in first] == [t.dedup_key for t in later]
+
+
+def test_facts_found_without_building_are_those_of_the_built_context() -> None:
+    # What the worker compares after each event (no build) must be what diff_contexts reads of the
+    # context the same data builds: listed subscriptions (known statuses only), newest invoices.
+    subs = [sf.subscription(sid="sub_A", status="past_due"), sf.subscription(sid="sub_B", status="weird"),
+            sf.subscription(sid="sub_C", status="canceled", created=sf.T0 - 5)]
+    invoices = [sf.invoice(iid=f"in_{n}", status=("open" if n % 3 else "paid"), attempts=n % 4,
+                           created=sf.T0 - 86400 * (n % 4)) for n in range(8)]
+    invoices.append({"object": "invoice", "status": "open"})  # no id: never listed
+    invoices.append({**sf.invoice(iid="in_x"), "amount_paid": None, "attempt_count": True})
+    data = CustomerData(customer=sf.customer(), subscriptions=subs, invoices=invoices)
+    built = build_context(data, query="cus_A", match=Match(method="customer_id", confidence="exact"),
+                          now=datetime.fromtimestamp(sf.T0, UTC))
+    assert facts_of_data(data) == facts_of(built)
+    assert [s for s, _ in facts_of_data(data).statuses] == ["sub_C", "sub_A"]

@@ -477,3 +477,83 @@ async def test_transitions_do_not_depend_on_how_events_are_batched(
     if recover:
         expected.append(f"subscription.recovered:sub_A:active@{sub_updates[1]}")
     assert found == {name: sorted(expected) for name in groupings}
+
+
+def _dunning_story(t: int) -> list[dict[str, Any]]:
+    """Jane renews, the payment fails (past due), is retried and paid (recovered), then a receipt."""
+    sub = sf.subscription
+    due = sf.invoice(iid="in_R", status="open", attempts=0, attempted=False, created=t + 2)
+    return [
+        sf.event("customer.created", sf.customer(), t),
+        sf.event("customer.subscription.created", sub(status="active"), t + 1),
+        sf.event("invoice.created", due, t + 2),
+        sf.event("invoice.payment_failed", {**due, "attempt_count": 1, "attempted": True}, t + 3),
+        sf.event("customer.subscription.updated", sub(status="past_due"), t + 4),
+        sf.event("invoice.paid", sf.invoice(iid="in_R", status="paid", attempts=2, created=t + 2), t + 5),
+        sf.event("customer.subscription.updated", sub(status="active"), t + 6),
+        sf.event("charge.succeeded", sf.charge(chid="ch_R", created=t + 5), t + 7),
+    ]
+
+
+def _counting(calls: list[str]) -> Any:
+    def build(data: CustomerData, **kw: Any) -> Any:
+        calls.append(str(data.customer["id"]))
+        return build_context(data, **kw)
+
+    return build
+
+
+async def test_each_transition_carries_the_context_of_the_state_that_made_it(store: RedisStore) -> None:
+    notifier = RecordingNotifier()
+    w = worker(store, notifier)
+    await w.ensure_group()
+    await enqueue(store, _dunning_story(sf.T0))
+    assert await w.run_once(block_ms=10) == 8  # one batch
+    found = {t.name: t.context for t in notifier.transitions}
+    assert sorted(found) == ["invoice.payment_failed", "subscription.past_due", "subscription.recovered"]
+    failed = found["invoice.payment_failed"]
+    assert failed.status == "active"
+    assert [(i.id, i.status, i.attempt_count) for i in failed.recent_invoices] == [("in_R", "open", 1)]
+    assert found["subscription.past_due"].status == "past_due"
+    recovered = found["subscription.recovered"]
+    assert recovered.status == "active" and recovered.recent_invoices[0].status == "paid"
+    assert recovered.ltv == {}  # the charge came after: not in the state that recovered
+    saved = await store.get_context("cus_A")
+    assert saved is not None and saved.ltv == {"usd": 2900} and saved.plan == "Pro Monthly"
+
+
+async def test_a_batch_builds_a_customer_once_unless_an_event_makes_a_transition(store: RedisStore) -> None:
+    # Events with no transition: one build for the batch, however many events (was one per event).
+    calls: list[str] = []
+    w = worker(store, RecordingNotifier(), build=_counting(calls))
+    await w.ensure_group()
+    quiet = [e for e in _dunning_story(sf.T0) if e["type"] in {
+        "customer.created", "customer.subscription.created", "invoice.created", "charge.succeeded"}]
+    await enqueue(store, quiet)
+    assert await w.run_once(block_ms=10) == 4
+    assert calls == ["cus_A"]
+    # Three transitions: one build for each state that made one, the last of them also the state
+    # saved (nothing changed after it).
+    calls.clear()
+    rest = [e for e in _dunning_story(sf.T0) if e not in quiet]
+    await enqueue(store, rest)
+    assert await w.run_once(block_ms=10) == 4
+    assert calls == ["cus_A"] * 3
+
+
+async def test_facts_of_stored_objects_are_those_of_the_context_they_build(store: RedisStore) -> None:
+    from billing.stripe.slim import with_version
+    from billing.sync.transitions import facts_of
+    from billing.sync.worker import _facts_of_state
+
+    objects = [sf.customer(), sf.subscription(status="past_due"), sf.subscription(sid="sub_B", status="?"),
+               *(sf.invoice(iid=f"in_{n}", status="open", attempts=n, created=sf.T0 - n) for n in range(7)),
+               {**sf.invoice(iid="in_gone", created=sf.T0 + 9), "deleted": True}, sf.charge()]
+    state = {o["id"]: with_version(o, (sf.T0, f"evt_{n}")) for n, o in enumerate(objects)}
+    data = await store.load_customer_data("cus_A", state)
+    assert data is not None
+    built = build_context(data, query="cus_A", match=Match(method="customer_id", confidence="exact"),
+                          now=datetime.fromtimestamp(sf.T0, UTC))
+    assert _facts_of_state(state) == facts_of(built)
+    deleted = {**state, "cus_A": {**state["cus_A"], "deleted": True}}
+    assert await store.load_customer_data("cus_A", deleted) is None and _facts_of_state(deleted) is None
