@@ -66,6 +66,8 @@ def audit(
 
 async def _forget(settings: Settings, query: str) -> list[tuple[str, int]]:
     parsed = parse_query(query)
+    if parsed.kind not in ("email", "customer_id"):
+        raise BadQueryError(f"forget takes an email or a cus_… id, not {query[:60]!r}.")
     async with open_runtime(settings) as runtime:
         store = runtime.store
         if store is None:

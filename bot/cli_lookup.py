@@ -23,7 +23,10 @@ DEMO_KEY = "rk_test_billinglensdemo"
 
 @handles_errors
 def lookup(
-    query: Annotated[str, typer.Argument(help="An email, <mailto:a@b.com|a@b.com>, or a cus_… id.")],
+    query: Annotated[str, typer.Argument(help=(
+        "An email, <mailto:a@b.com|a@b.com>, a cus_…, sub_…, in_…, ch_… or pi_… id, an invoice number "
+        "(0HIAXQK6-0004), or KEY:VALUE for a key in BILLING_MATCH_METADATA_KEYS."
+    ))],
     as_json: Annotated[bool, typer.Option("--json", help="Print the BillingContext contract JSON.")] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="Skip the cache; read Stripe.")] = False,
     timeline: Annotated[
@@ -31,8 +34,9 @@ def lookup(
     ] = False,
 ) -> None:
     """Show a customer's billing context (exit 1 when no customer matches)."""
-    parse_query(query)  # bad input is exit 2 before any setting or network is needed
-    context = run_async(audited_lookup(load_settings(), query, refresh=refresh))
+    settings = load_settings()  # the metadata keys say which KEY:VALUE forms a query may take
+    parse_query(query, settings.metadata_keys)  # bad input is exit 2 before any network is needed
+    context = run_async(audited_lookup(settings, query, refresh=refresh))
     now = datetime.now(UTC)
     if context.stale:  # said where a script or a person sees it, whatever the output format
         typer.echo(stale_notice(context, now), err=True)

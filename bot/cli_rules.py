@@ -47,16 +47,19 @@ def validate(file: FileArgument = None) -> None:
 
 @handles_errors
 def check(
-    query: Annotated[str, typer.Argument(help="An email, <mailto:a@b.com|a@b.com>, or a cus_… id.")],
+    query: Annotated[str, typer.Argument(help=(
+        "An email, a cus_…, sub_…, in_…, ch_… or pi_… id, an invoice number, or KEY:VALUE (metadata)."
+    ))],
     as_json: Annotated[bool, typer.Option("--json", help="Print matched rules and actions as JSON.")] = False,
     rules_file: Annotated[
         Path | None, typer.Option("--rules", help="Rules YAML (default: BILLING_RULES_FILE or packaged).")
     ] = None,
 ) -> None:
     """Show which routing rules match a customer, why, and the merged actions (exit 1 when not found)."""
-    parse_query(query)  # bad input is exit 2 before any setting or network is needed
+    settings = load_settings()
+    parse_query(query, settings.metadata_keys)  # bad input is exit 2 before any network is needed
     rules = _load(rules_file)
-    context = run_async(audited_lookup(load_settings(), query))
+    context = run_async(audited_lookup(settings, query))
     if not context.found:
         if as_json:
             typer.echo(json.dumps(check_json(context, RuleEvaluation()), indent=2, ensure_ascii=False))

@@ -101,7 +101,8 @@ def draft(
     as_json: Annotated[bool, typer.Option("--json", help="Print draft and tool calls as JSON.")] = False,
 ) -> None:
     """Draft a reply to a customer's billing question with a tool-calling chat model, for review."""
-    parse_query(email)  # bad input is exit 2 before any model, setting or network is touched
+    # bad input is exit 2 before any model or network is touched (the settings name the metadata keys)
+    parse_query(email, load_settings().metadata_keys)
     spec = model or os.environ.get(MODEL_ENV, "").strip()
     if not spec:
         fail(f"A chat model is needed: pass --model module:factory (e.g. {MODEL_EXAMPLE}) "

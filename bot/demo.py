@@ -102,7 +102,9 @@ class Story:
             )
             async with open_runtime(settings) as runtime:
                 await self._backfill(runtime)
-                self._cards(runtime, [await runtime.service.lookup(q) for q, _ in CARDS])
+                contexts = [await runtime.service.lookup(q) for q, _ in CARDS]
+                self._cards(runtime, contexts)
+                await self._by_invoice_number(runtime, contexts[0])
                 await self._live(runtime, control, base, port)
         self.console.print()
         self.console.print(Panel(NEXT_STEPS, border_style="green"))
@@ -126,6 +128,19 @@ class Story:
             self.console.print(render_context(context))
             evaluation = evaluate_rules(context, runtime.rules(), datetime.now(UTC))
             self.console.print(routing_summary(evaluation), markup=False, highlight=False, soft_wrap=True)
+
+    async def _by_invoice_number(self, runtime: Runtime, jane: BillingContext) -> None:
+        """A customer found by what they paste: the number printed on the newest invoice of Jane's."""
+        from billing.domain.matching import matched_by
+
+        number = next((i.number for i in jane.recent_invoices if i.number), None)
+        if number is None:
+            return
+        self.step(f"Found by the invoice number a customer pastes: billing lookup {number}")
+        found = await runtime.service.lookup(number)
+        who = f"{found.customer.name} ({found.customer.id})" if found.customer is not None else "nobody"
+        self.console.print(f"{number} → {who}, {matched_by(found.query, found.match)}",
+                           markup=False, highlight=False, soft_wrap=True)
 
     async def _live(self, runtime: Runtime, control: Any, base: str, port: int) -> None:
         import uvicorn

@@ -10,6 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from billing.domain.matching import matched_by
 from billing.domain.models import BillingContext, Money
 from billing.domain.money import format_money
 from billing.domain.timeline import cancellation_text, next_invoice_text, payment_method_text
@@ -193,12 +194,18 @@ def render_context(
             f"{o.id} ({o.status or 'no subscription'}, {'live' if o.livemode else 'test'})"
             for o in context.other_customers
         )
-        parts.append(Text(f"Other customers with this email: {others}", style="yellow"))
+        shared = "email"
+        if context.match is not None and context.match.method == "metadata":
+            shared = context.query.partition(":")[0]  # customers sharing the operator's id
+        parts.append(Text(f"Other customers with this {shared}: {others}", style="yellow"))
     parts.append(Text(customer.dashboard_url, style="link " + customer.dashboard_url))
 
-    match = f"{context.match.method}/{context.match.confidence}" if context.match else "—"
+    # Found by an invoice, a charge or metadata rather than the email: say by what, with what was typed.
+    match = matched_by(context.query, context.match) or (
+        f"matched by {context.match.method}/{context.match.confidence}" if context.match else "matched by —"
+    )
     as_of = context.as_of.strftime("%Y-%m-%d %H:%M:%SZ") if context.as_of else "—"
-    subtitle = escape(f"{customer.id} · matched by {match} · {context.source} as of {as_of}")
+    subtitle = escape(f"{customer.id} · {match} · {context.source} as of {as_of}")
     if context.stale:
         subtitle += " · STALE (Stripe unreachable)"
     return Panel(Group(*parts), title=title, subtitle=subtitle, title_align="left", subtitle_align="left")

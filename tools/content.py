@@ -152,8 +152,10 @@ def unavailable_content() -> str:
 
 def bad_email_content() -> str:
     return message_content(
-        "bad_email", "the email argument is not a valid email address; no lookup was made",
-        advice="Call again with the customer's email address only, e.g. jane@acme.com.",
+        "bad_email", "the email argument is not an email address, a Stripe id (cus_, sub_, in_, ch_, pi_) "
+        "or an invoice number; no lookup was made",
+        advice="Call again with the customer's email address only, e.g. jane@acme.com, or with a Stripe "
+               "id or invoice number exactly as the conversation gives it.",
     )
 
 
@@ -352,6 +354,26 @@ def _freshness(context: BillingContext, now: datetime) -> dict[str, Any]:
     return {"as_of": iso(context.as_of), "age_seconds": age, "stale": context.stale, "source": context.source}
 
 
+_FOUND_BY = {"subscription": "subscription", "invoice": "invoice", "invoice_number": "invoice",
+             "charge": "charge", "payment_intent": "payment intent"}
+
+
+def _matched_by(context: BillingContext) -> dict[str, str]:
+    """``{"matched_by": "invoice 0HIAXQK6-0004"}`` when the customer was found by something else than
+    the email: the model should not take the customer's email for the one in the conversation. Only
+    what is safe by construction is shown: a Stripe id, an invoice number (its format was checked),
+    a metadata key (from the operator's settings), never a metadata value."""
+    method = context.match.method if context.match is not None else None
+    if method == "metadata":
+        key = context.query.partition(":")[0]
+        return {"matched_by": f"metadata {key}"} if re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", key) else {}
+    what = _FOUND_BY.get(method or "")
+    shown = context.query if method == "invoice_number" else safe_id(context.query)
+    if what is None or not shown or len(shown) > 64:
+        return {}
+    return {"matched_by": f"{what} {shown}"}
+
+
 # -- documents ----------------------------------------------------------------------------------------
 
 
@@ -377,6 +399,7 @@ def _stripe_context_head(context: BillingContext) -> dict[str, Any]:
         "customer": {"id": safe_id(context.customer.id), "livemode": context.customer.livemode,
                      "delinquent": context.customer.delinquent,
                      "created": iso_date(context.customer.created)},
+        **_matched_by(context),
         "status": context.status,
         "subscriptions": _subscriptions(context),
         "mrr": money_text(context.mrr),

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 from billing.cache.audit import Surface
-from billing.domain.matching import parse_query
 from billing.domain.models import BillingContext
 from billing.errors import BadQueryError, StoreUnavailableError, StripeUnavailableError
 from billing.service import STRIPE_NEEDED
@@ -30,11 +29,23 @@ Respond = Callable[..., Awaitable[Any]]
 Ack = Callable[..., Awaitable[Any]]
 
 
-def _tried(query: str) -> list[str]:
-    kind = parse_query(query).kind
-    if kind == "customer_id":
-        return ["Stripe customer id"]
-    return ["manual links", "exact email", "lower-cased email", "Stripe search"]
+_TRIED_BY_ID = {
+    "customer_id": ["Stripe customer id"],
+    "subscription": ["cached subscriptions", "Stripe subscription id"],
+    "invoice": ["cached invoices", "Stripe invoice id"],
+    "invoice_number": ["cached invoice numbers", "Stripe invoice search"],
+    "charge": ["cached charges", "Stripe charge id"],
+    "payment_intent": ["cached charges", "Stripe payment intent id"],
+    "metadata": ["cached customer metadata", "Stripe customer search by metadata"],
+}
+
+
+def _tried(deps: SlackDeps, query: str) -> list[str]:
+    try:
+        kind = deps.runtime.service.parse(query).kind
+    except BadQueryError:  # a not-found context's query was parsed once already; never expected
+        kind = "email"
+    return _TRIED_BY_ID.get(kind, ["manual links", "exact email", "lower-cased email", "Stripe search"])
 
 
 def evaluation_for(deps: SlackDeps, context: BillingContext, now: datetime) -> RuleEvaluation | None:
@@ -51,7 +62,7 @@ def card_message(
     """The card (or "not found") for a lookup's result; a stale card says so first."""
     now = deps.clock()
     if not context.found:
-        return cards.not_found_message(context.query, _tried(context.query))
+        return cards.not_found_message(context.query, _tried(deps, context.query))
     evaluation = evaluation_for(deps, context, now)
     if shared_by is not None:
         return cards.shared_card(context, evaluation, now=now, shared_by=shared_by)

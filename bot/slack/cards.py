@@ -40,6 +40,7 @@ from slack_sdk.models.blocks import (
 from slack_sdk.models.views import View
 
 from billing.domain.lifecycle import URGENCY
+from billing.domain.matching import matched_by
 from billing.domain.models import BillingContext, CustomerInfo, InvoiceInfo, Money, SubscriptionInfo
 from billing.domain.money import format_money
 from billing.domain.timeline import cancellation_details_text, next_invoice_text, payment_method_text
@@ -145,6 +146,12 @@ MATCH_TEXT: Final = {
     "search": "Stripe search",
     "customer_id": "customer id",
     "manual_link": "manual link",
+    "subscription": "subscription id",
+    "invoice": "invoice id",
+    "invoice_number": "invoice number",
+    "charge": "charge id",
+    "payment_intent": "payment intent id",
+    "metadata": "customer metadata",
 }
 # (shortcode for mrkdwn, the same emoji as a character for plain_text headers, title)
 TRANSITION_TITLE: Final = {
@@ -654,8 +661,11 @@ def _others(context: BillingContext) -> SectionBlock | None:
     if not context.other_customers:
         return None
     count = len(context.other_customers)
+    shared = "email"
+    if context.match is not None and context.match.method == "metadata":
+        shared = inline(context.query.partition(":")[0], 40)  # the operator's id they all carry
     text = (f":busts_in_silhouette: {_plural(count, 'other customer')} "
-            f"{'shares' if count == 1 else 'share'} this email")
+            f"{'shares' if count == 1 else 'share'} this {shared}")
     if count > OTHERS_IN_MENU:
         text += f" (the menu lists the first {OTHERS_IN_MENU})"
     options = []
@@ -692,7 +702,10 @@ def _provenance(context: BillingContext, now: datetime) -> list[str]:
     customer = context.customer
     parts = []
     if context.match is not None:
-        parts.append(f"Matched by {MATCH_TEXT.get(context.match.method, inline(context.match.method, 30))}")
+        # Not the email: say by what, with what was typed ("Matched by invoice 0HIAXQK6-0004").
+        found_by = matched_by(context.query, context.match)
+        method = MATCH_TEXT.get(context.match.method, inline(context.match.method, 30))
+        parts.append(inline("M" + found_by[1:], 120) if found_by else f"Matched by {method}")
     if customer is not None:
         parts.append(":large_orange_circle: *LIVE*" if customer.livemode else ":test_tube: test mode")
         parts.append(_code(customer.id, 60))

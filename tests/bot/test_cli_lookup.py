@@ -163,6 +163,9 @@ def test_demo_tells_the_whole_story_without_any_setup() -> None:
     assert "recovered" in story[story.index("BigCo pays"):]
     assert '"amount_due":"29.00 USD"' in story and "untrusted_customer_data" in story
     assert "Connect your own Stripe and Slack" in story
+    # The number on Jane's newest invoice finds her (issue #10 item 6: billing lookup 0HIAXQK6-0004).
+    assert "billing lookup 0HIAXQK6-0004" in story
+    assert "0HIAXQK6-0004 → Jane Doe (cus_" in story and "matched by invoice 0HIAXQK6-0004" in story
     for text in ("Jane Doe", "past_due", "BigCo Inc", "1,250.00 USD", "trialing"):
         assert text in result.stdout
     # Each card says where the default routing rules send the conversation, and why.
