@@ -400,3 +400,29 @@ async def test_forgetting_a_customer_takes_it_out_of_the_index(
     assert await store.customer_ids_for_lookup("invoice_number", JANE_NUMBER) == []
     assert [k async for k in store.client.scan_iter(match=store.lookup.key("*"))] == []
 
+
+
+async def test_invoices_trimmed_from_the_cache_leave_the_index_and_are_found_in_stripe(
+    empty_sandbox: SandboxHandle, store: RedisStore
+) -> None:
+    from billing.cache.store import MAX_STORED_INVOICES
+
+    count = MAX_STORED_INVOICES + 2
+    empty_sandbox.control.load([
+        sf.customer(cid="cus_Many", email="many@x.io"),
+        *(sf.invoice(iid=f"in_M{n:02d}", cid="cus_Many", number=f"MANY01-{n + 1:04d}",
+                     created=sf.T0 - (count - n) * 86400) for n in range(count)),
+    ])
+    async with StripeGateway(empty_sandbox.api_key, api_base=empty_sandbox.url, retry=FAST,
+                             rate_limit=1000) as gateway:
+        service = BillingService(gateway, store)
+        await service.lookup("many@x.io")
+        for n in range(count):
+            expected = [] if n < 2 else ["cus_Many"]  # the two oldest (settled) invoices are not kept
+            assert await store.customer_ids_for_lookup("invoice", f"in_M{n:02d}") == expected, n
+            assert await store.customer_ids_for_lookup("invoice_number", f"MANY01-{n + 1:04d}") == expected
+        cached = await service.lookup("MANY01-0014")
+        assert cached.source == "cache"
+        oldest = await service.lookup("many01-0001")
+        assert oldest.source == "stripe" and oldest.customer is not None and oldest.customer.id == "cus_Many"
+        assert oldest.match is not None and oldest.match.method == "invoice_number"
