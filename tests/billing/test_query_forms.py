@@ -426,3 +426,28 @@ async def test_invoices_trimmed_from_the_cache_leave_the_index_and_are_found_in_
         oldest = await service.lookup("many01-0001")
         assert oldest.source == "stripe" and oldest.customer is not None and oldest.customer.id == "cus_Many"
         assert oldest.match is not None and oldest.match.method == "invoice_number"
+
+
+async def test_invoice_number_and_metadata_lookups_spend_the_search_budget(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    from billing.stripe.gateway import SharedRateLimit
+
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"user_id": "1001"}})
+    gateway.share_limits(store.client, store.tenant_key("ratelimit"))
+    search, general = gateway.search_limiter, gateway.limiter
+    assert isinstance(search, SharedRateLimit) and isinstance(general, SharedRateLimit)
+    service = BillingService(gateway, None, metadata_keys=KEYS)
+
+    def spent() -> tuple[int, int]:
+        return sum(search.granted.values()), sum(general.granted.values())
+
+    before = spent()
+    await service.lookup(ids["subscription"])  # a retrieve: the account's budget only
+    after_retrieve = spent()
+    assert after_retrieve[0] == before[0] and after_retrieve[1] > before[1]
+    await service.lookup(JANE_NUMBER)  # Search API: search's 20/s as well as the account's
+    assert spent()[0] == after_retrieve[0] + 1
+    await service.lookup("user_id:1001")
+    assert spent()[0] == after_retrieve[0] + 2
