@@ -153,3 +153,13 @@ class Transition:
 
 class Notifier(Protocol):
     async def notify(self, transition: Transition) -> None: ...
+
+
+class NotifyLater(RuntimeError):
+    """Raised by a notifier when a transition cannot be notified yet and nothing failed (e.g. another
+    poster holds its message's lease): the worker retries after ``retry_after`` seconds (or its
+    backoff), logging no traceback."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -228,7 +228,7 @@ async def open_runtime(
         if store is not None:
             # From here on the account's Stripe budget is shared with every other process of this
             # tenant (serve, worker, backfill); before (and without) Redis it is this process's own.
-            gateway.share_limits(store.client, store.tenant_key("ratelimit"))
+            store.share_rate_limits(gateway)
         try:
             tenant = store.tenant if store is not None else configured or await gateway.tenant()
             service = BillingService(

@@ -1,5 +1,7 @@
-"""The Redis store: contexts, slim Stripe objects with versions, email index, links, event stream,
-dedup markers, transition outbox and the sync-health record.
+"""The Redis store: contexts, slim Stripe objects with versions, email index, links and the
+sync-health record; the event stream (``streams``), dedup markers (``dedupe``), transition outbox
+(``outbox``) and a backfill's checkpoint (``backfill_state``) through the classes it hands out.
+Nothing outside ``billing.cache`` touches its Redis client.
 
 Key layout (``p`` = ``{key_prefix}:{account_id}:{live|test}``)::
 
@@ -36,17 +38,23 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError, ResponseError, WatchError
 
 from billing.cache.audit import AuditLog
+from billing.cache.backfill_state import BackfillState
 from billing.cache.connections import REDIS_ERRORS, RedisClient, open_redis
+from billing.cache.dedupe import DEDUP_TTL_SECONDS, Dedupe
 from billing.cache.lookup_index import LookupIndex
+from billing.cache.outbox import Outbox, Outboxes
+from billing.cache.streams import EventStream
 from billing.domain.builder import build_context
 from billing.domain.models import BillingContext, Match
 from billing.domain.snapshot import CustomerData, StripeDict
@@ -68,7 +76,6 @@ from billing.stripe.slim import (
 
 log = logging.getLogger(__name__)
 _BY_ID = Match(method="customer_id", confidence="exact")
-DEDUP_TTL_SECONDS = 7 * 24 * 3600
 TOMBSTONE_TTL_SECONDS = 31 * 24 * 3600  # longer than Stripe retries a webhook or lists past events
 SNAPSHOT_EVENT_ID = "snapshot"
 # A backfill's staged pages of a customer live this long after its last page (a resumed run must find
@@ -169,6 +176,20 @@ class Namespace:
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
+    async def get(self, key: str) -> str | None:
+        return _text(await self.client.get(key))
+
+    async def set(self, key: str, value: str, *, ex: int | None = None, nx: bool = False) -> bool:
+        """Store ``value`` (for ``ex`` seconds; with ``nx`` only where ``key`` is free): True when set."""
+        return bool(await self.client.set(key, value, ex=ex, nx=nx))
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self.client.delete(key))
+
+
+class _SharesLimits(Protocol):
+    def share_limits(self, client: Any, key_prefix: str) -> None: ...
+
 
 @dataclass
 class CatalogueReads:
@@ -235,6 +256,11 @@ class RedisStore:
         self._email_script: Any = None
         # Lookups by subscription, invoice (id or number), charge, payment intent or ``metadata_keys``.
         self.lookup = LookupIndex(client, self.tenant_key, self.customer_key, metadata_keys)
+        self.stream = EventStream(client, self.stream_key, self.dead_letter_key, self.GROUP)
+        self.dedupe = Dedupe(client, self.tenant_key)
+        self.outboxes = Outboxes(
+            client, self.tenant_key("outbox:pending"), self.tenant_key("outbox:failures")
+        )
 
     # ---- keys -------------------------------------------------------------------------------
     def customer_key(self, customer_id: str, part: str) -> str:
@@ -256,6 +282,24 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    def pipeline(self, *, transaction: bool) -> Pipeline | ClusterPipeline:
+        """A pipeline on the store's client: ``transaction=True`` for an optimistic (WATCH/MULTI)
+        update of keys of one slot; ``False`` to batch the ``queue_*`` commands of the classes below
+        into one round trip."""
+        return self.client.pipeline(transaction=transaction)
+
+    def outbox(self, customer_id: str) -> Outbox:
+        """The customer's transition outbox (see ``billing.cache.outbox``)."""
+        return Outbox(self.client, lambda part: self.customer_key(customer_id, part))
+
+    def backfill_state(self) -> BackfillState:
+        """The tenant's backfill checkpoint keys."""
+        return BackfillState(self.client, self.tenant_key("backfill"))
+
+    def share_rate_limits(self, gateway: _SharesLimits) -> None:
+        """Let ``gateway`` share the tenant's Stripe budget with every process on this Redis."""
+        gateway.share_limits(self.client, self.tenant_key("ratelimit"))
 
     def audit_log(self) -> AuditLog:
         """The tenant's bounded audit stream of lookups."""
@@ -375,7 +419,7 @@ class RedisStore:
         # Prices, products and coupons obey the same rule: never over a newer stored version.
         await self.put_catalogue([data], version)
         pipe = self.client.pipeline(transaction=False)
-        self.stage_objects(pipe, customer_id, [with_version(o, version) for o in _customer_objects(data)])
+        self.stage_objects(pipe, customer_id, [with_version(o, version) for o in customer_objects(data)])
         await pipe.execute()
 
         def rebuild(merged: CustomerData) -> BillingContext:
@@ -402,7 +446,7 @@ class RedisStore:
         for data, context in items:
             customer_id = str(data.customer["id"])
             version = _snapshot_version(context)
-            objects = trim_invoices({str(o["id"]): with_version(o, version) for o in _customer_objects(data)})
+            objects = trim_invoices({str(o["id"]): with_version(o, version) for o in customer_objects(data)})
             pipe.set(self.customer_key(customer_id, "objs"), encode_objects(objects))
             pipe.delete(self.customer_key(customer_id, "stage"))
             pipe.set(self.customer_key(customer_id, "ctx"), encode_context(context))
@@ -459,6 +503,12 @@ class RedisStore:
                     return
                 except WatchError:
                     continue
+
+    async def index_customer(self, customer_id: str, email: Any, old_email: Any) -> None:
+        """Index the customer under ``email`` (out of ``old_email``'s entry) and among the cached."""
+        pipe = self.client.pipeline(transaction=False)
+        self._queue_indexes(pipe, customer_id, email, old_email)
+        await pipe.execute()
 
     def _queue_indexes(self, pipe: Any, customer_id: str, email: Any, old_email: Any) -> None:
         if isinstance(old_email, str) and old_email and old_email.lower() != str(email or "").lower():
@@ -555,11 +605,17 @@ class RedisStore:
                     continue
             break
         old_email = (stored.get(customer_id) or {}).get("email")
-        pipe = self.client.pipeline(transaction=False)
-        self._queue_indexes(pipe, customer_id, data.customer.get("email"), old_email)
-        await pipe.execute()
+        await self.index_customer(customer_id, data.customer.get("email"), old_email)
         await self.update_refs(customer_id, stored.values())
         return True
+
+    async def has_stage(self, customer_id: str) -> bool:
+        """Whether backfill pages are staged under the customer (not folded into its objects yet)."""
+        return bool(await self.client.exists(self.customer_key(customer_id, "stage")))
+
+    async def drop_stage(self, customer_id: str) -> int:
+        """Remove the customer's staged pages; 1 when there were some."""
+        return int(await self.client.delete(self.customer_key(customer_id, "stage")))
 
     async def get_tenant_objects(self, kind: TenantKind, ids: Iterable[str]) -> dict[str, StripeDict]:
         wanted = sorted(set(ids))
@@ -598,6 +654,12 @@ class RedisStore:
             kind = _TENANT_KIND_OF[str(obj["object"])]
             pipe.hsetnx(self.tenant_key(kind), str(obj["id"]), _dumps(with_version(obj, version)))
         await pipe.execute()
+
+    async def scan_tenant_objects(self, kind: TenantKind) -> AsyncIterator[tuple[str, StripeDict]]:
+        """Every stored price, product or coupon (``kind``), in batches: an operator's or a rare
+        event's path, never a request's."""
+        async for object_id, raw in self.client.hscan_iter(self.tenant_key(kind), count=500):
+            yield _text(object_id) or "", json.loads(raw)
 
     async def customers_referring_to(self, object_id: str) -> list[str]:
         members = await self.client.smembers(self.tenant_key(f"refs:{object_id}"))
@@ -707,54 +769,19 @@ class RedisStore:
             touched += int(await self.client.srem(key, customer_id))
         return touched
 
-    # ---- streams -----------------------------------------------------------------------------
-    async def acknowledged_below(self, stream: str) -> str | None:
-        """The id below which every consumer group of ``stream`` has acknowledged every entry: the
-        lowest of each group's oldest pending entry, or, with nothing pending, the id just after its
-        last delivered one. None without groups (nobody has read anything: nothing may go)."""
-        groups = await self.client.xinfo_groups(stream)
-        if not groups:
-            return None
-        pending = [_text(g["name"]) or "" for g in groups if int(g.get("pending") or 0) > 0]
-        lowest: list[tuple[int, int]] = []
-        if pending:
-            pipe = self.client.pipeline(transaction=False)
-            for name in pending:
-                pipe.xpending(stream, name)
-            for summary in await pipe.execute():
-                if summary.get("min") is not None:
-                    lowest.append(_stream_id(summary["min"]))
-        for group in groups:
-            if int(group.get("pending") or 0) == 0:
-                ms, seq = _stream_id(group.get("last-delivered-id") or "0-0")
-                lowest.append((ms, seq + 1))
-        ms, seq = min(lowest)
-        return f"{ms}-{seq}"
-
-    async def trim_stream(self, stream: str) -> int:
-        """Drop the entries of ``stream`` that every consumer group has acknowledged (``XTRIM MINID``),
-        never one a group has yet to read or to acknowledge; returns how many went.
-
-        Safe without a lock: what every group acknowledged only grows, and new entries are newer."""
-        minid = await self.acknowledged_below(stream)
-        if minid is None:
-            return 0
-        return int(await self.client.xtrim(stream, minid=minid, approximate=False))
-
-    # ---- dedup -------------------------------------------------------------------------------
-    def event_key(self, event_id: str) -> str:
-        return self.tenant_key(f"evt:{event_id}")
-
-    async def events_done(self, event_ids: Sequence[str]) -> list[bool]:
-        pipe = self.client.pipeline(transaction=False)
-        for event_id in event_ids:
-            pipe.exists(self.event_key(event_id))
-        return [bool(x) for x in await pipe.execute()]
-
     # ---- health ------------------------------------------------------------------------------
     async def record(self, **fields: float | str) -> None:
         """Update sync-health fields (``last_webhook_at``, ``backfill_started_at`` …)."""
         await self.client.hset(self.tenant_key("health"), mapping=dict(fields))  # type: ignore[arg-type]
+
+    async def health_record(self) -> dict[str, str]:
+        """The sync-health fields as stored (``record``)."""
+        raw: Mapping[Any, Any] = await self.client.hgetall(self.tenant_key("health"))
+        return {_text(k) or "": _text(v) or "" for k, v in raw.items()}
+
+    def queue_record(self, pipe: Any, **fields: float | str) -> None:
+        """``record`` as a command of ``pipe`` (riding with the writes it describes)."""
+        pipe.hset(self.tenant_key("health"), mapping=dict(fields))
 
     async def health(self) -> SyncHealth:
         pipe = self.client.pipeline(transaction=False)
@@ -801,7 +828,8 @@ class RedisStore:
             return False
 
 
-def _customer_objects(data: CustomerData) -> list[StripeDict]:
+def customer_objects(data: CustomerData) -> list[StripeDict]:
+    """A fetched customer's own objects (not the catalogue), slim, each with its ``object`` kind."""
     objects: list[StripeDict] = [slim({**data.customer, "object": "customer"})]
     objects += [slim({**s, "object": "subscription"}) for s in data.subscriptions]
     objects += [slim({**i, "object": "invoice"}) for i in data.invoices]
@@ -862,11 +890,6 @@ def refs_of(objects: Iterable[StripeDict]) -> set[str]:
         elif obj.get("object") == "customer":
             refs |= coupon_ids_of_discount(obj.get("discount"))
     return refs
-
-
-def _stream_id(raw: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (_text(raw) or "0-0").partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _found(ids: Sequence[str], values: Sequence[Any]) -> dict[str, StripeDict]:

@@ -7,8 +7,9 @@ window's checkpoint moves past it, so an interrupted run resumes where it stoppe
 are skipped, a half-done window continues from ``starting_after`` its last stored object. Contexts
 and the email index are built at the end from what is stored, in pipelined batches.
 
-Redis keys (beside the store's, under the tenant): ``backfill:plan`` (the windows of this run),
-``backfill:windows`` (window -> ``{"done", "after", "count"}``), ``backfill:customers`` (ids seen).
+Redis keys (beside the store's, under the tenant, kept by ``billing.cache.backfill_state``):
+``backfill:plan`` (the windows of this run), ``backfill:windows`` (window -> ``{"done", "after",
+"count"}``), ``backfill:customers`` (ids listed), ``backfill:staged`` (ids staged under).
 """
 
 from __future__ import annotations
@@ -234,24 +235,12 @@ class Backfill:
         self.clock = clock
         self._stored_refs: set[str] = set()  # tenant objects already written by this run
         self._refs_lock = asyncio.Lock()
-
-    # keys
-    @property
-    def plan_key(self) -> str:
-        return self.store.tenant_key("backfill:plan")
-
-    @property
-    def windows_key(self) -> str:
-        return self.store.tenant_key("backfill:windows")
-
-    @property
-    def customers_key(self) -> str:
-        return self.store.tenant_key("backfill:customers")
+        self.state = store.backfill_state()
 
     @property
     def staged_key(self) -> str:
         """Every customer a page of this run was staged under (listed or not)."""
-        return self.store.tenant_key("backfill:staged")
+        return self.state.staged_key
 
     async def run(self, *, resume: bool = False, since: int | None = None) -> BackfillReport:
         """Fetch every window not done yet, then build every context; ``resume`` keeps the checkpoint.
@@ -300,12 +289,11 @@ class Backfill:
 
     # -- plan and checkpoint ------------------------------------------------------------------
     async def stored_plan(self) -> Plan | None:
-        raw = await self.store.client.get(self.plan_key)
+        raw = await self.state.plan()
         return Plan.from_json(raw) if raw else None
 
     async def window_states(self) -> dict[str, WindowState]:
-        raw = await self.store.client.hgetall(self.windows_key)
-        return {_text(k): WindowState.from_json(v) for k, v in raw.items()}
+        return {k: WindowState.from_json(v) for k, v in (await self.state.windows()).items()}
 
     async def _new_plan(self, since: int | None) -> Plan:
         now = self.clock()
@@ -313,10 +301,7 @@ class Backfill:
         start = since if since is not None else await self.oldest_customer_created(end)
         plan = Plan(start=min(start, end), end=end, parts=self.parts, started_at=now)
         # A new run starts from a clean checkpoint; cached contexts stay served until rebuilt.
-        await self.store.client.delete(self.windows_key)
-        await self.store.client.delete(self.customers_key)
-        await self.store.client.delete(self.staged_key)
-        await self.store.client.set(self.plan_key, plan.to_json())
+        await self.state.start(plan.to_json())
         await self.store.record(backfill_started_at=now)
         return plan
 
@@ -386,21 +371,19 @@ class Backfill:
             page = with_previews(page, await self.gateway.preview_next_invoices(page))
         if page:
             await self._store_references(page, version)
-            pipe = self.store.client.pipeline(transaction=False)
+            pipe = self.store.pipeline(transaction=False)
             for obj in page:
                 owner = owner_of(obj)
                 if owner is None:
                     continue
                 entry = with_version(slim(_charge_as_id(obj)), version)
                 self.store.stage_objects(pipe, owner, [entry])
-                pipe.sadd(self.staged_key, owner)
-                if window.resource == "customers":
-                    pipe.sadd(self.customers_key, owner)
+                self.state.queue_staged(pipe, owner, listed=window.resource == "customers")
             await pipe.execute()
             state.after = str(page[-1]["id"])
             state.count += len(page)
         state.done = done
-        await self.store.client.hset(self.windows_key, window.key, state.to_json())
+        await self.state.save_window(window.key, state.to_json())
         if page:
             self.observer.fetched(window.resource, len(page))
 
@@ -446,12 +429,12 @@ class Backfill:
     # -- building -----------------------------------------------------------------------------
     async def build_contexts(self) -> int:
         """Every backfilled customer's context and email index, from the store, in pipelined batches."""
-        total = int(await self.store.client.scard(self.customers_key))
+        total = await self.state.customer_count()
         self.observer.building(total)
         built = 0
         batch: list[str] = []
-        async for member in self.store.client.sscan_iter(self.customers_key, count=1000):
-            batch.append(_text(member))
+        async for customer_id in self.state.customers():
+            batch.append(customer_id)
             if len(batch) >= BUILD_BATCH:
                 built += await self._build_batch(batch)
                 batch = []
@@ -464,10 +447,8 @@ class Backfill:
         deleted, or known only through a charge): folded into a customer the cache already holds,
         else removed. Returns how many were removed. Nothing staged by this run outlives it."""
         removed = 0
-        async for member in self.store.client.sscan_iter(self.staged_key, count=1000):
-            customer_id = _text(member)
-            stage_key = self.store.customer_key(customer_id, "stage")
-            if not await self.store.client.exists(stage_key):
+        async for customer_id in self.state.staged():
+            if not await self.store.has_stage(customer_id):
                 continue  # built
             now = datetime.fromtimestamp(self.clock(), UTC)
 
@@ -475,8 +456,8 @@ class Backfill:
                 return self.build(data, query=str(data.customer["id"]), match=BY_ID, now=now, source="stripe")
 
             if not await self.store.fold_stage(customer_id, build):
-                removed += int(await self.store.client.delete(stage_key))
-        await self.store.client.delete(self.staged_key)
+                removed += await self.store.drop_stage(customer_id)
+        await self.state.forget_staged()
         return removed
 
     async def _build_batch(self, customer_ids: Sequence[str]) -> int:
@@ -542,10 +523,6 @@ def _charge_as_id(obj: StripeDict) -> StripeDict:
 
 def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 __all__ = [

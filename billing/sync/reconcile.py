@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from billing.cache.store import RedisStore
 from billing.domain.snapshot import StripeDict
@@ -74,7 +73,7 @@ async def queue_missed_events(
 ) -> ReconcileReport:
     """List events since the last processed one and append those not yet applied to the stream, a page
     at a time; with ``worker``, each page is applied (``drain``) before the next is listed."""
-    fields = await _health_fields(store)
+    fields = await store.health_record()
     if since is None:
         since = reconcile_start(
             now=clock(),
@@ -113,13 +112,10 @@ async def queue_missed_events(
 async def _queue_page(store: RedisStore, page: list[StripeDict], worker: EventWorker | None) -> int:
     """Queue a page's events not applied yet, oldest first; with ``worker``, apply them now."""
     events = sorted(page, key=lambda e: (int(e.get("created") or 0), str(e.get("id"))))
-    done = await store.events_done([str(e["id"]) for e in events])
+    done = await store.dedupe.done([str(e["id"]) for e in events])
     missed = [e for e, applied in zip(events, done, strict=True) if not applied]
     if missed:
-        pipe = store.client.pipeline(transaction=False)
-        for event in missed:
-            pipe.xadd(store.stream_key, {"e": json.dumps(event, separators=(",", ":"))})
-        await pipe.execute()
+        await store.stream.append_many(json.dumps(event, separators=(",", ":")) for event in missed)
         if worker is not None:
             await drain(worker)
     return len(missed)
@@ -159,11 +155,6 @@ async def reconcile(
     )
 
 
-async def _health_fields(store: RedisStore) -> dict[str, str]:
-    raw: Mapping[Any, Any] = await store.client.hgetall(store.tenant_key("health"))
-    return {_text(k): _text(v) for k, v in raw.items()}
-
-
 async def _created_of_event(gateway: StripeReader, event_id: str | None) -> float | None:
     """The worker records the id of the newest event it applied; Stripe knows when it was created."""
     if not event_id:
@@ -178,10 +169,6 @@ def _number(value: str | None) -> float | None:
         return float(value) if value else None
     except ValueError:
         return None
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = ["ReconcileReport", "drain", "queue_missed_events", "reconcile", "reconcile_start"]

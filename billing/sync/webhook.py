@@ -163,11 +163,11 @@ class WebhookIngest:
     async def _enqueue(self, body: bytes) -> None:
         now = time.time()
         if now - self._last_health_write < _HEALTH_WRITE_INTERVAL:
-            await self.store.client.xadd(self.store.stream_key, {"e": body})
+            await self.store.stream.append(body)
             return
         # At most once a second per process, the health record rides along in the same round trip.
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.xadd(self.store.stream_key, {"e": body})
-        pipe.hset(self.store.tenant_key("health"), "last_webhook_at", now)
+        pipe = self.store.pipeline(transaction=False)
+        self.store.stream.queue_append(pipe, body)
+        self.store.queue_record(pipe, last_webhook_at=now)
         await pipe.execute()
         self._last_health_write = now

@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import stripe
-from redis.exceptions import ResponseError, WatchError
+from redis.exceptions import WatchError
 
 from billing.cache.connections import REDIS_ERRORS
 from billing.cache.lookup_index import index_changed
@@ -46,7 +46,7 @@ from billing.cache.store import (
     SNAPSHOT_EVENT_ID,
     CatalogueReads,
     RedisStore,
-    _customer_objects,
+    customer_objects,
     decide,
     decode_context,
     decode_objects,
@@ -57,7 +57,7 @@ from billing.cache.store import (
 )
 from billing.domain.models import BillingContext, Match
 from billing.domain.snapshot import CustomerData, StripeDict, id_of
-from billing.ports import ListableResource, Notifier, StripeReader, Transition
+from billing.ports import ListableResource, Notifier, NotifyLater, StripeReader, Transition
 from billing.stripe.gateway import background_work
 from billing.stripe.slim import (
     INCLUDABLE,
@@ -112,16 +112,6 @@ _MAX_CAS_ATTEMPTS = 20
 # The dead-letter stream keeps about this many entries (``XADD MAXLEN ~``), the oldest going first:
 # enough to inspect and replay a bad day, bounded however long events keep failing (~10 MiB of events).
 DEAD_LETTER_MAX = 10_000
-
-
-class NotifyLater(RuntimeError):
-    """Raised by a notifier when a transition cannot be notified yet and nothing failed (e.g. another
-    poster holds its message's lease): the worker retries after ``retry_after`` seconds (or its
-    backoff), logging no traceback."""
-
-    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def default_consumer_name() -> str:
@@ -196,13 +186,7 @@ class EventWorker:
 
     # ---- the loop -------------------------------------------------------------------------
     async def ensure_group(self) -> None:
-        try:
-            await self.store.client.xgroup_create(
-                self.store.stream_key, self.store.GROUP, id="0", mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await self.store.stream.ensure_group()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Consume until ``stop`` is set; Redis outages are waited out, never fatal."""
@@ -232,11 +216,10 @@ class EventWorker:
         if (now - self._last_claim) * 1000 >= min(self.claim_idle_ms, 5000):
             self._last_claim = now
             handled += await self.claim_idle()
-        response: Any = await self.store.client.xreadgroup(
-            self.store.GROUP, self.consumer, {self.store.stream_key: ">"},
-            count=self.batch_size, block=self.block_ms if block_ms is None else block_ms,
+        entries = await self.store.stream.read_new(
+            self.consumer, count=self.batch_size, block_ms=self.block_ms if block_ms is None else block_ms,
         )
-        for _stream, entries in response or []:
+        if entries:
             await self.process(entries)
             handled += len(entries)
         self.last_batch_at = time.time()
@@ -247,11 +230,9 @@ class EventWorker:
         total = 0
         start = "0-0"
         while True:
-            result = await self.store.client.xautoclaim(
-                self.store.stream_key, self.store.GROUP, self.consumer,
-                min_idle_time=self.claim_idle_ms, start_id=start, count=self.batch_size,
+            next_start, entries = await self.store.stream.claim_idle(
+                self.consumer, min_idle_ms=self.claim_idle_ms, start=start, count=self.batch_size,
             )
-            next_start, entries = _text(result[0]), [e for e in result[1] if e and e[1]]
             if entries:
                 await self.process(entries)
                 total += len(entries)
@@ -267,10 +248,10 @@ class EventWorker:
         await self.trim()
 
     async def trim(self) -> None:
-        """Drop the stream entries every consumer group has acknowledged (``RedisStore.trim_stream``):
+        """Drop the stream entries every consumer group has acknowledged (``EventStream.trim``):
         run after each batch, so the stream holds only what some group has yet to finish. The
         dead-letter stream is capped at ``DEAD_LETTER_MAX`` entries instead (oldest first)."""
-        await self.store.trim_stream(self.store.stream_key)
+        await self.store.stream.trim()
 
     async def _process(self, entries: Sequence[Any]) -> None:
         parsed: list[_Entry] = []
@@ -288,7 +269,7 @@ class EventWorker:
             parsed.append(_Entry(_text(entry_id), body, event))
         if not parsed:
             return
-        already = await self.store.events_done([e.event["id"] for e in parsed])
+        already = await self.store.dedupe.done([e.event["id"] for e in parsed])
         fresh = [e for e, done in zip(parsed, already, strict=True) if not done]
         done_ids += [e.entry_id for e, done in zip(parsed, already, strict=True) if done]
         self.stats.duplicates += len(parsed) - len(fresh)
@@ -344,37 +325,29 @@ class EventWorker:
     async def _finish(self, applied: Sequence[_Entry], done_ids: Sequence[str]) -> None:
         if not applied and not done_ids:
             return
-        pipe = self.store.client.pipeline(transaction=False)
-        for entry in applied:
-            pipe.set(self.store.event_key(entry.event["id"]), 1, ex=DEDUP_TTL_SECONDS)
-        ids = [e.entry_id for e in applied] + list(done_ids)
-        pipe.xack(self.store.stream_key, self.store.GROUP, *ids)
+        # One round trip: the dedup markers, the acks and the health record.
+        pipe = self.store.pipeline(transaction=False)
+        self.store.dedupe.queue_mark(pipe, [entry.event["id"] for entry in applied])
+        self.store.stream.queue_ack(pipe, [e.entry_id for e in applied] + list(done_ids))
         if applied:
             last = max(applied, key=lambda e: int(e.event.get("created") or 0))
-            pipe.hset(self.store.tenant_key("health"), mapping={
-                "last_event_at": time.time(), "last_event_id": last.event["id"],
-                "last_event_created": int(last.event.get("created") or 0),
-            })
+            self.store.queue_record(
+                pipe, last_event_at=time.time(), last_event_id=last.event["id"],
+                last_event_created=int(last.event.get("created") or 0),
+            )
         await pipe.execute()
         self.stats.applied += len(applied)
 
     async def _failed(self, entry: _Entry, error: BaseException) -> None:
         self.stats.failed += 1
         log.warning("event %s failed: %s", entry.event.get("id"), error, exc_info=error)
-        pending = await self.store.client.xpending_range(
-            self.store.stream_key, self.store.GROUP, min=entry.entry_id, max=entry.entry_id, count=1
-        )
-        deliveries = int(pending[0]["times_delivered"]) if pending else self.max_deliveries
-        if deliveries >= self.max_deliveries:
+        deliveries = await self.store.stream.deliveries(entry.entry_id)
+        if deliveries is None or deliveries >= self.max_deliveries:
             await self._dead_letter(entry.entry_id, entry.raw, f"{type(error).__name__}: {error}")
 
     async def _dead_letter(self, entry_id: str, raw: bytes | str, reason: str) -> None:
         self.stats.dead_lettered += 1
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.xadd(self.store.dead_letter_key, {"e": raw, "error": reason[:500], "entry": entry_id},
-                  maxlen=DEAD_LETTER_MAX, approximate=True)
-        pipe.xack(self.store.stream_key, self.store.GROUP, entry_id)
-        await pipe.execute()
+        await self.store.stream.dead_letter(entry_id, raw, reason, max_entries=DEAD_LETTER_MAX)
 
     # ---- routing --------------------------------------------------------------------------
     async def _route(self, entry: _Entry) -> list[str]:
@@ -408,9 +381,9 @@ class EventWorker:
         """Customers whose subscriptions use a price of ``product_id`` (a product event is rare: the
         tenant's prices are scanned, never on a request path)."""
         customers: set[str] = set()
-        async for price_id, raw in self.store.client.hscan_iter(self.store.tenant_key("prices"), count=500):
-            if json.loads(raw).get("product") == product_id:
-                customers.update(await self.store.customers_referring_to(_text(price_id)))
+        async for price_id, price in self.store.scan_tenant_objects("prices"):
+            if price.get("product") == product_id:
+                customers.update(await self.store.customers_referring_to(price_id))
         return sorted(customers)
 
     async def _in_current_shape(self, event: StripeDict) -> StripeDict:
@@ -496,7 +469,7 @@ class EventWorker:
         ctx_key = self.store.customer_key(customer_id, "ctx")
         outbox_key = self.store.customer_key(customer_id, "outbox")
         for _attempt in range(_MAX_CAS_ATTEMPTS):
-            async with self.store.client.pipeline(transaction=True) as pipe:
+            async with self.store.pipeline(transaction=True) as pipe:
                 try:
                     # The outbox is watched too: a transition is queued once, unless already queued
                     # or notified (checked below), whatever another worker does meanwhile.
@@ -673,7 +646,7 @@ class EventWorker:
         # Prices, products and coupons first: the build joins them from the tenant's hashes (each
         # only where newer than the stored copy, as a lookup's).
         await self.store.put_catalogue([data], version)
-        objects = {str(o["id"]): with_version(o, version) for o in _customer_objects(data)}
+        objects = {str(o["id"]): with_version(o, version) for o in customer_objects(data)}
         return _Snapshot(objects)
 
     def _build(self, data: CustomerData, old: BillingContext | None) -> BillingContext:
@@ -799,9 +772,7 @@ class EventWorker:
             referring = []
         if previous is not None and old_email == new_email and not referring:
             return
-        pipe = self.store.client.pipeline(transaction=False)
-        self.store._queue_indexes(pipe, customer_id, new_email, old_email)
-        await pipe.execute()
+        await self.store.index_customer(customer_id, new_email, old_email)
         if referring:
             await self.store.update_refs(customer_id, stored.values())
 
@@ -828,17 +799,8 @@ class EventWorker:
         await self.store.put_tenant_objects_if_missing(objects, (0, "from-subscription"))
 
     # ---- the outbox -------------------------------------------------------------------------
-    @property
-    def pending_key(self) -> str:
-        """Customers whose outbox still holds transitions, scored by when to try again."""
-        return self.store.tenant_key("outbox:pending")
-
-    @property
-    def failures_key(self) -> str:
-        return self.store.tenant_key("outbox:failures")
-
     async def _schedule(self, customer_id: str, *, delay: float) -> None:
-        await self.store.client.zadd(self.pending_key, {customer_id: time.time() + delay})
+        await self.store.outboxes.schedule(customer_id, delay=delay)
 
     async def _flush_outbox(
         self, customer_id: str, *, swept: bool = False, fresh: Sequence[str] = ()
@@ -851,18 +813,13 @@ class EventWorker:
         ``fresh``: the entries this worker just queued, known to be neither queued before nor notified
         (when the outbox holds only them, the first is notified after one round trip).
         """
-        client = self.store.client
-        outbox_key = self.store.customer_key(customer_id, "outbox")
-        if not fresh and not await client.llen(outbox_key):  # a duplicate with nothing to finish
+        outbox = self.store.outbox(customer_id)
+        if not fresh and not await outbox.length():  # a duplicate with nothing to finish
             if swept:
                 await self._unschedule(customer_id)
             return True
-        lock_key = self.store.customer_key(customer_id, "flushing")
         token = uuid.uuid4().hex
-        pipe = client.pipeline(transaction=False)
-        pipe.set(lock_key, token, nx=True, px=self.flush_lock_ms)
-        pipe.lrange(outbox_key, 0, -1)
-        locked, queued = await pipe.execute()
+        locked, queued = await outbox.lock_and_read(token, lock_ms=self.flush_lock_ms)
         if not locked:
             # Another worker is flushing; what it may miss is found by the sweeper.
             await self._schedule(customer_id, delay=self.retry_base)
@@ -873,11 +830,11 @@ class EventWorker:
                 if not await self._notify_in_order(customer_id, queued, checked=checked):
                     return False
                 checked = False
-                queued = await client.lrange(outbox_key, 0, -1)  # queued meanwhile
+                queued = await outbox.entries()  # queued meanwhile
             await self._unschedule(customer_id)
         finally:
-            await self._unlock(lock_key, token)
-        if await client.llen(outbox_key):
+            await outbox.unlock(token)
+        if await outbox.length():
             # A transition queued while this flush was finishing (its worker found the lock taken).
             await self._schedule(customer_id, delay=0)
             return False
@@ -887,15 +844,13 @@ class EventWorker:
         """Notify ``queued`` (the outbox's entries, oldest first) and drop each from the outbox; a
         transition already notified (``sent`` marker) is dropped unnotified, unless ``checked`` says
         none is. False at the first failure."""
-        client = self.store.client
-        outbox_key = self.store.customer_key(customer_id, "outbox")
+        outbox = self.store.outbox(customer_id)
         transitions = [_transition_from_dict(json.loads(raw)) for raw in queued]
-        sent_keys = [self.store.customer_key(customer_id, f"sent:{t.dedup_key}") for t in transitions]
-        already: Any = (  # one slot: the customer's
-            [None] * len(sent_keys) if checked else await client.execute_command("MGET", *sent_keys)
+        already = (
+            [False] * len(transitions) if checked else await outbox.sent([t.dedup_key for t in transitions])
         )
-        for raw, transition, sent_key, done in zip(queued, transitions, sent_keys, already, strict=True):
-            if done is None:
+        for raw, transition, done in zip(queued, transitions, already, strict=True):
+            if not done:
                 try:
                     await self.notifier.notify(transition)
                 except NotifyLater as later:
@@ -910,48 +865,27 @@ class EventWorker:
                                 "in %.0f s", transition.name, customer_id, exc, delay, exc_info=True)
                     return False
                 self.stats.notified += 1
-            pipe = client.pipeline(transaction=False)
-            pipe.set(sent_key, 1, ex=DEDUP_TTL_SECONDS)
-            pipe.lrem(outbox_key, 1, _text(raw))
-            await pipe.execute()
+            await outbox.mark_sent(transition.dedup_key, raw)
         return True
 
     async def _unschedule(self, customer_id: str) -> None:
-        pipe = self.store.client.pipeline(transaction=False)
-        pipe.zrem(self.pending_key, customer_id)
-        pipe.hdel(self.failures_key, customer_id)
-        await pipe.execute()
+        await self.store.outboxes.unschedule(customer_id)
 
     async def _retry_later(self, customer_id: str, after: float | None = None) -> float:
         if after is not None:  # the notifier knows when: no failure counted
             await self._schedule(customer_id, delay=min(max(after, 0.0), self.retry_max))
             return min(max(after, 0.0), self.retry_max)
-        failures = int(await self.store.client.hincrby(self.failures_key, customer_id, 1))
+        failures = await self.store.outboxes.count_failure(customer_id)
         delay: float = min(self.retry_base * 2 ** min(failures - 1, 30), self.retry_max)
         await self._schedule(customer_id, delay=delay)
         return delay
-
-    async def _unlock(self, lock_key: str, token: str) -> None:
-        async with self.store.client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(lock_key)
-                if _text(await pipe.get(lock_key) or b"") != token:
-                    await pipe.unwatch()  # type: ignore[no-untyped-call]
-                    return
-                pipe.multi()  # type: ignore[no-untyped-call]
-                pipe.delete(lock_key)
-                await pipe.execute()
-            except WatchError:
-                return  # expired and taken by another worker meanwhile: theirs now
 
     async def sweep(self, limit: int = 100) -> int:
         """Retry the outboxes that are due (failed notifications, flushes cut short by a crash);
         returns how many were emptied. ``run`` calls it every ``sweep_interval`` seconds."""
         self.last_sweep_at = time.time()
-        due = await self.store.client.zrangebyscore(self.pending_key, "-inf", time.time(), start=0, num=limit)
         emptied = 0
-        for raw in due:
-            customer_id = _text(raw)
+        for customer_id in await self.store.outboxes.due(limit):
             try:
                 if await self._flush_outbox(customer_id, swept=True):
                     emptied += 1

@@ -180,13 +180,12 @@ class AccessPolicy:
         if key is None or self._ns is None:
             return None
         try:
-            raw = await self._ns.client.get(key)
+            return await self._ns.get(key)
         except REDIS_ERRORS:
             return None  # no cache: ask Slack
-        return raw.decode() if isinstance(raw, bytes) else raw
 
     async def _cache_set(self, key: str | None, value: str) -> None:
         if key is None or self._ns is None:
             return
         with contextlib.suppress(*REDIS_ERRORS):
-            await self._ns.client.set(key, value, ex=CACHE_SECONDS)
+            await self._ns.set(key, value, ex=CACHE_SECONDS)

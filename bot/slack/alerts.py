@@ -53,8 +53,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from billing.cache.store import Namespace
-from billing.ports import Transition
-from billing.sync.worker import NotifyLater
+from billing.ports import NotifyLater, Transition
 from bot.slack import cards
 from bot.slack.incidents import Incident, incident_key, message_key, open_incident, queue_recent
 from rules import AlertMatch, RulesFile, alerts_for

@@ -153,7 +153,7 @@ async def _resync(deps: SlackDeps, ack: Ack, respond: Respond, tenant: TenantRun
         return
     lock = store.namespace("slack").key("resync")
     try:
-        acquired = await store.namespace("slack").client.set(lock, user, nx=True, ex=RESYNC_LOCK_SECONDS)
+        acquired = await store.namespace("slack").set(lock, user, nx=True, ex=RESYNC_LOCK_SECONDS)
     except REDIS_ERRORS:
         acquired = None
         await ack_with(ack, cards.notice(NO_CACHE.format(what="resync")))
@@ -174,7 +174,7 @@ async def _resync(deps: SlackDeps, ack: Ack, respond: Respond, tenant: TenantRun
             text = f"Resync stopped: {type(err).__name__}. The cache keeps serving what it had; see the logs."
         finally:
             with contextlib.suppress(*REDIS_ERRORS):
-                await store.namespace("slack").client.delete(lock)
+                await store.namespace("slack").delete(lock)
         await tell(respond, text)
 
     deps.spawn(run(), "slack-resync")

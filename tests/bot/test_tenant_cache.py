@@ -110,7 +110,7 @@ async def look_up(sandbox: SandboxHandle, redis_url: str, prefix: str, key: str,
         store = runtime.store
         assert store is not None
         context = await runtime.default.lookup("jane@acme.com", user="test", surface="cli")
-        return store.tenant, context, await store.events_done(["evt_before_roll"])
+        return store.tenant, context, await store.dedupe.done(["evt_before_roll"])
 
 
 async def mark_event_done(redis_url: str, tenant: Tenant, prefix: str) -> None:

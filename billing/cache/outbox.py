@@ -1,0 +1,117 @@
+"""The transition outbox: what the worker found but has not notified yet, per customer, and the
+tenant's set of outboxes the sweeper must come back to.
+
+Keys (``p`` = the tenant prefix)::
+
+    p:{cus_1}:outbox      list    transitions queued (JSON), oldest first
+    p:{cus_1}:sent:<k>    string  a transition already notified (``DEDUP_TTL_SECONDS``)
+    p:{cus_1}:flushing    string  the flush lock: the token of the worker flushing (with a TTL)
+    p:outbox:pending      zset    customers whose outbox still holds transitions, scored by when to retry
+    p:outbox:failures     hash    customer -> notifier failures in a row (the sweeper's backoff)
+
+A customer's keys share its hash tag, so its outbox, markers and lock are one slot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.exceptions import WatchError
+
+from billing.cache.connections import RedisClient
+from billing.cache.dedupe import DEDUP_TTL_SECONDS
+
+
+class Outbox:
+    """One customer's outbox, its ``sent`` markers and its flush lock."""
+
+    def __init__(self, client: RedisClient, key_of: Callable[[str], str]) -> None:
+        self._client = client
+        self._key_of = key_of  # part -> the customer's key for it
+        self.key = key_of("outbox")
+        self.lock_key = key_of("flushing")
+
+    def sent_key(self, dedup_key: str) -> str:
+        return self._key_of(f"sent:{dedup_key}")
+
+    async def length(self) -> int:
+        return int(await self._client.llen(self.key))
+
+    async def entries(self) -> list[Any]:
+        """The queued transitions (raw JSON), oldest first."""
+        return list(await self._client.lrange(self.key, 0, -1))
+
+    async def lock_and_read(self, token: str, *, lock_ms: int) -> tuple[bool, list[Any]]:
+        """Take the flush lock (for ``lock_ms``, unless another holds it) and read the outbox, in one
+        round trip: (whether the lock is ours, the queued entries)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(self.lock_key, token, nx=True, px=lock_ms)
+        pipe.lrange(self.key, 0, -1)
+        locked, queued = await pipe.execute()
+        return bool(locked), list(queued)
+
+    async def unlock(self, token: str) -> None:
+        """Release the flush lock if ``token`` still holds it (it may have expired and been taken)."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            try:
+                await pipe.watch(self.lock_key)
+                if _text(await pipe.get(self.lock_key) or b"") != token:
+                    await pipe.unwatch()  # type: ignore[no-untyped-call]
+                    return
+                pipe.multi()  # type: ignore[no-untyped-call]
+                pipe.delete(self.lock_key)
+                await pipe.execute()
+            except WatchError:
+                return  # expired and taken by another worker meanwhile: theirs now
+
+    async def sent(self, dedup_keys: Sequence[str]) -> list[bool]:
+        """Which of the transitions ``dedup_keys`` were notified already."""
+        if not dedup_keys:
+            return []
+        # One slot (the customer's): one MGET, sent as a command (a cluster client refuses mget()).
+        found: Any = await self._client.execute_command("MGET", *map(self.sent_key, dedup_keys))
+        return [value is not None for value in found]
+
+    async def mark_sent(self, dedup_key: str, raw: bytes | str) -> None:
+        """Mark a transition notified and drop its entry ``raw`` from the outbox (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(self.sent_key(dedup_key), 1, ex=DEDUP_TTL_SECONDS)
+        pipe.lrem(self.key, 1, _text(raw))
+        await pipe.execute()
+
+
+class Outboxes:
+    """The tenant's pending outboxes (when each is retried) and their failure counts."""
+
+    def __init__(self, client: RedisClient, pending_key: str, failures_key: str) -> None:
+        self._client = client
+        self.pending_key = pending_key
+        self.failures_key = failures_key
+
+    async def schedule(self, customer_id: str, *, delay: float) -> None:
+        await self._client.zadd(self.pending_key, {customer_id: time.time() + delay})
+
+    async def unschedule(self, customer_id: str) -> None:
+        """Nothing pending for the customer any more: out of the set, its failure count forgotten."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zrem(self.pending_key, customer_id)
+        pipe.hdel(self.failures_key, customer_id)
+        await pipe.execute()
+
+    async def count_failure(self, customer_id: str) -> int:
+        """One more failure in a row; returns how many so far."""
+        return int(await self._client.hincrby(self.failures_key, customer_id, 1))
+
+    async def due(self, limit: int) -> list[str]:
+        """Customers whose retry time has come, soonest first, at most ``limit``."""
+        raws = await self._client.zrangebyscore(self.pending_key, "-inf", time.time(), start=0, num=limit)
+        return [_text(raw) for raw in raws]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+__all__ = ["Outbox", "Outboxes"]
