@@ -18,13 +18,13 @@ import uvicorn
 from billing.cache.connections import open_redis
 from billing.cache.store import RedisStore
 from billing.config import Settings
-from billing.notify import RecordingNotifier
 from billing.ports import Transition
 from billing.sync.worker import EventWorker
 from bot.asgi import SERVER_OPTIONS, build_asgi_app
 from tests.billing import stripe_factory as sf
 from tests.billing.sync.test_worker import NoStripeNeeded
 from tests.cluster import RedisCluster, RedisServer, free_port
+from tests.fakes.notifier import RecordingNotifier
 from tests.fixtures_redis import TEST_TENANT
 
 

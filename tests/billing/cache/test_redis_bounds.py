@@ -12,13 +12,13 @@ import pytest
 from billing.cache.store import RedisStore
 from billing.domain.builder import build_context
 from billing.domain.snapshot import CustomerData
-from billing.notify import RecordingNotifier
 from billing.stripe.gateway import StripeGateway
 from billing.sync import worker as worker_module
 from billing.sync.backfill import Backfill
 from billing.sync.worker import EventWorker
 from tests.billing import stripe_factory as sf
 from tests.billing.sync.test_worker import NoStripeNeeded, drain, enqueue
+from tests.fakes.notifier import RecordingNotifier
 from tests.fixtures_sandbox import SandboxHandle
 
 

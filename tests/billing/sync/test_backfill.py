@@ -332,9 +332,9 @@ async def test_a_change_after_a_page_was_listed_still_applies_when_its_event_com
     # A page listed at t+10 and stored at t+15, contexts built at t+20; in between (t+12) the
     # subscription goes past_due, and that webhook arrives after the backfill. The page's state is as
     # of t+10: the later event must win.
-    from billing.notify import RecordingNotifier
     from billing.sync.worker import EventWorker
     from tests.billing.sync.test_worker import drain, enqueue, recorded_events, sandbox_subscriber
+    from tests.fakes.notifier import RecordingNotifier
 
     t = int(time.time()) - 3600
     empty_sandbox.control.set_clock(t, frozen=True)

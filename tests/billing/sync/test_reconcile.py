@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 
 from billing.cache.store import RedisStore
-from billing.notify import RecordingNotifier
 from billing.stripe.gateway import StripeGateway
 from billing.sync.backfill import Backfill
 from billing.sync.reconcile import EVENT_RETENTION_SECONDS, reconcile, reconcile_start
 from billing.sync.worker import EventWorker
 from sandbox.server import SandboxServer
+from tests.fakes.notifier import RecordingNotifier
 from tests.fixtures_sandbox import TEST_KEY, SandboxHandle
 
 NOW = 1_790_000_000

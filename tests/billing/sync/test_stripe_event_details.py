@@ -13,12 +13,12 @@ import stripe
 
 from billing.cache.store import RedisStore
 from billing.errors import BadQueryError
-from billing.notify import RecordingNotifier
 from billing.stripe.gateway import RetryPolicy, StripeGateway
 from billing.sync.webhook import WebhookIngest
 from billing.sync.worker import EventWorker
 from tests.billing import stripe_factory as sf
 from tests.billing.sync.test_worker import NoStripeNeeded, drain, enqueue, worker
+from tests.fakes.notifier import RecordingNotifier
 from tests.fixtures_sandbox import SandboxHandle
 
 

@@ -16,12 +16,12 @@ from billing.domain.builder import build_context
 from billing.domain.models import Match
 from billing.domain.snapshot import CustomerData, StripeDict
 from billing.errors import StripeUnavailableError
-from billing.notify import RecordingNotifier
 from billing.ports import Tenant
 from billing.stripe.gateway import StripeGateway
 from billing.sync.worker import EventWorker
 from sandbox.control import SandboxControl
 from tests.billing import stripe_factory as sf
+from tests.fakes.notifier import RecordingNotifier
 from tests.fixtures_sandbox import SandboxHandle
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from billing.cache.store import RedisStore
-from billing.notify import RecordingNotifier
 from billing.stripe.gateway import StripeGateway
 from billing.sync.worker import EventWorker
 from tests.billing import stripe_factory as sf
@@ -23,6 +22,7 @@ from tests.billing.sync.test_worker import (
     gateway,  # noqa: F401 - the fixture
     sandbox_subscriber,
 )
+from tests.fakes.notifier import RecordingNotifier
 from tests.fixtures_sandbox import SandboxHandle
 
 

@@ -21,7 +21,6 @@ import uvicorn
 
 from billing.cache.store import RedisStore
 from billing.config import Settings
-from billing.notify import RecordingNotifier
 from billing.sync.worker import EventWorker, _transition_from_dict
 from bot.alerts import build_notifier
 from bot.asgi import build_asgi_app
@@ -29,6 +28,7 @@ from bot.runtime import Runtime, load_settings, open_runtime
 from bot.slack.alerts import EVENT_TYPE, SlackAlertPoster, idempotency_key
 from bot.slack.incidents import message_key, open_incident, recent_alerts
 from tests.cluster import free_port
+from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.slack_api import CHANNEL_ALERTS, FakeSlackAPI
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle

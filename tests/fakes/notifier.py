@@ -1,4 +1,4 @@
-"""A Notifier that records transitions in order (for tests and tools that inspect what was sent).
+"""A Notifier that records transitions in order, for tests that inspect what was sent.
 
 The product's notifier is ``bot.alerts.RulesAlertNotifier``: the rules decide which channel hears."""
 
