@@ -168,7 +168,6 @@ def build_asgi_app(
     webhook_secret: str,
     tenant: Tenant,
     worker: EventWorker | None = None,
-    service: Any = None,
     stripe_check: Callable[[], Any] | None = None,
     slack_app: AsyncApp | None = None,
     slack_status: Callable[[], dict[str, Any]] | None = None,
