@@ -6,6 +6,7 @@ Keys (``p`` = the tenant prefix)::
     p:{cus_1}:outbox      list    transitions queued (JSON), oldest first
     p:{cus_1}:sent:<k>    string  a transition already notified (``DEDUP_TTL_SECONDS``)
     p:{cus_1}:flushing    string  the flush lock: the token of the worker flushing (with a TTL)
+    p:{cus_1}:<marker>    string  a once-marker written with the entry it guards (``push_once``)
     p:outbox:pending      zset    customers whose outbox still holds transitions, scored by when to retry
     p:outbox:failures     hash    customer -> notifier failures in a row (the sweeper's backoff)
 
@@ -73,6 +74,29 @@ class Outbox:
         # One slot (the customer's): one MGET, sent as a command (a cluster client refuses mget()).
         found: Any = await self._client.execute_command("MGET", *map(self.sent_key, dedup_keys))
         return [value is not None for value in found]
+
+    async def push_once(
+        self, marker_part: str, marker: str, entry: str, *, marker_seconds: int, attempts: int = 10
+    ) -> bool | None:
+        """Queue ``entry`` unless the customer's key ``marker_part`` is set, and set it (to ``marker``,
+        for ``marker_seconds``) in the same MULTI, watched: True when queued, False when the marker
+        was there, None when it kept changing for ``attempts`` tries."""
+        marker_key = self._key_of(marker_part)
+        for _attempt in range(attempts):
+            async with self._client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(marker_key)
+                    if await pipe.get(marker_key) is not None:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return False
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(marker_key, marker, ex=marker_seconds)
+                    pipe.rpush(self.key, entry)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+        return None
 
     async def mark_sent(self, dedup_key: str, raw: bytes | str) -> None:
         """Mark a transition notified and drop its entry ``raw`` from the outbox (one round trip)."""

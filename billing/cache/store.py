@@ -54,6 +54,7 @@ from billing.cache.connections import REDIS_ERRORS, RedisClient, open_redis
 from billing.cache.dedupe import DEDUP_TTL_SECONDS, Dedupe
 from billing.cache.lookup_index import LookupIndex
 from billing.cache.outbox import Outbox, Outboxes
+from billing.cache.reminder_state import ReminderState
 from billing.cache.streams import EventStream
 from billing.domain.builder import build_context
 from billing.domain.models import BillingContext, Match
@@ -297,6 +298,10 @@ class RedisStore:
         """The tenant's backfill checkpoint keys."""
         return BackfillState(self.client, self.tenant_key("backfill"))
 
+    def reminder_state(self) -> ReminderState:
+        """The reminder scheduler's keys (see ``billing.cache.reminder_state``)."""
+        return ReminderState(self.client, self.tenant_key("reminders"), self.tenant_key("customers"))
+
     def share_rate_limits(self, gateway: _SharesLimits) -> None:
         """Let ``gateway`` share the tenant's Stripe budget with every process on this Redis."""
         gateway.share_limits(self.client, self.tenant_key("ratelimit"))
@@ -316,6 +321,14 @@ class RedisStore:
         if raw is None:
             return None
         return decode_context(raw).model_copy(update={"source": "cache"})
+
+    async def contexts_as_stored(self, customer_ids: Sequence[str]) -> list[bytes | None]:
+        """The customers' stored contexts, compressed as stored (``decode_context`` reads one), in
+        one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for customer_id in customer_ids:
+            pipe.get(self.customer_key(customer_id, "ctx"))
+        return list(await pipe.execute())
 
     async def get_context_raw(self, customer_id: str) -> bytes | None:
         """The stored context's JSON, byte for byte as written."""

@@ -37,9 +37,6 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from redis.exceptions import WatchError
 
 from billing.cache.connections import REDIS_ERRORS
 from billing.cache.store import RedisStore, decode_context
@@ -50,7 +47,6 @@ from billing.sync.worker import _transition_to_dict
 
 log = logging.getLogger("billing.sync.scheduler")
 
-DIRTY_PART = "reminders:dirty"
 # A once-marker outlives its reminder's date by this much: a clock a little behind never sees the
 # reminder as due again.
 MARKER_MARGIN = timedelta(days=2)
@@ -58,10 +54,6 @@ MARKER_MARGIN = timedelta(days=2)
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass
@@ -90,26 +82,28 @@ class ReminderScheduler:
     last_tick_at: float | None = None
     _last_tick: float | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.state = self.store.reminder_state()
+
     # ---- keys -------------------------------------------------------------------------------
     @property
     def due_key(self) -> str:
-        return self.store.tenant_key("reminders:due")
+        return self.state.due_key
 
     @property
     def dirty_key(self) -> str:
-        return self.store.tenant_key(DIRTY_PART)
+        return self.state.dirty_key
 
     @property
     def index_key(self) -> str:
-        return self.store.tenant_key("reminders:index")
+        return self.state.index_key
 
     @property
     def lock_key(self) -> str:
-        return self.store.tenant_key("reminders:lock")
+        return self.state.lock_key
 
     def marker_key(self, customer_id: str, reminder: Reminder) -> str:
-        return self.store.customer_key(customer_id, f"reminded:{reminder.kind}:{reminder.subscription_id}:"
-                                                    f"{reminder.period}:{reminder.days_before}")
+        return self.store.customer_key(customer_id, _marker_part(reminder))
 
     # ---- the loop ---------------------------------------------------------------------------
     async def maybe_tick(self) -> int:
@@ -139,9 +133,8 @@ class ReminderScheduler:
     async def tick(self) -> int:
         """Walk a step, compute the moments of dirty customers, queue what is due; returns how many
         reminders were queued. One scheduler per tenant ticks at a time (the others skip)."""
-        client = self.store.client
         token = uuid.uuid4().hex
-        if not await client.set(self.lock_key, token, nx=True, px=self.lock_ms):
+        if not await self.state.lock(token, lock_ms=self.lock_ms):
             return 0
         self.stats.ticks += 1
         self.last_tick_at = time.time()
@@ -152,14 +145,12 @@ class ReminderScheduler:
             await self._compute_dirty(leads, now)
             return await self._fire(leads, now)
         finally:
-            if _text(await client.get(self.lock_key) or b"") == token:
-                await client.delete(self.lock_key)
+            await self.state.unlock(token)
 
     # ---- finding moments --------------------------------------------------------------------
     async def _walk(self, leads: LeadTimes, now: datetime) -> None:
         """One bounded step of the walk over the tenant's customers (starting one when due)."""
-        client = self.store.client
-        state = {_text(k): _text(v) for k, v in (await client.hgetall(self.index_key)).items()}
+        state = await self.state.walk_state()
         fingerprint = leads_fingerprint(leads)
         walking = state.get("walking") == "1"
         walked_at = float(state.get("walked_at") or 0)
@@ -171,45 +162,37 @@ class ReminderScheduler:
         cursor = int(state.get("cursor") or 0)
         met = 0
         while met < self.max_per_tick:
-            cursor, members = await client.sscan(self.store.tenant_key("customers"), cursor, count=self.batch)
+            cursor, members = await self.state.scan_customers(cursor, self.batch)
             if members:
-                await client.sadd(self.dirty_key, *members)
+                await self.state.mark_dirty(members)
                 met += len(members)
             if cursor == 0:
                 state.update(walking="0", walked_at=str(now.timestamp()))
                 break
         state["cursor"] = str(cursor)
         self.stats.walked += met
-        await client.hset(self.index_key, mapping=dict(state))  # type: ignore[arg-type]
+        await self.state.save_walk_state(state)
 
     async def _compute_dirty(self, leads: LeadTimes, now: datetime) -> None:
         """The next moment of each dirty customer, from its cached context."""
-        client = self.store.client
         done = 0
         while done < self.max_per_tick:
-            raw_ids: Any = await client.spop(self.dirty_key, self.batch)
-            ids = [_text(i) for i in raw_ids or []]
+            ids = await self.state.pop_dirty(self.batch)
             if not ids:
                 return
             contexts = await self._contexts(ids)
-            pipe = client.pipeline(transaction=False)
+            moments: dict[str, float | None] = {}
             for customer_id in ids:
                 context = contexts.get(customer_id)
                 moment = wake_at(context, leads, now) if context is not None else None
-                if moment is None:
-                    pipe.zrem(self.due_key, customer_id)
-                else:
-                    pipe.zadd(self.due_key, {customer_id: moment.timestamp()})
-            await pipe.execute()
+                moments[customer_id] = moment.timestamp() if moment is not None else None
+            await self.state.set_moments(moments)
             done += len(ids)
             self.stats.computed += len(ids)
             await asyncio.sleep(0)  # the event loop is shared with the webhook endpoint in serve
 
     async def _contexts(self, ids: Sequence[str]) -> dict[str, BillingContext]:
-        pipe = self.store.client.pipeline(transaction=False)
-        for customer_id in ids:
-            pipe.get(self.store.customer_key(customer_id, "ctx"))
-        raws = await pipe.execute()
+        raws = await self.store.contexts_as_stored(ids)
         out: dict[str, BillingContext] = {}
         for customer_id, raw in zip(ids, raws, strict=True):
             if raw is None:
@@ -224,13 +207,10 @@ class ReminderScheduler:
     # ---- sending ----------------------------------------------------------------------------
     async def _fire(self, leads: LeadTimes, now: datetime) -> int:
         """Queue every due reminder of the customers whose moment has come, then reschedule them."""
-        client = self.store.client
         queued = 0
         seen = 0
         while seen < self.max_per_tick:
-            raw_ids = await client.zrangebyscore(self.due_key, "-inf", now.timestamp(), start=0,
-                                                 num=self.batch)
-            ids = [_text(i) for i in raw_ids]
+            ids = await self.state.due(now.timestamp(), self.batch)
             if not ids:
                 break
             contexts = await self._contexts(ids)
@@ -240,10 +220,7 @@ class ReminderScheduler:
                     for reminder in due_reminders(context, leads, now):
                         queued += await self._queue_once(customer_id, reminder, context, now)
                 moment = next_due(context, leads, now) if context is not None else None
-                if moment is None:
-                    await client.zrem(self.due_key, customer_id)
-                else:
-                    await client.zadd(self.due_key, {customer_id: moment.timestamp()})
+                await self.state.set_moment(customer_id, moment.timestamp() if moment is not None else None)
             seen += len(ids)
         return queued
 
@@ -251,9 +228,6 @@ class ReminderScheduler:
                           now: datetime) -> int:
         """Put the reminder's transition in the customer's outbox unless its marker says it was; 1 if
         queued. The marker and the outbox entry are written in one MULTI (one slot: the customer's)."""
-        client = self.store.client
-        marker = self.marker_key(customer_id, reminder)
-        outbox = self.store.customer_key(customer_id, "outbox")
         transition = Transition(
             name=reminder.kind, customer_id=customer_id, object_id=reminder.subscription_id,
             event_id=reminder.cause, context=context, days_before=reminder.days_before,
@@ -262,24 +236,21 @@ class ReminderScheduler:
         expires = max(int((reminder.date + MARKER_MARGIN - now).total_seconds()), 60)
         # Scheduled before it is queued: a crash in between leaves an empty pending entry (the sweeper
         # drops it), never a queued reminder nobody comes back to.
-        await client.zadd(self.store.tenant_key("outbox:pending"), {customer_id: time.time()})
-        for _attempt in range(10):
-            async with client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(marker)
-                    if await pipe.get(marker) is not None:
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]
-                        self.stats.already += 1
-                        return 0
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(marker, now.isoformat(), ex=expires)
-                    pipe.rpush(outbox, entry)
-                    await pipe.execute()
-                except WatchError:
-                    continue
-            self.stats.queued += 1
-            log.info("%s of %s (%s, %d days ahead) queued for customer %s", reminder.kind,
-                     reminder.subscription_id, reminder.date.date().isoformat(), reminder.days_before,
-                     customer_id)
-            return 1
-        raise RuntimeError(f"the reminder marker of customer {customer_id} kept changing")
+        await self.store.outboxes.schedule(customer_id, delay=0)
+        pushed = await self.store.outbox(customer_id).push_once(
+            _marker_part(reminder), now.isoformat(), entry, marker_seconds=expires
+        )
+        if pushed is None:
+            raise RuntimeError(f"the reminder marker of customer {customer_id} kept changing")
+        if not pushed:
+            self.stats.already += 1
+            return 0
+        self.stats.queued += 1
+        log.info("%s of %s (%s, %d days ahead) queued for customer %s", reminder.kind,
+                 reminder.subscription_id, reminder.date.date().isoformat(), reminder.days_before,
+                 customer_id)
+        return 1
+
+
+def _marker_part(reminder: Reminder) -> str:
+    return f"reminded:{reminder.kind}:{reminder.subscription_id}:{reminder.period}:{reminder.days_before}"

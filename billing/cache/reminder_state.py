@@ -1,0 +1,90 @@
+"""The reminder scheduler's keys (``billing.sync.scheduler`` decides what they mean)::
+
+    p:reminders:due              zset    customer -> when to look at it next (unix seconds)
+    p:reminders:dirty            set     customers to (re)compute the moment of
+    p:reminders:index            hash    the walk's state (leads, walking, cursor, walked_at)
+    p:reminders:lock             string  the scheduler ticking now (one per tenant at a time)
+
+The once-markers of reminders live in the customer's slot and are written with its outbox entry
+(``Outbox.push_once``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from billing.cache.connections import RedisClient
+
+
+class ReminderState:
+    def __init__(self, client: RedisClient, prefix: str, customers_key: str) -> None:
+        self._client = client
+        self.due_key = f"{prefix}:due"
+        self.dirty_key = f"{prefix}:dirty"
+        self.index_key = f"{prefix}:index"
+        self.lock_key = f"{prefix}:lock"
+        self._customers_key = customers_key
+
+    # ---- the tick's lock ----------------------------------------------------------------------------
+    async def lock(self, token: str, *, lock_ms: int) -> bool:
+        """Take the lock for ``lock_ms`` unless another scheduler holds it."""
+        return bool(await self._client.set(self.lock_key, token, nx=True, px=lock_ms))
+
+    async def unlock(self, token: str) -> None:
+        """Release the lock if ``token`` still holds it."""
+        if _text(await self._client.get(self.lock_key) or b"") == token:
+            await self._client.delete(self.lock_key)
+
+    # ---- the walk -----------------------------------------------------------------------------------
+    async def walk_state(self) -> dict[str, str]:
+        raw = await self._client.hgetall(self.index_key)
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def save_walk_state(self, state: Mapping[str, str]) -> None:
+        await self._client.hset(self.index_key, mapping=dict(state))  # type: ignore[arg-type]
+
+    async def scan_customers(self, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One ``SSCAN`` step over the tenant's cached customers: (next cursor, 0 at the end; ids)."""
+        cursor, members = await self._client.sscan(self._customers_key, cursor, count=count)
+        return int(cursor), [_text(m) for m in members]
+
+    async def mark_dirty(self, customer_ids: Sequence[str]) -> None:
+        if customer_ids:
+            await self._client.sadd(self.dirty_key, *customer_ids)
+
+    async def pop_dirty(self, count: int) -> list[str]:
+        raw_ids: Any = await self._client.spop(self.dirty_key, count)
+        return [_text(i) for i in raw_ids or []]
+
+    # ---- moments ------------------------------------------------------------------------------------
+    async def set_moments(self, moments: Mapping[str, float | None]) -> None:
+        """Each customer's next moment (None: none, out of the schedule), in one round trip."""
+        pipe = self._client.pipeline(transaction=False)
+        for customer_id, moment in moments.items():
+            if moment is None:
+                pipe.zrem(self.due_key, customer_id)
+            else:
+                pipe.zadd(self.due_key, {customer_id: moment})
+        await pipe.execute()
+
+    async def set_moment(self, customer_id: str, moment: float | None) -> None:
+        if moment is None:
+            await self._client.zrem(self.due_key, customer_id)
+        else:
+            await self._client.zadd(self.due_key, {customer_id: moment})
+
+    async def moment(self, customer_id: str) -> float | None:
+        found: float | None = await self._client.zscore(self.due_key, customer_id)
+        return found
+
+    async def due(self, until: float, limit: int) -> list[str]:
+        """Customers whose moment is at or before ``until``, soonest first, at most ``limit``."""
+        raw_ids = await self._client.zrangebyscore(self.due_key, "-inf", until, start=0, num=limit)
+        return [_text(i) for i in raw_ids]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+__all__ = ["ReminderState"]
