@@ -97,20 +97,22 @@ class EventStream:
         groups = await self._client.xinfo_groups(self.key)
         if not groups:
             return None
+        # Each group's bound: just after its last delivered entry (as read here: it only grows)...
+        bounds: dict[str, tuple[int, int]] = {}
+        for group in groups:
+            ms, seq = _stream_id(group.get("last-delivered-id") or "0-0")
+            bounds[_text(group["name"])] = (ms, seq + 1)
+        # ... or, while it has entries pending, its oldest pending one. One acknowledged between the
+        # two reads has no oldest any more: its bound above still holds.
         pending = [_text(g["name"]) for g in groups if int(g.get("pending") or 0) > 0]
-        lowest: list[tuple[int, int]] = []
         if pending:
             pipe = self._client.pipeline(transaction=False)
             for name in pending:
                 pipe.xpending(self.key, name)
-            for summary in await pipe.execute():
+            for name, summary in zip(pending, await pipe.execute(), strict=True):
                 if summary.get("min") is not None:
-                    lowest.append(_stream_id(summary["min"]))
-        for group in groups:
-            if int(group.get("pending") or 0) == 0:
-                ms, seq = _stream_id(group.get("last-delivered-id") or "0-0")
-                lowest.append((ms, seq + 1))
-        ms, seq = min(lowest)
+                    bounds[name] = _stream_id(summary["min"])
+        ms, seq = min(bounds.values())
         return f"{ms}-{seq}"
 
     async def trim(self) -> int:
