@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from billing.cache.connections import open_redis
 from billing.cache.store import RedisStore
@@ -23,9 +22,10 @@ from billing.sync.worker import EventWorker
 from bot.asgi import SERVER_OPTIONS, build_asgi_app
 from tests.billing import stripe_factory as sf
 from tests.billing.sync.test_worker import NoStripeNeeded
-from tests.cluster import RedisCluster, RedisServer, free_port
+from tests.cluster import RedisCluster, RedisServer
 from tests.fakes.notifier import RecordingNotifier
 from tests.fixtures_redis import TEST_TENANT
+from tests.loopback import read_response, run_asgi
 
 
 @asynccontextmanager
@@ -34,20 +34,11 @@ async def serve(
 ) -> AsyncIterator[httpx.AsyncClient]:
     app = build_asgi_app(settings=Settings(), store=store, webhook_secret=sf.SECRET, tenant=TEST_TENANT,
                          worker=worker, **options)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", **SERVER_OPTIONS))  # as `billing serve` runs it
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.01)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            yield client
-    finally:
-        server.should_exit = True
-        await task
+    # As `billing serve` runs it. Requests wait as long as the test's own deadlines (a loaded machine
+    # with a cluster can take longer than httpx's default 5 s; a refusal still fails at once).
+    async with run_asgi(app, lifespan="on", **SERVER_OPTIONS) as url, \
+            httpx.AsyncClient(base_url=url, timeout=30) as client:
+        yield client
 
 
 async def post_event(client: httpx.AsyncClient, body: bytes) -> httpx.Response:
@@ -133,16 +124,6 @@ async def test_a_validly_signed_body_nested_200000_deep_is_a_400(
     assert answer.json() == {"error": "The body is not a Stripe event: nested too deeply."}
     assert "RecursionError" not in caplog.text
     assert await store.client.exists(store.stream_key) == 0
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    """Status and body of one HTTP/1.1 response with a Content-Length."""
-    status = int((await reader.readline()).split()[1])
-    length = 0
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    return status, await reader.readexactly(length)
 
 
 async def test_a_body_trickling_in_is_cut_off_with_408_while_others_are_served(store: RedisStore) -> None:
@@ -263,10 +244,11 @@ async def test_a_cluster_that_goes_down_means_503_and_a_waiting_worker(
     stop = asyncio.Event()
     caplog.set_level(logging.WARNING, logger="billing.sync.worker")
     task = asyncio.create_task(worker.run(stop))
-    for _ in range(1000):
-        if task.done() or "worker waiting for Redis" in caplog.text:
-            break
-        await asyncio.sleep(0.01)
+
+    async def waiting_or_dead() -> bool:
+        return task.done() or "worker waiting for Redis" in caplog.text
+
+    await eventually(waiting_or_dead, seconds=30)
     assert not task.done(), "the worker died instead of waiting for Redis"
     stop.set()
     await task
