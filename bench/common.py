@@ -1,22 +1,32 @@
-"""Shared set-up for the benchmarks: the in-process sandbox, a private key prefix on REDIS_URL."""
+"""Shared set-up for the benchmarks: the in-process sandbox, a private key prefix on REDIS_URL, and the
+world most of them measure (generated customers backfilled into that prefix)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import statistics
 import sys
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python bench/x.py`
+
+from world import customer_id_of, email_of, history, recurring_price
 
 from billing.cache.connections import open_redis
 from billing.cache.store import RedisStore
 from billing.ports import Tenant
 from billing.stripe.gateway import StripeGateway
+from billing.sync.backfill import Backfill
+from sandbox.control import SandboxControl
+from sandbox.server import SandboxServer
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SANDBOX_KEY = "rk_test_sandboxBillingLens0001"
@@ -75,3 +85,43 @@ def free_port() -> int:
 
 Figures = dict[str, float]
 """One run of a benchmark: figure name -> value (seconds, events/s, bytes …)."""
+
+T = TypeVar("T")
+
+
+def in_sandbox(run: Callable[[str], Awaitable[T]]) -> T:
+    """``run(url)`` against the sandbox in this process (a script run standalone)."""
+    with SandboxServer() as sandbox:
+        return asyncio.run(run(sandbox.url))
+
+
+@dataclass
+class World:
+    """Generated customers, cached by a backfill under a private prefix."""
+
+    url: str
+    gateway: StripeGateway
+    store: RedisStore
+    customers: int
+    contexts: int  # cached contexts, the sandbox's demo customers included
+    price_id: str  # the price of every generated subscription
+
+    def email(self, n: int) -> str:
+        return email_of(n)
+
+    def customer_id(self, n: int) -> str:
+        return customer_id_of(n)
+
+
+@asynccontextmanager
+async def cached_world(url: str, customers: int, months: int = 14) -> AsyncIterator[World]:
+    """``customers`` generated customers (none: the sandbox's demo alone) in the sandbox at ``url``,
+    backfilled into a fresh prefix (removed on exit)."""
+    async with gateway_for(url) as gateway:
+        price_id = recurring_price([p async for p in gateway.iter_objects("prices", {})])
+        if customers:
+            with SandboxControl(url, timeout=300) as control:
+                control.load(history(customers, price_id, int(time.time()), months))
+        async with private_store(await gateway.tenant()) as store:
+            report = await Backfill(gateway, store).run()
+            yield World(url, gateway, store, customers, report.contexts_built, price_id)

@@ -10,53 +10,13 @@ is checked to be a cache hit. Prints p50/p99 of both and their ratio (goal: p99 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
-from common import Figures, gateway_for, median, percentile, private_store, table
-from world import customer_id_of, email_of, history, recurring_price
+from common import Figures, World, cached_world, in_sandbox, median, percentile, table
 
-from billing.cache.store import RedisStore, decode_context
+from billing.cache.store import decode_context
 from billing.service import BillingService
-from billing.stripe.gateway import StripeGateway
-from billing.sync.backfill import Backfill
-from sandbox.control import SandboxControl
-from sandbox.server import SandboxServer
-
-
-@dataclass
-class World:
-    """Generated customers, cached by a backfill under a private prefix."""
-
-    url: str
-    gateway: StripeGateway
-    store: RedisStore
-    customers: int
-    contexts: int  # cached contexts, the sandbox's demo customers included
-    price_id: str  # the price of every generated subscription
-
-    def email(self, n: int) -> str:
-        return email_of(n)
-
-    def customer_id(self, n: int) -> str:
-        return customer_id_of(n)
-
-
-@asynccontextmanager
-async def cached_world(url: str, customers: int, months: int = 14) -> AsyncIterator[World]:
-    """``customers`` generated customers in the sandbox at ``url``, backfilled into a fresh prefix
-    (removed on exit)."""
-    async with gateway_for(url) as gateway:
-        price_id = recurring_price([p async for p in gateway.iter_objects("prices", {})])
-        with SandboxControl(url, timeout=300) as control:
-            control.load(history(customers, price_id, int(time.time()), months))
-        async with private_store(await gateway.tenant()) as store:
-            report = await Backfill(gateway, store).run()
-            yield World(url, gateway, store, customers, report.contexts_built, price_id)
 
 
 async def measure(world: World, lookups: int, *, seed: int = 0) -> Figures:
@@ -108,8 +68,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000, help="lookups")
     parser.add_argument("--customers", type=int, default=1_000)
     args = parser.parse_args()
-    with SandboxServer() as sandbox:
-        rows = asyncio.run(bench(sandbox.url, args.customers, args.n))
+    rows = in_sandbox(lambda url: bench(url, args.customers, args.n))
     table("BillingService.lookup, cache hit, vs one GET + decode of the same context", rows)
 
 

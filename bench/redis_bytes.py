@@ -8,23 +8,11 @@ key under the prefix (contexts, objects, email index, shared prices/products/cou
 from __future__ import annotations
 
 import argparse
-import asyncio
-import time
-from typing import Any
 
-from common import REDIS_URL, Figures, gateway_for, private_store, table
-from world import history, recurring_price
+from common import REDIS_URL, Figures, cached_world, in_sandbox, table
 
 from billing.cache.connections import open_redis
 from billing.cache.store import RedisStore
-from billing.sync.backfill import Backfill
-from sandbox.control import SandboxControl
-from sandbox.server import SandboxServer
-
-
-def generated(count: int, price_id: str, now: int, months: int = 14) -> list[dict[str, Any]]:
-    """``count`` customers with a subscription and ``months`` paid invoices and charges each."""
-    return history(count, price_id, now, months)
 
 
 async def measure(store: RedisStore, customers: int) -> Figures:
@@ -44,15 +32,10 @@ async def measure(store: RedisStore, customers: int) -> Figures:
 
 
 async def bench(url: str, n: int, months: int) -> list[tuple[str, str, str]]:
-    async with gateway_for(url) as gateway:
-        prices = [p async for p in gateway.iter_objects("prices", {})]
-        with SandboxControl(url) as control:
-            control.load(generated(n, recurring_price(prices), int(time.time()), months))
-        async with private_store(await gateway.tenant()) as store:
-            report = await Backfill(gateway, store).run()
-            f = await measure(store, report.contexts_built)
+    async with cached_world(url, n, months) as world:
+        f = await measure(world.store, world.contexts)
     return [
-        ("customers cached", f"{report.contexts_built:,}", ""),
+        ("customers cached", f"{world.contexts:,}", ""),
         ("bytes, all keys", f"{f['total']:,.0f}", ""),
         ("per customer, own keys", f"{f['own_per_customer']:,.0f} B", ""),
         ("per customer, all keys", f"{f['per_customer']:,.0f} B", "target <= 4,096 B"),
@@ -64,8 +47,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2_000, help="generated customers on top of the demo")
     parser.add_argument("--months", type=int, default=14, help="paid invoices and charges per customer")
     args = parser.parse_args()
-    with SandboxServer() as sandbox:
-        rows = asyncio.run(bench(sandbox.url, args.n, args.months))
+    rows = in_sandbox(lambda url: bench(url, args.n, args.months))
     table(f"Redis bytes per cached customer ({args.months} months of invoices and charges each)", rows)
 
 

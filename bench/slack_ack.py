@@ -179,7 +179,7 @@ async def measure(stack: SlackStack, uncached: list[str], cached: list[str], rat
 
 
 async def bench(count: int, rate: float, latency_ms: float) -> list[tuple[str, str, str]]:
-    from lookup import cached_world
+    from common import cached_world
     from stripe_proc import StripeProcess
     from world import email_of, history
 

@@ -135,6 +135,18 @@ def round_trips(requests: Sequence[Request]) -> int:
     return chain
 
 
+def busy_seconds(requests: Sequence[Request]) -> float:
+    """How long at least one request was in Stripe's hands (the union of their start-end spans): on a
+    lookup's critical path, Stripe's own time including its processing, which the floor's round trips
+    x latency leaves out."""
+    total, end = 0.0, float("-inf")
+    for request in sorted(requests, key=lambda r: r.start):
+        if request.end > end:
+            total += request.end - max(request.start, end)
+            end = request.end
+    return total
+
+
 class StripeProcess:
     """``with StripeProcess() as stripe:`` the sandbox at ``stripe.url`` in another process."""
 

@@ -6,9 +6,11 @@ per customer and cycle ``invoice.created``, ``invoice.finalized``, ``charge.succ
 ``customer.subscription.updated``; the objects are whole, as Stripe sends them.
 
 1. accept: a load generator (this process, raw keep-alive HTTP/1.1 on C connections) POSTs signed
-   events to ``bot.asgi`` under one uvicorn worker in another process (verify, queue), and the same
-   generator to a bare ASGI endpoint that reads the body and answers 200, under the same uvicorn
-   (goal: ours >= 0.5x the bare endpoint).
+   events to ``bot.asgi`` under one uvicorn worker in another process (verify, queue), run as
+   ``billing serve`` runs it (``bot.asgi.SERVER_OPTIONS``: the h11 parser, for its header bound), and
+   the same generator to a bare ASGI endpoint that reads the body and answers 200, under the same
+   uvicorn (goal: ours >= 0.5x the bare endpoint); and to the bare endpoint on httptools, uvicorn's
+   faster parser, to show what the parser alone costs.
 2. apply: events queued straight into the stream, drained by one ``EventWorker`` process, then by two
    (goal: two >= 1.6x one); beside them the Redis commands the same events need, pipelined without our
    code (read the batch, check the dedup markers, read and rewrite each customer's objects and
@@ -175,12 +177,13 @@ class Target:
         return Tenant(self.account, livemode=False)
 
 
-def serve(port: int, target: Target | None, with_worker: bool) -> None:
-    """The server process: ``bot.asgi`` (or, without a target, the bare endpoint) on one uvicorn worker."""
+def serve(port: int, target: Target | None, with_worker: bool, options: dict[str, Any] | None = None) -> None:
+    """The server process: ``bot.asgi`` (or, without a target, the bare endpoint) on one uvicorn worker,
+    with ``options`` (default: as ``billing serve`` runs it)."""
     import uvicorn
 
     from billing.config import Settings
-    from bot.asgi import build_asgi_app
+    from bot.asgi import SERVER_OPTIONS, build_asgi_app
 
     async def main() -> None:
         app: Any = _bare_endpoint
@@ -191,7 +194,8 @@ def serve(port: int, target: Target | None, with_worker: bool) -> None:
                       if with_worker else None)
             app = build_asgi_app(settings=Settings(), store=store, webhook_secret=SECRET,
                                  tenant=target.tenant, worker=worker)
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                                **(SERVER_OPTIONS if options is None else options))
         await uvicorn.Server(config).serve()
 
     asyncio.run(main())
@@ -215,10 +219,11 @@ async def wait_until_up(port: int) -> None:
     raise RuntimeError("uvicorn did not start")
 
 
-def start_server(target: Target | None, with_worker: bool = False) -> tuple[multiprocessing.Process, int]:
+def start_server(target: Target | None, with_worker: bool = False, options: dict[str, Any] | None = None
+                 ) -> tuple[multiprocessing.Process, int]:
     port = free_port()
     process = multiprocessing.get_context("spawn").Process(
-        target=serve, args=(port, target, with_worker), daemon=True
+        target=serve, args=(port, target, with_worker, options), daemon=True
     )
     process.start()
     return process, port
@@ -243,12 +248,17 @@ async def accepted_per_second(port: int, bodies: list[bytes], connections: int) 
 
 
 async def measure_accept(bodies: list[bytes], connections: int, account: str) -> Figures:
-    """Ours and the bare endpoint, each in its own uvicorn process, the same generator and bodies."""
+    """Ours and the bare endpoint, each in its own uvicorn process, the same generator and bodies; both
+    as ``billing serve`` runs uvicorn, and the bare endpoint also on httptools (``bare_httptools``)."""
     figures: Figures = {}
     prefix = f"blbenchwh{uuid.uuid4().hex[:8]}"
+    runs: tuple[tuple[str, Target | None, dict[str, Any] | None], ...] = (
+        ("ours", Target(prefix, account), None), ("bare", None, None),
+        ("bare_httptools", None, {"http": "httptools"}),
+    )
     try:
-        for name, target in (("ours", Target(prefix, account)), ("bare", None)):
-            process, port = start_server(target)
+        for name, target, options in runs:
+            process, port = start_server(target, options=options)
             try:
                 await wait_until_up(port)
                 await accepted_per_second(port, bodies[:200], connections)  # warm up
@@ -459,6 +469,7 @@ async def bench(url: str, customers: int, n: int, connections: int, rate: float,
     return [
         ("accepted events/s, ours (1 uvicorn worker)", f"{accept['ours']:,.0f}", ""),
         ("accepted events/s, bare endpoint", f"{accept['bare']:,.0f}", "the same uvicorn and generator"),
+        ("accepted events/s, bare on httptools", f"{accept['bare_httptools']:,.0f}", "the parser's share"),
         ("accept ratio", f"{accept['ours'] / accept['bare']:.2f}x", "goal >= 0.5x"),
         ("applied events/s (1 EventWorker)", f"{apply['one']:,.0f}", ""),
         ("applied events/s (2 EventWorkers)", f"{apply['two']:,.0f}",
