@@ -17,7 +17,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import uvicorn
 
 from billing.cache.store import RedisStore
 from billing.config import Settings
@@ -27,11 +26,11 @@ from bot.asgi import build_asgi_app
 from bot.runtime import Runtime, load_settings, open_runtime
 from bot.slack.alerts import EVENT_TYPE, SlackAlertPoster, idempotency_key
 from bot.slack.incidents import message_key, open_incident, recent_alerts
-from tests.cluster import free_port
 from tests.fakes.notifier import RecordingNotifier
 from tests.fakes.slack_api import CHANNEL_ALERTS, FakeSlackAPI
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
+from tests.loopback import run_asgi
 
 DEADLINE = 20.0
 LEASE_TIMEOUT = 1.0
@@ -79,6 +78,10 @@ class World:
         pending_outboxes = await self.store.client.zcard(self.store.tenant_key("outbox:pending"))
         return health.stream_length == 0 and health.pending == 0 and pending_outboxes == 0
 
+    async def one_alert_settled(self) -> bool:
+        """One top-level message in the alerts channel, and nothing left to apply or notify."""
+        return len(self.top_level()) == 1 and await self.settled()
+
     def top_level(self) -> list[dict[str, Any]]:
         return [m for m in self.slack.messages(CHANNEL_ALERTS) if m.get("thread_ts") in (None, m["ts"])]
 
@@ -114,19 +117,8 @@ def text_of(message: dict[str, Any]) -> str:
 @asynccontextmanager
 async def webhook_server(store: RedisStore, secret: str) -> AsyncIterator[str]:
     app = build_asgi_app(settings=Settings(), store=store, webhook_secret=secret, tenant=store.tenant)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/stripe/webhook"
-    finally:
-        server.should_exit = True
-        await task
+    async with run_asgi(app, lifespan="on") as url:
+        yield f"{url}/stripe/webhook"
 
 
 @pytest.fixture
@@ -259,10 +251,7 @@ async def test_a_cancellation_lands_in_the_thread_and_closes_the_incident(world:
     await w.start_workers(1)
     await w.control("fail_invoice", invoice_id)
 
-    async def alerted() -> bool:
-        return len(w.top_level()) == 1 and await w.settled()
-
-    await wait_until(alerted, "the past_due alert")
+    await wait_until(w.one_alert_settled, "the past_due alert")
     [alert] = w.top_level()
     # One worker applies Stripe's events in their order: the card shows the payment that failed.
     assert "Priority: *urgent*" in text_of(alert) and "`billing`" in text_of(alert)
@@ -286,10 +275,7 @@ async def test_a_customer_the_cache_never_saw_is_fetched_from_stripe_and_alerted
     w.sandbox.control.clear_requests()
     await w.control("set_subscription_status", w.subscription_id, "past_due")
 
-    async def alerted() -> bool:
-        return len(w.top_level()) == 1 and await w.settled()
-
-    await wait_until(alerted, "the past_due alert of a customer never cached")
+    await wait_until(w.one_alert_settled, "the past_due alert of a customer never cached")
     [alert] = w.top_level()
     assert message_keys([alert])[0].startswith(f"subscription.past_due:{w.subscription_id}:")
     assert "urgent" in text_of(alert) and "BigCo Inc" in text_of(alert)
@@ -309,10 +295,7 @@ async def test_a_rate_limited_post_is_retried_and_posted_once(world: World) -> N
     await w.start_workers(1)
     await w.control("fail_invoice", invoice_id)
 
-    async def alerted() -> bool:
-        return len(w.top_level()) == 1 and await w.settled()
-
-    await wait_until(alerted, "the alert after a 429")
+    await wait_until(w.one_alert_settled, "the alert after a 429")
     calls = w.post_calls("subscription.past_due:")
     assert [c.fault for c in calls] == ["rate_limited", None]  # retried by the Web client, once
     assert len(w.top_level()) == 1
@@ -339,10 +322,7 @@ async def test_slack_down_loses_nothing_and_the_sweeper_posts_once_it_is_back(wo
 
     w.slack.set_down(False)
 
-    async def alerted() -> bool:
-        return len(w.top_level()) == 1 and await w.settled()
-
-    await wait_until(alerted, "the alert once Slack is back")
+    await wait_until(w.one_alert_settled, "the alert once Slack is back")
     posted = [c for c in w.post_calls("subscription.past_due:") if c.fault is None]
     assert len(posted) == 1 and len(w.top_level()) == 1
 
