@@ -178,7 +178,7 @@ class BillingService:
         if needed is not None:
             needed.set()
         try:
-            return await self._from_stripe(parsed, link)
+            return await self._from_stripe(parsed, link, cached_ok=not refresh)
         except StripeUnavailableError:
             if cached is None:
                 raise
@@ -320,7 +320,9 @@ class BillingService:
 
     # -- Stripe side ----------------------------------------------------------------------------
 
-    async def _candidates(self, parsed: Query, link: str | None) -> tuple[list[StripeDict], Match]:
+    async def _candidates(
+        self, parsed: Query, link: str | None, owners: list[str] | None = None
+    ) -> tuple[list[StripeDict], Match]:
         if link is not None:
             linked = await self.gateway.retrieve_customer(link)
             if linked is not None:
@@ -329,7 +331,7 @@ class BillingService:
             customer = await self.gateway.retrieve_customer(parsed.value)
             return ([customer] if customer is not None else []), BY_ID
         if parsed.kind in OTHER_ID_KINDS:
-            return await self._customers_by_other_id(parsed), _by_other_id(parsed)
+            return await self._customers_by_other_id(parsed, owners), _by_other_id(parsed)
         # Every case variant: the exact list, the lower-cased list (both immediately consistent) and
         # the case-insensitive search (eventually consistent), merged, so the answer does not depend
         # on the case typed. Search failing is survivable when a list found someone. All three at
@@ -358,21 +360,50 @@ class BillingService:
         email = primary.get("email") if primary is not None else None
         return found, _email_match(parsed.value, email if isinstance(email, str) else None)
 
-    async def _customers_by_other_id(self, parsed: Query) -> list[StripeDict]:
-        """Stripe's customers for a lookup by another id: the object's owner (one retrieve), the
-        invoices' owners (invoice search), or the customers with the metadata value (customer search)."""
+    async def _owners(self, parsed: Query) -> list[str]:
+        """The customer ids Stripe gives for an object id (one retrieve) or an invoice number (search)."""
+        if parsed.kind == "invoice_number":
+            return await self.gateway.customers_of_invoice_number(parsed.value)
+        owner = await self.gateway.owner_of(parsed.kind, parsed.value)
+        return [owner] if owner is not None else []
+
+    async def _customers_by_other_id(self, parsed: Query, owners: list[str] | None) -> list[StripeDict]:
+        """Stripe's customers for a lookup by another id: the object's owner, the invoices' owners,
+        or the customers with the metadata value (customer search)."""
         if parsed.kind == "metadata":
             return await self.gateway.search_customers_by_metadata(parsed.key or "", parsed.value)
-        if parsed.kind == "invoice_number":
-            owners = await self.gateway.customers_of_invoice_number(parsed.value)
-        else:
-            owner = await self.gateway.owner_of(parsed.kind, parsed.value)
-            owners = [owner] if owner is not None else []
+        if owners is None:
+            owners = await self._owners(parsed)
         found = [await self.gateway.retrieve_customer(customer_id) for customer_id in owners]
         return [c for c in found if c is not None]
 
-    async def _from_stripe(self, parsed: Query, link: str | None) -> BillingContext:
-        candidates, match = await self._candidates(parsed, link)
+    async def _fresh_cached(self, customer_id: str) -> BillingContext | None:
+        if self.store is None:
+            return None
+        try:
+            context = await self.store.get_context(customer_id)
+        except _STORE_FAILURES as err:
+            log.warning("Store unavailable (%s); asking Stripe", type(err).__name__)
+            return None
+        if context is None or not context.found or self._is_stale(context):
+            return None
+        return context
+
+    async def _from_stripe(
+        self, parsed: Query, link: str | None, *, cached_ok: bool = True
+    ) -> BillingContext:
+        owners: list[str] | None = None
+        if parsed.kind in OTHER_ID_KINDS and parsed.kind != "metadata":
+            # An id the index does not hold (an older charge, say): Stripe says whose it is in one
+            # request, and that customer's cached card, when fresh, is the answer.
+            owners = await self._owners(parsed)
+            known = await self._fresh_cached(owners[0]) if cached_ok and len(owners) == 1 else None
+            if known is not None:
+                return known.model_copy(update={
+                    "query": parsed.text, "match": _by_other_id(parsed), "source": "cache",
+                    "other_customers": [],
+                })
+        candidates, match = await self._candidates(parsed, link, owners)
         if not candidates:
             return BillingContext.not_found(parsed.text)
         ranked = rank_customers(candidates)

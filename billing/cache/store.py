@@ -15,8 +15,8 @@ Key layout (``p`` = ``{key_prefix}:{account_id}:{live|test}``)::
     p:prices|products|coupons   hash  object id -> slim JSON with "_v" (shared by customers)
     p:refs:<price|coupon id>    set   customers whose live subscriptions (or own discount) use it
     p:email:<lower email>       set   customer ids
-    p:find:<kind>:<value>       set   customer ids a lookup by another id finds (``lookup_index``),
-    p:{cus_1}:find              set   and the index keys this customer is in
+    p:find:<00..ff>             hash  digest of a sub_/in_/ch_/pi_ id or invoice prefix -> customer id
+    p:find:metadata:<key>:<v>   set   customer ids (``lookup_index``: lookups by other ids than email)
     p:link:<key>                string  manual link -> customer id
     p:customers                 set   cached customer ids
     p:events / p:events:dead    streams (webhook events, trimmed below what every group acknowledged /
@@ -256,7 +256,7 @@ class RedisStore:
         self._scripted: bool | None = None  # None: not decided yet (see _script_reads)
         self._email_script: Any = None
         # Lookups by subscription, invoice (id or number), charge, payment intent or ``metadata_keys``.
-        self.lookup = LookupIndex(client, self.tenant_key, self.customer_key, metadata_keys)
+        self.lookup = LookupIndex(client, self.tenant_key, metadata_keys)
         self.stream = EventStream(client, self.stream_key, self.dead_letter_key, self.GROUP)
         self.dedupe = Dedupe(client, self.tenant_key)
         self.outboxes = Outboxes(
@@ -340,8 +340,15 @@ class RedisStore:
         return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
 
     async def customer_ids_for_lookup(self, kind: str, text: str) -> list[str]:
-        """``billing.ports.LookupReader``: the customers indexed under a lookup by another id."""
-        return await self.lookup.customer_ids(kind, text)
+        """``billing.ports.LookupReader``: the customers indexed under a lookup by another id (for an
+        invoice number, the customer of its prefix when one of its stored invoices has the number)."""
+        found = await self.lookup.customer_ids(kind, text)
+        if kind != "invoice_number":
+            return found
+        return [c for c in found if any(
+            o.get("object") == "invoice" and str(o.get("number") or "").upper() == text
+            for o in (await self.get_objects(c)).values()
+        )]
 
     async def linked_customer(self, key: str) -> str | None:
         return _text(await self.client.get(self.tenant_key(f"link:{key}")))
@@ -546,6 +553,7 @@ class RedisStore:
         Read after the customer's objects were written, so the last writer decides from the newest
         objects; a stale member costs one needless rebuild, never a missed one.
         """
+        previous = list(previous)  # read twice: for the refs and for the lookup index
         record = self.customer_key(customer_id, "refs")
         pipe = self.client.pipeline(transaction=False)
         pipe.get(self.customer_key(customer_id, "objs"))
@@ -564,7 +572,7 @@ class RedisStore:
             pipe.sadd(record, *sorted(wanted))
         await pipe.execute()
         # The lookup index follows the same objects, whoever saved them (a lookup, a backfill, the worker).
-        await self.lookup.sync(customer_id, objects.values())
+        await self.lookup.sync(customer_id, previous, objects.values())
 
     # ---- per-customer objects ----------------------------------------------------------------
     async def get_objects(self, customer_id: str) -> dict[str, StripeDict]:
@@ -769,7 +777,7 @@ class RedisStore:
         objects = decode_objects(await self.client.get(self.customer_key(customer_id, "objs")))
         emails = {str(o["email"]) for o in objects.values()
                   if o.get("object") == "customer" and isinstance(o.get("email"), str)}
-        touched = await self.lookup.forget(customer_id)  # before its record goes with the customer's keys
+        touched = await self.lookup.forget(customer_id, objects.values())
         async for key in self.client.scan_iter(match=f"{self.prefix}:{{{customer_id}}}:*", count=500):
             touched += int(await self.client.delete(key))
         for email in emails:

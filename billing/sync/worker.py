@@ -760,7 +760,9 @@ class EventWorker:
             return
         if first_build or index_changed(stored, updates, self.store.lookup.metadata_keys):
             # A new invoice, charge or subscription, a number given at finalization, a new metadata value.
-            await self.store.lookup.sync(customer_id, trim_invoices({**stored, **updates}).values())
+            await self.store.lookup.sync(
+                customer_id, stored.values(), trim_invoices({**stored, **updates}).values()
+            )
         previous = stored.get(customer_id)
         old_email = (previous or {}).get("email")
         new_email = data.customer.get("email")

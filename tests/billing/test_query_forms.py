@@ -155,10 +155,10 @@ async def _jane_ids(gateway: StripeGateway) -> dict[str, str]:
     charges = [c async for c in gateway.iter_objects("charges", {"customer": customer})]
     open_invoice = next(i for i in invoices if i["status"] == "open")
     assert open_invoice["number"] == JANE_NUMBER
-    return {
-        "customer": customer, "subscription": subs[0]["id"], "invoice": invoices[-1]["id"],
+    return {  # the newest of each (the cache indexes the newest few), and the oldest charge
+        "customer": customer, "subscription": subs[0]["id"], "invoice": invoices[0]["id"],
         "invoice_number": JANE_NUMBER, "charge": charges[0]["id"],
-        "payment_intent": charges[-1]["payment_intent"],
+        "payment_intent": charges[0]["payment_intent"], "old_charge": charges[-1]["id"],
     }
 
 
@@ -373,7 +373,7 @@ async def test_the_worker_keeps_the_index_to_what_the_cache_holds(
     for kind, text in (("invoice_number", JANE_NUMBER), ("charge", charge["id"]),
                        ("subscription", ids["subscription"]), ("metadata", "user_id:2002")):
         assert await store.customer_ids_for_lookup(kind, text) == [], kind
-    assert await store.client.exists(store.customer_key(customer, "find")) == 0
+    assert [k async for k in store.client.scan_iter(match=store.tenant_key("find:*"))] == []
 
 
 async def test_an_index_entry_older_than_the_metadata_is_not_believed(
@@ -398,13 +398,14 @@ async def test_forgetting_a_customer_takes_it_out_of_the_index(
     assert await store.customer_ids_for_lookup("invoice_number", JANE_NUMBER) == [ids["customer"]]
     await store.forget_customer(ids["customer"])
     assert await store.customer_ids_for_lookup("invoice_number", JANE_NUMBER) == []
-    assert [k async for k in store.client.scan_iter(match=store.lookup.key("*"))] == []
+    assert [k async for k in store.client.scan_iter(match=store.tenant_key("find:*"))] == []
 
 
 
-async def test_invoices_trimmed_from_the_cache_leave_the_index_and_are_found_in_stripe(
+async def test_the_index_holds_the_newest_few_and_an_older_id_costs_one_request(
     empty_sandbox: SandboxHandle, store: RedisStore
 ) -> None:
+    from billing.cache.lookup_index import CHARGES, INVOICES
     from billing.cache.store import MAX_STORED_INVOICES
 
     count = MAX_STORED_INVOICES + 2
@@ -412,20 +413,35 @@ async def test_invoices_trimmed_from_the_cache_leave_the_index_and_are_found_in_
         sf.customer(cid="cus_Many", email="many@x.io"),
         *(sf.invoice(iid=f"in_M{n:02d}", cid="cus_Many", number=f"MANY01-{n + 1:04d}",
                      created=sf.T0 - (count - n) * 86400) for n in range(count)),
+        *(sf.charge(chid=f"ch_M{n:02d}", cid="cus_Many", payment_intent=f"pi_M{n:02d}",
+                    created=sf.T0 - (count - n) * 86400) for n in range(count)),
     ])
     async with StripeGateway(empty_sandbox.api_key, api_base=empty_sandbox.url, retry=FAST,
                              rate_limit=1000) as gateway:
         service = BillingService(gateway, store)
         await service.lookup("many@x.io")
         for n in range(count):
-            expected = [] if n < 2 else ["cus_Many"]  # the two oldest (settled) invoices are not kept
-            assert await store.customer_ids_for_lookup("invoice", f"in_M{n:02d}") == expected, n
-            assert await store.customer_ids_for_lookup("invoice_number", f"MANY01-{n + 1:04d}") == expected
-        cached = await service.lookup("MANY01-0014")
-        assert cached.source == "cache"
-        oldest = await service.lookup("many01-0001")
-        assert oldest.source == "stripe" and oldest.customer is not None and oldest.customer.id == "cus_Many"
-        assert oldest.match is not None and oldest.match.method == "invoice_number"
+            newest = ["cus_Many"] if n >= count - INVOICES else []
+            assert await store.customer_ids_for_lookup("invoice", f"in_M{n:02d}") == newest, n
+            newest = ["cus_Many"] if n >= count - CHARGES else []
+            assert await store.customer_ids_for_lookup("charge", f"ch_M{n:02d}") == newest, n
+            assert await store.customer_ids_for_lookup("payment_intent", f"pi_M{n:02d}") == newest, n
+            # every number of a stored invoice (one entry: the prefix), not those trimmed away
+            kept = ["cus_Many"] if n >= count - MAX_STORED_INVOICES else []
+            assert await store.customer_ids_for_lookup("invoice_number", f"MANY01-{n + 1:04d}") == kept, n
+        empty_sandbox.control.clear_requests()
+        for query in ("MANY01-0003", "in_M13", "ch_M13", "pi_M13"):
+            assert (await service.lookup(query)).source == "cache"
+        assert empty_sandbox.control.requests() == []
+        # Older ones: Stripe says whose they are in one request; the card is the cached one.
+        for query, path in (("ch_M00", "/v1/charges/ch_M00"), ("in_M00", "/v1/invoices/in_M00"),
+                            ("many01-0001", "/v1/invoices/search")):
+            empty_sandbox.control.clear_requests()
+            older = await service.lookup(query)
+            assert older.customer is not None and older.customer.id == "cus_Many" and older.source == "cache"
+            assert [r["path"] for r in empty_sandbox.control.requests()] == [path], query
+        fresh = await service.lookup("ch_M00", refresh=True)
+        assert fresh.source == "stripe" and fresh.match is not None and fresh.match.method == "charge"
 
 
 async def test_invoice_number_and_metadata_lookups_spend_the_search_budget(
