@@ -204,11 +204,7 @@ def register(app: typer.Typer) -> None:
         previews: PreviewsOption = False,
     ) -> None:
         """Backfill again over the cache without clearing it (contexts stay served until rebuilt)."""
-        settings = load_settings()
-        typer.echo(run_async(_backfill(
-            settings, resume=False, since=parse_since(since), windows=windows, concurrency=concurrency,
-            console=Console(stderr=True), previews=previews,
-        )))
+        backfill(resume=False, since=since, windows=windows, concurrency=concurrency, previews=previews)
 
     @app.command("reconcile")
     @handles_errors
