@@ -190,8 +190,8 @@ def serve(port: int, target: Target | None, with_worker: bool, options: dict[str
         if target is not None:
             client = await open_redis(REDIS_URL)
             store = RedisStore(client, target.tenant, prefix=target.prefix)
-            worker = (EventWorker(store, _NoStripe(), _Notifier(), block_ms=5)  # type: ignore[arg-type]
-                      if with_worker else None)
+            worker = (EventWorker(store, _NoStripe(), _Notifier(), block_ms=5,  # type: ignore[arg-type]
+                                  refresh_previews=False) if with_worker else None)
             app = build_asgi_app(settings=Settings(), store=store, webhook_secret=SECRET,
                                  tenant=target.tenant, worker=worker)
         config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
@@ -202,7 +202,9 @@ def serve(port: int, target: Target | None, with_worker: bool, options: dict[str
 
 
 class _NoStripe:
-    """The benchmark's events never need Stripe; a call would mean a broken benchmark."""
+    """The benchmark's events never need Stripe; a call would mean a broken benchmark. (The worker's
+    invoice previews after subscription and invoice events are Stripe requests, one per customer and
+    batch, bounded by Stripe's rate limit rather than by our code: the workers here make none.)"""
 
     def __getattr__(self, name: str) -> Any:
         raise RuntimeError(f"the benchmark made a Stripe call ({name})")
@@ -288,7 +290,8 @@ def _drain(target: Target, consumer: str, ready: Any, go: Any, results: Any) -> 
     async def main() -> None:
         client = await open_redis(REDIS_URL)
         store = RedisStore(client, target.tenant, prefix=target.prefix)
-        worker = EventWorker(store, _NoStripe(), _Notifier(), consumer=consumer)  # type: ignore[arg-type]
+        worker = EventWorker(store, _NoStripe(), _Notifier(), consumer=consumer,  # type: ignore[arg-type]
+                             refresh_previews=False)
         await worker.ensure_group()
         ready.put(consumer)
         while not go.is_set():  # noqa: ASYNC110 - a multiprocessing event

@@ -56,16 +56,18 @@ from billing.cache.store import (
     trim_invoices,
 )
 from billing.domain.models import BillingContext, Match
-from billing.domain.snapshot import CustomerData, StripeDict, id_of
+from billing.domain.snapshot import PREVIEW_FIELD, CustomerData, StripeDict, id_of
 from billing.ports import ListableResource, Notifier, NotifyLater, StripeReader, Transition
 from billing.stripe.gateway import background_work
 from billing.stripe.slim import (
     INCLUDABLE,
+    SUBSCRIPTION,
     TENANT_OBJECTS,
     Version,
     completeness,
     keep_included,
     prices_of_subscription,
+    project,
     slim,
     version_of,
     with_version,
@@ -179,6 +181,10 @@ class EventWorker:
     retry_base: float = 1.0
     retry_max: float = 300.0
     flush_lock_ms: int = 60_000
+    # Next invoices: Stripe's previews are fetched again after subscription and invoice events (one
+    # request per invoicing subscription of the customer and batch), waited for at most this long.
+    refresh_previews: bool = True
+    preview_timeout: float = 10.0
     stats: WorkerStats = field(default_factory=WorkerStats)
     last_batch_at: float | None = None
     last_sweep_at: float | None = None
@@ -465,6 +471,8 @@ class EventWorker:
             return
         fetched: dict[str, StripeDict | None] = {}
         snapshot: _Snapshot | None = None
+        previews: dict[str, StripeDict | None] | None = None
+        previewed: dict[str, StripeDict] = {}
         objs_key = self.store.customer_key(customer_id, "objs")
         ctx_key = self.store.customer_key(customer_id, "ctx")
         outbox_key = self.store.customer_key(customer_id, "outbox")
@@ -507,9 +515,15 @@ class EventWorker:
                         if snapshot is not None:
                             merged = trim_invoices(_with_snapshot(merged, snapshot))
                             from_stripe = True
+                    if not from_stripe:
+                        if previews is None:  # once, whatever the optimistic retries
+                            previews = await self._previews(customer_id, events, merged)
+                        previewed = _with_fresh_previews(merged, previews)
+                        merged.update(previewed)
+                        updates.update(previewed)
                     # The last state an event made, already joined (and built, when it made a
-                    # transition) unless a snapshot came in since.
-                    latest = None if from_stripe else applied.latest
+                    # transition) unless a snapshot or a new preview came in since.
+                    latest = None if from_stripe or previewed else applied.latest
                     data = latest.data if latest is not None and latest.data else (
                         await self.store.load_customer_data(customer_id, merged, catalogue=catalogue)
                     )
@@ -715,6 +729,10 @@ class EventWorker:
             if kind == "subscription":
                 obj = await self._with_discounts(obj, current)
                 await self._store_prices(obj, price_writes)
+                obj = _with_kept_card(obj, current, ("default_payment_method",))
+                obj = _with_kept_preview(obj, current)
+            if kind == "customer":
+                obj = await self._with_card(obj, current)
             if kind == "invoice":
                 obj = _with_action_flag(obj, current, event_type)
             entry = with_version(slim({**obj, "object": kind}), version)
@@ -724,6 +742,48 @@ class EventWorker:
                 entry[SEEN_FIELD] = sorted(set(seen))
             updates[object_id] = entry
         return updates, absorbed
+
+    async def _previews(
+        self, customer_id: str, events: Sequence[StripeDict], objects: Mapping[str, StripeDict]
+    ) -> dict[str, StripeDict | None]:
+        """Stripe's previews of the customer's invoicing subscriptions when an event of a
+        subscription or an invoice may have changed what comes next; none fetched (the stored
+        previews stay) when no such event came, or when Stripe fails or is too slow."""
+        kinds = {_event_object(ev).get("object") for ev in events}
+        subscriptions = [
+            o for o in objects.values() if o.get("object") == "subscription" and not o.get("deleted")
+        ]
+        if not self.refresh_previews or not subscriptions or not kinds & {"subscription", "invoice"}:
+            return {}
+        try:
+            return await asyncio.wait_for(
+                self.gateway.preview_next_invoices(subscriptions), timeout=self.preview_timeout
+            )
+        except Exception as exc:  # the event is applied all the same, the card keeps its preview
+            log.warning("customer %s: next invoices not previewed (%s: %s); the previous ones are kept",
+                        customer_id, type(exc).__name__, exc)
+            return {}
+
+    async def _with_card(self, customer: StripeDict, current: StripeDict | None) -> StripeDict:
+        """Events name the customer's default payment method by id only: the stored card (brand,
+        last 4, expiry) stays while the id is the same; a new one is fetched (the customer, its card
+        expanded); none clears it. A failed fetch leaves the id alone (no card shown), never the event."""
+        kept = _with_kept_card(customer, current, ("invoice_settings", "default_payment_method"))
+        new = _card_ref(kept, ("invoice_settings", "default_payment_method"))
+        if not isinstance(new, str):
+            return kept  # none, or the stored card kept
+        try:
+            fresh = await self.gateway.retrieve_customer(str(customer["id"]))
+        except Exception as exc:  # the event is applied all the same; the next change fetches again
+            log.warning("customer %s: its new default payment method could not be read (%s)",
+                        customer.get("id"), exc)
+            return kept
+        card = _card_ref(fresh or {}, ("invoice_settings", "default_payment_method"))
+        if not isinstance(card, dict) or card.get("id") != new:
+            return kept  # the key may not read cards, or the card changed again since (its event follows)
+        settings = kept.get("invoice_settings")
+        return {**kept, "invoice_settings": {**(settings if isinstance(settings, dict) else {}),
+                                             "default_payment_method": card}}
 
     async def _retrieve(self, kind: str, object_id: str) -> StripeDict | None:
         if kind == "customer":
@@ -981,6 +1041,51 @@ def _evidence(facts: Facts, event: StripeDict) -> list[Found]:
     evidence (keyed by the event, so a duplicate adds nothing)."""
     evidence = {str(_event_object(event).get("id")): str(event.get("id"))}
     return diff_facts(None, facts, event, versions=evidence)
+
+
+def _card_ref(obj: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = obj
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def _with_kept_card(obj: StripeDict, current: StripeDict | None, path: tuple[str, ...]) -> StripeDict:
+    """``obj`` with the stored expanded payment method at ``path`` where the event names the same one
+    by id (event payloads never expand it)."""
+    new, old = _card_ref(obj, path), _card_ref(current or {}, path)
+    if not isinstance(new, str) or not isinstance(old, dict) or old.get("id") != new:
+        return obj
+    if len(path) == 1:
+        return {**obj, path[0]: old}
+    parent = obj.get(path[0])
+    return {**obj, path[0]: {**(parent if isinstance(parent, dict) else {}), path[1]: old}}
+
+
+def _with_fresh_previews(
+    objects: Mapping[str, StripeDict], previews: Mapping[str, StripeDict | None]
+) -> dict[str, StripeDict]:
+    """The stored subscriptions whose preview ``previews`` changes (a preview of None: the key may
+    not preview, or nothing is upcoming, so the card estimates), each keeping its version."""
+    changed: dict[str, StripeDict] = {}
+    for sub_id, preview in previews.items():
+        sub = objects.get(sub_id)
+        if sub is None or sub.get("object") != "subscription":
+            continue
+        projected = project(preview, SUBSCRIPTION[PREVIEW_FIELD]) if preview is not None else None
+        if projected == sub.get(PREVIEW_FIELD):
+            continue
+        rest = {k: v for k, v in sub.items() if k != PREVIEW_FIELD}
+        changed[sub_id] = {**rest, PREVIEW_FIELD: projected} if projected is not None else rest
+    return changed
+
+
+def _with_kept_preview(subscription: StripeDict, current: StripeDict | None) -> StripeDict:
+    """The stored invoice preview stays on a subscription an event replaces until it is refreshed
+    (a refresh that fails keeps it)."""
+    if current is None or PREVIEW_FIELD in subscription or PREVIEW_FIELD not in current:
+        return subscription
+    return {**subscription, PREVIEW_FIELD: current[PREVIEW_FIELD]}
 
 
 def _with_action_flag(invoice: StripeDict, current: StripeDict | None, event_type: str) -> StripeDict:

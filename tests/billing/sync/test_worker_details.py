@@ -1,0 +1,138 @@
+"""What the worker keeps between events beyond the objects themselves (issue #10): next-invoice
+previews refreshed on subscription and invoice events, and the default card an event names by id."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from billing.cache.store import RedisStore
+from billing.domain.models import BillingContext
+from billing.stripe.gateway import RetryPolicy, StripeGateway
+from billing.sync.worker import EventWorker
+from sandbox.control import SandboxControl
+from tests.billing.sync.test_worker import drain, enqueue, recorded_events, sandbox_subscriber
+from tests.fakes.notifier import RecordingNotifier
+from tests.fixtures_sandbox import SandboxHandle
+
+
+@pytest.fixture
+async def gateway(empty_sandbox: SandboxHandle) -> AsyncIterator[StripeGateway]:
+    retry = RetryPolicy(attempts=2, base_seconds=0.001, cap_seconds=0.01)
+    async with StripeGateway(empty_sandbox.api_key, api_base=empty_sandbox.url, retry=retry,
+                             rate_limit=1000) as gw:
+        yield gw
+
+
+async def _context(store: RedisStore) -> BillingContext:
+    ctx = await store.get_context("cus_A")
+    assert ctx is not None and ctx.found
+    return ctx
+
+
+class Delivery:
+    """Events recorded by the sandbox, handed to the worker in order, each once."""
+
+    def __init__(self, store: RedisStore, gateway: StripeGateway) -> None:
+        self.store, self.gateway = store, gateway
+        self.sent: set[str] = set()
+        self.worker = EventWorker(store, gateway, RecordingNotifier(), block_ms=10)
+
+    async def new_events(self) -> None:
+        await self.worker.ensure_group()
+        fresh = [e for e in await recorded_events(self.gateway) if e["id"] not in self.sent]
+        self.sent |= {e["id"] for e in fresh}
+        await enqueue(self.store, fresh)
+        await drain(self.worker)
+        assert self.worker.stats.failed == 0
+
+
+def _set_quantity(control: SandboxControl, quantity: int) -> None:
+    sub = control.get("sub_A")
+    items: dict[str, Any] = sub["items"]
+    items["data"][0]["quantity"] = quantity
+    control.update("sub_A", {"items": items})
+
+
+async def test_next_invoice_previews_follow_subscription_events_and_survive_a_stripe_failure(
+    store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    control = empty_sandbox.control
+    now = int(time.time()) - 3600
+    control.set_clock(now, frozen=True)
+    sandbox_subscriber(control, now)
+    delivery = Delivery(store, gateway)
+    await delivery.new_events()
+    first = (await _context(store)).subscriptions[0].next_invoice
+    assert first is not None and not first.estimate and first.amount_due == 2900
+
+    control.advance_clock(1)
+    _set_quantity(control, 2)  # customer.subscription.updated
+    await delivery.new_events()
+    second = (await _context(store)).subscriptions[0]
+    assert second.quantity == 2 and second.next_invoice is not None
+    assert not second.next_invoice.estimate and second.next_invoice.amount_due == 5800
+
+    # Stripe fails every preview: the event is applied all the same, the card keeps its preview.
+    control.set_faults(error_probability=1.0, error_status=500, path_prefix="/v1/invoices/create_preview")
+    control.advance_clock(1)
+    _set_quantity(control, 3)
+    await delivery.new_events()
+    third = (await _context(store)).subscriptions[0]
+    assert third.quantity == 3 and third.next_invoice == second.next_invoice
+    previews = [r for r in control.requests() if r["path"] == "/v1/invoices/create_preview"]
+    assert previews and previews[-1]["status"] == 500
+
+    control.clear_faults()
+    control.advance_clock(1)
+    control.update("in_A", {"metadata": {"note": "x"}})  # an invoice event previews again
+    await delivery.new_events()
+    fourth = (await _context(store)).subscriptions[0].next_invoice
+    assert fourth is not None and not fourth.estimate and fourth.amount_due == 8700
+
+
+def _card(control: SandboxControl, pm_id: str, last4: str) -> dict[str, Any]:
+    pm = {"id": pm_id, "object": "payment_method", "type": "card", "customer": "cus_A", "created": 1,
+          "livemode": False, "card": {"brand": "visa", "last4": last4, "exp_month": 4, "exp_year": 2031}}
+    control.load([pm])
+    return pm
+
+
+async def test_a_customer_event_naming_the_card_by_id_keeps_or_fetches_its_details(
+    store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    control = empty_sandbox.control
+    now = int(time.time()) - 3600
+    control.set_clock(now, frozen=True)
+    sandbox_subscriber(control, now)
+    _card(control, "pm_one", "4242")
+    control.advance_clock(1)
+    control.update("cus_A", {"invoice_settings": {"default_payment_method": "pm_one", "footer": None}})
+    delivery = Delivery(store, gateway)
+    await delivery.new_events()  # customer.updated names pm_one by id: its details are fetched
+    card = (await _context(store)).payment_method
+    assert card is not None and (card.brand, card.last4, card.exp_year) == ("visa", "4242", 2031)
+
+    control.clear_requests()
+    control.advance_clock(1)
+    control.update("cus_A", {"name": "Jane Q. Doe"})  # same card, by id again
+    await delivery.new_events()
+    ctx = await _context(store)
+    assert ctx.customer is not None and ctx.customer.name == "Jane Q. Doe"
+    assert ctx.payment_method == card
+    assert not [r for r in control.requests() if r["path"].startswith("/v1/customers")]  # nothing fetched
+
+    _card(control, "pm_two", "0005")
+    control.advance_clock(1)
+    control.update("cus_A", {"invoice_settings": {"default_payment_method": "pm_two", "footer": None}})
+    await delivery.new_events()
+    changed = (await _context(store)).payment_method
+    assert changed is not None and changed.last4 == "0005"
+
+    control.advance_clock(1)
+    control.update("cus_A", {"invoice_settings": {"default_payment_method": None, "footer": None}})
+    await delivery.new_events()
+    assert (await _context(store)).payment_method is None
