@@ -14,7 +14,11 @@ entry answers for every invoice number the cache holds, checked against the stor
 
 Small on purpose (a cached customer, every key included, stays near 4 KiB): per customer only the
 newest ``SUBSCRIPTIONS``, ``INVOICES`` (and any open one) and ``CHARGES`` (with their payment intents)
-are indexed, as digests in 256 shared hashes (compact while small, and one slot each on a cluster).
+are indexed, as digests in 256 shared hashes (compact while small, and one slot each on a cluster):
+about 30 bytes an entry, some 250 bytes a customer (measured: 3,786 -> 4,028 B per cached customer
+in all at 2,000 customers). Past about 3,000 customers a bucket holds more than Redis's default
+``hash-max-listpack-entries`` (128) and Redis stores it as a hashtable, about twice the bytes an
+entry; raising that setting keeps it compact.
 An older id is not lost: the service asks Stripe whose it is (one request) and answers from the
 customer's cached card when it is fresh.
 
