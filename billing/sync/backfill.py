@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -134,14 +134,29 @@ class WindowState:
     done: bool = False
     after: str | None = None  # id of the last stored object: the next page starts after it
     count: int = 0
+    floor: int | None = None  # the window was split: objects before this are another window's
 
     def to_json(self) -> str:
-        return json.dumps({"done": self.done, "after": self.after, "count": self.count})
+        return json.dumps({"done": self.done, "after": self.after, "count": self.count, "floor": self.floor})
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> WindowState:
         data = json.loads(raw)
-        return cls(bool(data.get("done")), data.get("after"), int(data.get("count") or 0))
+        floor = data.get("floor")
+        return cls(bool(data.get("done")), data.get("after"), int(data.get("count") or 0),
+                   int(floor) if floor is not None else None)
+
+
+def split_windows(keys: Iterable[str], planned: Iterable[Window]) -> list[Window]:
+    """The windows split off planned ones during a run (their keys in the checkpoint, not in the plan)."""
+    known = {w.key for w in planned}
+    found = []
+    for key in keys:
+        resource, _, bounds = key.partition(":")
+        gte, _, lt = bounds.partition(":")
+        if key not in known and resource in RESOURCES and gte.isdigit() and lt.isdigit():
+            found.append(Window(resource, int(gte), int(lt)))
+    return sorted(found, key=lambda w: (w.resource, w.gte))
 
 
 def owner_of(obj: StripeDict) -> str | None:
@@ -258,7 +273,8 @@ class Backfill:
             plan = await self._new_plan(since)
         states = await self.window_states()
         windows = plan.windows()
-        todo = [w for w in windows if not states.get(w.key, WindowState()).done]
+        extra = split_windows(states, windows)
+        todo = [w for w in [*windows, *extra] if not states.get(w.key, WindowState()).done]
         report = BackfillReport(
             resumed=resumed, plan=plan, windows_total=len(windows),
             windows_skipped=len(windows) - len(todo), fetched=dict.fromkeys(RESOURCES, 0),
@@ -272,13 +288,23 @@ class Backfill:
             )
 
         limit = asyncio.Semaphore(self.concurrency)
+        planned_keys = {w.key for w in windows}
+        fetches = _Fetches()
 
-        async def fetch(window: Window) -> None:
+        async def fetch(window: Window, state: WindowState) -> None:
+            fetches.waiting += 1
             async with limit:
-                count = await self._fetch_window(window, states.get(window.key, WindowState()))
+                fetches.waiting -= 1
+                count = await self._fetch_window(window, state, fetches, planned=window.key in planned_keys)
             report.fetched[window.resource] += count
 
-        await _all(fetch(w) for w in todo)
+        try:
+            async with asyncio.TaskGroup() as group:
+                fetches.start = lambda w, state: group.create_task(fetch(w, state))
+                for window in todo:
+                    fetches.start(window, states.get(window.key, WindowState()))
+        except BaseExceptionGroup as error:
+            raise _first_leaf(error) from None
         report.contexts_built = await self.build_contexts()
         await self.clean_stage()
         await self.store.record(
@@ -335,28 +361,63 @@ class Backfill:
             hits = await probe(points)
 
     # -- fetching -----------------------------------------------------------------------------
-    async def _fetch_window(self, window: Window, state: WindowState) -> int:
-        params: dict[str, Any] = dict(_LIST_PARAMS[window.resource])
-        if window.resource not in UNWINDOWED:
-            params["created"] = {"gte": window.gte, "lt": window.lt}
-        if state.after:
-            params["starting_after"] = state.after
+    async def _fetch_window(
+        self, window: Window, state: WindowState, fetches: _Fetches | None = None, *, planned: bool = True,
+    ) -> int:
+        """Every page of ``window`` not stored yet. Lists come newest first, so after each full page the
+        rest of the window is older than its last object: when a fetch slot is free (``fetches``), the
+        older half of that rest becomes a window of its own, fetched at the same time (activity is
+        rarely spread evenly over the customers' years: recent invoices and charges would otherwise be
+        one window read page after page)."""
         fetched = 0
-        page: list[StripeDict] = []
-        # A page is as new as the moment before it was requested (the iterator requests the next page
-        # when its first object is wanted): a later stamp would hide events between the two.
-        listed_from = self._page_version()
-        async for obj in self.gateway.iter_objects(window.resource, params):
-            page.append(obj)
-            if len(page) >= PAGE_SIZE:
-                await self._persist(window, page, state, listed_from)
-                fetched += len(page)
-                page = []
-                listed_from = self._page_version()
+        while True:
+            params: dict[str, Any] = dict(_LIST_PARAMS[window.resource])
+            if window.resource not in UNWINDOWED:
+                params["created"] = {"gte": _floor(window, state), "lt": window.lt}
+            if state.after:
+                params["starting_after"] = state.after
+            page: list[StripeDict] = []
+            narrowed = False
+            # A page is as new as the moment before it was requested (the iterator requests the next
+            # page when its first object is wanted): a later stamp would hide events between the two.
+            listed_from = self._page_version()
+            async for obj in self.gateway.iter_objects(window.resource, params):
+                page.append(obj)
+                if len(page) >= PAGE_SIZE:
+                    await self._persist(window, page, state, listed_from)
+                    fetched += len(page)
+                    narrowed = fetches is not None and await self._split_off(window, state, page[-1], fetches)
+                    page = []
+                    if narrowed:
+                        break  # list again over the narrowed range, after the same object
+                    listed_from = self._page_version()
+            if not narrowed:
+                break
         await self._persist(window, page, state, listed_from, done=True)
         fetched += len(page)
-        self.observer.window_done(window.resource)
+        if planned:
+            self.observer.window_done(window.resource)
         return fetched
+
+    async def _split_off(
+        self, window: Window, state: WindowState, oldest: StripeDict, fetches: _Fetches
+    ) -> bool:
+        """Hand the older half of what remains of ``window`` to a window of its own; True when done
+        (``state.floor`` then bounds this window's remaining objects)."""
+        created = oldest.get("created")
+        low = _floor(window, state)
+        if (window.resource in UNWINDOWED or not isinstance(created, int) or created - low < MIN_SPLIT_SECONDS
+                or fetches.waiting or fetches.start is None):
+            return False  # nothing worth splitting, or every fetch slot is taken
+        middle = low + (created - low) // 2
+        half = Window(window.resource, low, middle)
+        # The new window is recorded before this one gives up its range: a run stopped in between
+        # resumes with the two overlapping (the overlap is stored twice, the same), never with a gap.
+        await self.state.save_window(half.key, WindowState().to_json())
+        state.floor = middle
+        await self.state.save_window(window.key, state.to_json())
+        fetches.start(half, WindowState())
+        return True
 
     def _page_version(self) -> Version:
         return int(self.clock()), SNAPSHOT_EVENT_ID
@@ -481,21 +542,24 @@ class Backfill:
 
 
 PROBES = 7  # concurrent probes per round of the search for the oldest customer
+MIN_SPLIT_SECONDS = 3_600  # a window's remaining range is not split finer than this
+
+
+@dataclass
+class _Fetches:
+    """The run's window fetches: how many wait for a slot, and how to start one more."""
+
+    waiting: int = 0
+    start: Callable[[Window, WindowState], object] | None = None
+
+
+def _floor(window: Window, state: WindowState) -> int:
+    return window.gte if state.floor is None else max(window.gte, state.floor)
 
 
 def _between(low: int, high: int, count: int) -> list[int]:
     """Up to ``count`` distinct points strictly inside ``(low, high)``, evenly spaced."""
     return sorted({low + (high - low) * i // (count + 1) for i in range(1, count + 1)} - {low, high})
-
-
-async def _all(calls: Any) -> None:
-    """Run every call concurrently; the first failure cancels the rest and is raised as is."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            for call in calls:
-                group.create_task(call)
-    except BaseExceptionGroup as error:
-        raise _first_leaf(error) from None
 
 
 def _first_leaf(error: BaseExceptionGroup[BaseException]) -> BaseException:

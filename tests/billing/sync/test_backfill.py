@@ -26,6 +26,7 @@ from billing.sync.backfill import (
     Window,
     owner_of,
     split_range,
+    split_windows,
 )
 from sandbox.server import SandboxServer
 from tests.fixtures_sandbox import TEST_KEY, SandboxHandle
@@ -225,6 +226,14 @@ class FailAfter(SilentObserver):
             self.sandbox.control.set_faults(error_probability=1.0, error_status=500)
 
 
+class FailAfterCharges(FailAfter):
+    """Stripe answers 500 once ``pages`` pages of charges have been stored."""
+
+    def fetched(self, resource: str, count: int) -> None:
+        if resource == "charges":
+            super().fetched(resource, count)
+
+
 def window_requests(sandbox: SandboxHandle, plan: Plan) -> list[tuple[str, dict[str, Any]]]:
     """Each backfill list request the sandbox saw, with the key of the window it belongs to."""
     out = []
@@ -285,6 +294,75 @@ async def test_interrupted_backfill_resumes_and_stores_every_customer_exactly_on
     assert len(bulk) == 450
     for customer in bulk:
         assert await store.customer_ids_for_email(customer["email"]) == [customer["id"]]
+
+
+def recent_charges(customers: int, charges: int, now: int) -> list[dict[str, Any]]:
+    """``customers`` created over three years, and ``charges`` among them all in the last ten days:
+    activity is recent, the customers are not (windows cut over the customers' dates miss that)."""
+    objects: list[dict[str, Any]] = []
+    for n in range(customers):
+        objects.append({
+            "id": f"cus_old{n:04d}", "object": "customer", "email": f"old{n}@example.com",
+            "created": now - 3 * 365 * DAY + n * (3 * 365 * DAY // customers), "livemode": False,
+            "delinquent": False, "currency": "usd", "metadata": {}, "discount": None,
+        })
+    for c in range(charges):
+        objects.append({
+            "id": f"ch_recent{c:05d}", "object": "charge", "customer": f"cus_old{c % customers:04d}",
+            "amount": 2900, "amount_captured": 2900, "amount_refunded": 0, "currency": "usd",
+            "status": "succeeded", "created": now - 10 * DAY + c * (10 * DAY // charges), "captured": True,
+            "refunded": False, "disputed": False, "livemode": False,
+        })
+    return objects
+
+
+async def stored_charges(store: RedisStore, customers: int) -> list[str]:
+    ids: list[str] = []
+    for n in range(customers):
+        objects = await store.get_objects(f"cus_old{n:04d}")
+        ids += [k for k, o in objects.items() if o.get("object") == "charge"]
+    return ids
+
+
+async def test_a_window_dense_with_recent_objects_is_split_and_every_object_stored_once(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore, clock: FixedClock
+) -> None:
+    sandbox.control.load(recent_charges(30, 450, clock.now))
+    charges = await listed(gateway, "charges")
+    # more fetch slots than windows: a slot is free whenever a window has read a full page
+    backfill = Backfill(gateway, store, windows=4, concurrency=32, clock=clock)
+    report = await backfill.run()
+
+    plan = await backfill.stored_plan()
+    assert plan is not None
+    states = await backfill.window_states()
+    extra = split_windows(states, plan.windows())
+    # the charges' one busy window gave its older part to windows of their own, fetched alongside
+    assert [w for w in extra if w.resource == "charges"], sorted(states)
+    assert all(states[w.key].done for w in extra)
+    assert report.fetched["charges"] == len(charges)  # none listed twice, none missed
+    stored = await stored_charges(store, 30)
+    assert sorted(stored) == sorted(c["id"] for c in charges if c["id"].startswith("ch_recent"))
+
+
+async def test_a_run_stopped_after_splitting_resumes_its_split_windows(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore, clock: FixedClock
+) -> None:
+    sandbox.control.load(recent_charges(30, 450, clock.now))
+    charges = [c["id"] for c in await listed(gateway, "charges") if c["id"].startswith("ch_recent")]
+    first = Backfill(gateway, store, windows=4, concurrency=32, clock=clock,
+                     observer=FailAfterCharges(sandbox, pages=2))
+    with pytest.raises(StripeUnavailableError):
+        await first.run()
+    sandbox.control.clear_faults()
+    plan = await first.stored_plan()
+    assert plan is not None
+    states = await first.window_states()
+    assert split_windows(states, plan.windows())  # it had split before it stopped
+
+    second = await Backfill(gateway, store, windows=4, concurrency=32, clock=clock).run(resume=True)
+    assert second.resumed
+    assert sorted(await stored_charges(store, 30)) == sorted(charges)
 
 
 async def test_resume_without_a_checkpoint_starts_a_new_run(
