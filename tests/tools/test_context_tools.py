@@ -9,6 +9,7 @@ import copy
 import json
 import socket
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from langchain_core.tools import BaseTool
 from billing.domain.models import BillingContext
 from billing.errors import ConfigurationError
 from bot.runtime import Runtime, load_settings, open_runtime
+from sandbox.preview import FINALIZE_DELAY
 from tests.cluster import RedisServer
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
@@ -89,7 +91,11 @@ async def test_jane_past_due_content_and_the_full_context_as_artifact(toolkit: B
     assert doc["recent_invoices"][0]["status"] == "open"
     events = doc["untrusted_customer_data"]["recent_events"]
     assert len(events) == 3 and "attempt 2, card declined" in events[0] and "next retry" in events[0]
-    assert doc["next_invoice"] == [{"amount": "29.00 USD", "date": doc["renewal_date"][:10]}]
+    # Stripe attempts the renewal invoice about an hour after the period ends (it finalizes then),
+    # so the next invoice's day is the renewal's, or the next one when the renewal is before midnight.
+    renewal = datetime.fromisoformat(doc["renewal_date"].replace("Z", "+00:00"))
+    attempt_day = (renewal + timedelta(seconds=FINALIZE_DELAY)).date().isoformat()
+    assert doc["next_invoice"] == [{"amount": "29.00 USD", "date": attempt_day}]
     assert "payment_method" not in content and "4242" not in content
     assert doc["routing"]["priority"] == "urgent" and doc["stale"] is False
     assert doc["untrusted_customer_data"]["plan"] == "Pro Monthly"
