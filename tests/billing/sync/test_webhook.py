@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -111,3 +112,33 @@ _json_values = st.recursive(
 def test_the_depth_scan_agrees_with_the_parsed_depth(value: Any, limit: int, ascii_only: bool) -> None:
     body = json.dumps(value, ensure_ascii=ascii_only).encode()
     assert nested_deeper_than(body, limit) == (_depth(value) > limit)
+
+
+async def test_concurrent_webhooks_are_each_answered_once_their_own_event_is_queued(
+    store: RedisStore,
+) -> None:
+    # Webhooks arriving while a write is in flight go out together in the next one (issue #11): each
+    # is still answered only once its own event is in the stream, and a request given up (the sender
+    # hung up) neither loses nor blocks the others'.
+    ingest = _ingest(store)
+    bodies = [sf.body_of(sf.event("customer.created", sf.customer(f"cus_C{n:03d}"), sf.T0 + n))
+              for n in range(120)]
+
+    reading = asyncio.Lock()  # one read of the stream at a time: the check, not the load, is the point
+
+    async def post(body: bytes) -> tuple[int, bool]:
+        result = await ingest.handle(body, sf.sign(body))
+        async with reading:
+            queued = {e[1][b"e"] for e in await store.client.xrange(store.stream_key)}
+        return result.status, body in queued
+
+    tasks = [asyncio.create_task(post(body)) for body in bodies]
+    given_up = tasks[10:20]
+    for task in given_up:
+        task.cancel()
+    answers = await asyncio.gather(*tasks, return_exceptions=True)
+    kept = [a for t, a in zip(tasks, answers, strict=True) if t not in given_up]
+    assert kept == [(200, True)] * 110
+    queued = [e[1][b"e"] for e in await store.client.xrange(store.stream_key)]
+    assert len(queued) == len(set(queued))  # each at most once
+    assert set(bodies) - set(queued) <= set(bodies[10:20])  # only a given-up request may be missing
