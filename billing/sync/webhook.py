@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-import stripe
+from stripe import SignatureVerificationError, WebhookSignature
 
 from billing.cache.connections import REDIS_ERRORS
 from billing.cache.store import RedisStore
@@ -106,10 +106,11 @@ class WebhookIngest:
             return WebhookResult(400, "The Stripe-Signature header is missing.", "rejected")
         try:
             text = body.decode("utf-8")
-            stripe.WebhookSignature.verify_header(text, signature, self.secret, self.tolerance)
+            # (names imported once: ``stripe.X`` goes through the SDK's lazy module __getattr__ per call)
+            WebhookSignature.verify_header(text, signature, self.secret, self.tolerance)
         except UnicodeDecodeError:
             return WebhookResult(400, "The body is not UTF-8 JSON.", "rejected")
-        except stripe.SignatureVerificationError:
+        except SignatureVerificationError:
             return WebhookResult(
                 400,
                 f"The Stripe-Signature does not match the body or is older than {self.tolerance} s.",
