@@ -71,6 +71,11 @@ class _WorkerCollector(Collector):
         )
 
 
+# The answers to Stripe's webhooks, encoded once (the same few bytes on every request).
+_RECEIVED = {outcome: JSONResponse({"received": True, "outcome": outcome}).body
+             for outcome in ("queued", "ignored")}
+
+
 class _TooSlow(Exception):
     """The sender did not finish its body within the time allowed."""
 
@@ -188,8 +193,14 @@ def build_asgi_app(
     if worker is not None:
         registry.register(_WorkerCollector(worker))
 
+    counters: dict[tuple[str, str], Any] = {}  # labels() locks and looks up on every call
+
     def received(outcome: str, event_type: str | None = None) -> None:
-        metrics.webhook_events.labels(event_type or "unknown", outcome).inc()
+        key = (event_type or "unknown", outcome)
+        counter = counters.get(key)
+        if counter is None:
+            counter = counters[key] = metrics.webhook_events.labels(*key)
+        counter.inc()
 
     async def stripe_webhook(request: Request) -> Response:
         length = request.headers.get("content-length")
@@ -208,6 +219,9 @@ def build_asgi_app(
         result = await ingest.handle(body, request.headers.get("stripe-signature"))
         received(result.outcome, result.event_type)
         if result.status == 200:
+            encoded = _RECEIVED.get(result.outcome)
+            if encoded is not None:
+                return Response(encoded, media_type="application/json")
             return JSONResponse({"received": True, "outcome": result.outcome})
         return JSONResponse({"error": result.message}, result.status)
 
