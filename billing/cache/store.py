@@ -187,6 +187,15 @@ class Namespace:
     async def delete(self, key: str) -> bool:
         return bool(await self.client.delete(key))
 
+    async def lrange(self, key: str, start: int, stop: int) -> list[str]:
+        """The list's items from ``start`` to ``stop`` (both included, negative from the end)."""
+        return [_text(item) or "" for item in await self.client.lrange(key, start, stop)]
+
+    def pipeline(self, *, transaction: bool) -> Pipeline | ClusterPipeline:
+        """A pipeline on the namespace's client: ``transaction=True`` for a WATCH/MULTI update of keys
+        that share one hash tag (one slot on a cluster), ``False`` to batch commands in a round trip."""
+        return self.client.pipeline(transaction=transaction)
+
 
 class _SharesLimits(Protocol):
     def share_limits(self, client: Any, key_prefix: str) -> None: ...

@@ -204,17 +204,15 @@ class SlackAlertPoster:
     ) -> None:
         key = message.idempotency_key(transition)
         record = message_key(self.namespace, key)
-        client = self.namespace.client
         for _round in range(_MAX_ROUNDS):
-            raw = await client.get(record)
-            if raw is None:
+            value = await self.namespace.get(record)
+            if value is None:
                 lease = self._lease()
-                if await client.set(record, lease, nx=True, ex=MESSAGE_KEY_TTL_SECONDS):
+                if await self.namespace.set(record, lease, nx=True, ex=MESSAGE_KEY_TTL_SECONDS):
                     await self._post(message, transition, key, record, lease,
                                      lambda: self._render(message, transition, rules, now, incident))
                     return
                 continue  # another poster leased it first: read what it wrote
-            value = _text(raw)
             if value.startswith("sent:"):
                 return
             leased_at, owner = _lease_parts(value)
@@ -261,8 +259,8 @@ class SlackAlertPoster:
             raise RuntimeError(f"chat.postMessage answered without a ts for {key}")
         now = self.clock()
         if not await self._mark(record, lease, message, transition, ts, now):
-            current = await self.namespace.client.get(record)
-            if current is None or not _text(current).startswith("sent:"):
+            current = await self.namespace.get(record)
+            if current is None or not current.startswith("sent:"):
                 log.warning("%s: posted as %s after its lease was taken over; Slack may show it twice",
                             key, ts)
 
@@ -315,7 +313,7 @@ class SlackAlertPoster:
         the value is then read and judged again, so ``holds`` always decides on what is really there.
         """
         for _attempt in range(_MAX_ROUNDS):
-            async with self.namespace.client.pipeline(transaction=True) as pipe:
+            async with self.namespace.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(key)
                     current = await pipe.get(key)

@@ -59,7 +59,7 @@ def recent_key(namespace: Namespace) -> str:
 
 async def open_incident(namespace: Namespace, customer_id: str) -> Incident | None:
     """The customer's open incident, or None."""
-    raw = await namespace.client.get(incident_key(namespace, customer_id))
+    raw = await namespace.get(incident_key(namespace, customer_id))
     return Incident.from_json(raw) if raw else None
 
 
@@ -71,7 +71,7 @@ async def recent_alerts(namespace: Namespace, limit: int = 10) -> list[dict[str,
     """
     if limit <= 0:
         return []
-    raws = await namespace.client.lrange(recent_key(namespace), 0, limit - 1)
+    raws = await namespace.lrange(recent_key(namespace), 0, limit - 1)
     out: list[dict[str, Any]] = []
     for raw in raws:
         try:
