@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sandbox.core import ACCOUNT_ID
+from tests.fakes.stripe_servers import HangingStripe
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
 
@@ -38,54 +37,6 @@ ASGI server, metrics, the Stripe SDK (a hit never asks Stripe) and the rules."""
 async def prefix(redis_url: str, key_prefix: str) -> AsyncIterator[str]:
     yield key_prefix
     await unlink_prefix(redis_url, key_prefix)
-
-
-class HangingStripe:
-    """A TCP server that accepts every connection, reads what is sent and never answers."""
-
-    def __init__(self) -> None:
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        self.connections = 0
-        self.received = bytearray()
-        self._held: list[socket.socket] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            self._held.append(conn)  # held open, never answered
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn: socket.socket) -> None:
-        try:
-            while chunk := conn.recv(65536):
-                self.received += chunk
-        except OSError:
-            pass
-
-    def __enter__(self) -> HangingStripe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        for conn in self._held:
-            conn.close()
-        self._listener.close()
-
-
-@pytest.fixture
-def hanging_stripe() -> Iterator[HangingStripe]:
-    with HangingStripe() as server:
-        yield server
 
 
 def billing(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

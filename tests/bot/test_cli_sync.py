@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from billing.cache.store import decode_context
 from billing.stripe.gateway import PERMISSIONS
 from bot.cli import build_cli
-from tests.bot.test_cli_start import HangingStripe
 from tests.cluster import free_port
+from tests.fakes.stripe_servers import HangingStripe
 from tests.fixtures_sandbox import SandboxHandle
 
 BILLING = Path(sys.executable).with_name("billing")
@@ -127,12 +127,6 @@ def test_serve_refuses_a_missing_or_malformed_webhook_secret(
     assert result.exit_code == 2
     message = one_sentence(result)
     assert named in message and SECRET_MARK not in result.output
-
-
-@pytest.fixture
-def hanging_stripe() -> Iterator[HangingStripe]:
-    with HangingStripe() as server:
-        yield server
 
 
 SIGNING = "0123456789abcdef0123456789abcdef"  # 32 characters, as Slack's are
