@@ -471,18 +471,24 @@ class RedisStore:
             by_version.setdefault(_snapshot_version(context), []).append(data)
         for version, datas in sorted(by_version.items()):
             await self.put_catalogue(datas, version)
+        ids = [str(data.customer["id"]) for data, _ in items]
+        # The objects replaced: what only they were indexed under (an email, an invoice) is removed.
         pipe = self.client.pipeline(transaction=False)
-        for data, context in items:
-            customer_id = str(data.customer["id"])
+        for customer_id in ids:
+            pipe.get(self.customer_key(customer_id, "objs"))
+        previous = [decode_objects(raw) for raw in await pipe.execute()]
+        pipe = self.client.pipeline(transaction=False)
+        for customer_id, (data, context), stored in zip(ids, items, previous, strict=True):
             version = _snapshot_version(context)
             objects = trim_invoices({str(o["id"]): with_version(o, version) for o in customer_objects(data)})
             pipe.set(self.customer_key(customer_id, "objs"), encode_objects(objects))
             pipe.delete(self.customer_key(customer_id, "stage"))
             pipe.set(self.customer_key(customer_id, "ctx"), encode_context(context))
-            self._queue_indexes(pipe, customer_id, data.customer.get("email"), None)
+            old_email = (stored.get(customer_id) or {}).get("email")
+            self._queue_indexes(pipe, customer_id, data.customer.get("email"), old_email)
         await pipe.execute()
-        for data, _ in items:
-            await self.update_refs(str(data.customer["id"]))
+        for customer_id, stored in zip(ids, previous, strict=True):
+            await self.update_refs(customer_id, stored.values())
 
     async def put_catalogue(self, datas: Iterable[CustomerData], version: Version) -> None:
         """Store the prices, products and coupons fetched with ``datas`` (a lookup's, a snapshot's)

@@ -99,6 +99,27 @@ async def test_a_backfill_page_staged_for_a_customer_is_read_where_newer_and_cle
     assert (await store.get_objects("cus_A"))["in_A"]["status"] == "void"
 
 
+async def test_saving_a_customer_again_drops_what_only_its_old_objects_were_indexed_under(
+    store: RedisStore,
+) -> None:
+    # ``save_customers`` (a lookup without ``fetched_at``, a backfill batch) replaces the objects whole:
+    # what only the replaced ones answered to must stop answering, as after the worker's saves.
+    first = _data()
+    await store.save_customers([(first, _context(first))])  # type: ignore[list-item]
+    assert await store.customer_ids_for_lookup("invoice", "in_A") == ["cus_A"]
+    assert await store.customer_ids_for_lookup("charge", "ch_A") == ["cus_A"]
+    assert await store.customer_ids_for_email("jane@acme.com") == ["cus_A"]
+
+    second = replace(first, customer=sf.customer(email="jane@new.example"), invoices=[sf.invoice("in_B")],
+                     charges=[])
+    await store.save_customer(second, _context(second))  # type: ignore[arg-type]
+    assert await store.customer_ids_for_lookup("invoice", "in_A") == []
+    assert await store.customer_ids_for_lookup("charge", "ch_A") == []
+    assert await store.customer_ids_for_lookup("invoice", "in_B") == ["cus_A"]
+    assert await store.customer_ids_for_email("jane@acme.com") == []
+    assert await store.customer_ids_for_email("jane@new.example") == ["cus_A"]
+
+
 async def test_links_are_set_and_removed(store: RedisStore) -> None:
     assert await store.linked_customer("U123") is None
     await store.link("U123", "cus_A")
