@@ -15,7 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 from billing.domain.models import Money
-from billing.domain.snapshot import StripeDict
+from billing.domain.snapshot import StripeDict, id_of
 
 COUNTED_STATUSES = frozenset({"active", "past_due"})
 _EMPTY: Mapping[str, StripeDict] = {}
@@ -591,12 +591,6 @@ def _add(totals: dict[str, Fraction], currency: str, amount: Fraction) -> None:
 # ---------------------------------------------------------------- LTV and renewal
 
 
-def _id(value: Any) -> str | None:
-    if isinstance(value, dict):
-        value = value.get("id")
-    return value if isinstance(value, str) else None
-
-
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
@@ -611,7 +605,7 @@ def compute_ltv(
     (each charge floored at 0), minus credit notes' out-of-band amounts, floored at 0 per currency."""
     lost: dict[str, int] = {}
     for dispute in disputes:
-        charge_id = _id(dispute.get("charge"))
+        charge_id = id_of(dispute.get("charge"))
         if dispute.get("status") == "lost" and charge_id is not None:
             lost[charge_id] = lost.get(charge_id, 0) + _int(dispute.get("amount"))
     totals: dict[str, int] = {}
@@ -622,7 +616,7 @@ def compute_ltv(
         captured = charge.get("amount_captured")
         if captured is None:  # slim or older objects: a captured charge captured its amount
             captured = charge.get("amount") if charge.get("captured", True) else 0
-        net = _int(captured) - _int(charge.get("amount_refunded")) - lost.get(_id(charge) or "", 0)
+        net = _int(captured) - _int(charge.get("amount_refunded")) - lost.get(id_of(charge) or "", 0)
         totals[currency] = totals.get(currency, 0) + max(0, net)
     for note in credit_notes:
         currency = _lower(note.get("currency"))
