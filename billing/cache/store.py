@@ -514,7 +514,11 @@ class RedisStore:
             if objects:
                 await self._put_newer(kind, objects, version)
 
-    async def _put_newer(self, kind: TenantKind, objects: Mapping[str, StripeDict], version: Version) -> None:
+    async def _put_newer(
+        self, kind: TenantKind, objects: Mapping[str, StripeDict], version: Version
+    ) -> dict[str, Decision]:
+        """Store each of ``objects`` (of one kind) where it is newer than the stored copy, in one
+        optimistic transaction (retried); what was decided for each object id."""
         key = self.tenant_key(kind)
         ids = sorted(objects)
         while True:
@@ -522,20 +526,22 @@ class RedisStore:
                 try:
                     await pipe.watch(key)
                     raws = await pipe.hmget(key, ids)
+                    decisions: dict[str, Decision] = {}
                     writes: dict[str, str] = {}
                     for object_id, raw in zip(ids, raws, strict=True):
                         stored = json.loads(raw) if raw is not None else None
-                        if decide(version_of(stored), version) != "apply":
+                        decisions[object_id] = decide(version_of(stored), version)
+                        if decisions[object_id] != "apply":
                             continue  # a newer (or same-second) stored version stays
                         obj = keep_included(objects[object_id], stored)
                         writes[object_id] = _dumps(with_version(obj, version))
                     if not writes:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
-                        return
+                        return decisions
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.hset(key, mapping={k: v for k, v in writes.items()})
                     await pipe.execute()
-                    return
+                    return decisions
                 except WatchError:
                     continue
 
@@ -663,25 +669,8 @@ class RedisStore:
     async def put_tenant_object(self, obj: StripeDict, version: Version) -> Decision:
         """Store a price, product or coupon if it is newer than the stored one (optimistic, retried)."""
         kind: TenantKind = _TENANT_KIND_OF[str(obj["object"])]  # type: ignore[assignment]
-        key = self.tenant_key(kind)
         object_id = str(obj["id"])
-        while True:
-            async with self.client.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.hget(key, object_id)
-                    stored = json.loads(raw) if raw is not None else None
-                    decision = decide(version_of(stored), version)
-                    if decision != "apply":
-                        await pipe.unwatch()  # type: ignore[no-untyped-call]
-                        return decision
-                    obj = keep_included(obj, stored)
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(key, object_id, _dumps(with_version(obj, version)))
-                    await pipe.execute()
-                    return "apply"
-                except WatchError:
-                    continue
+        return (await self._put_newer(kind, {object_id: obj}, version))[object_id]
 
     async def put_tenant_objects_if_missing(self, objects: Sequence[StripeDict], version: Version) -> None:
         """Prices carried inside a subscription event: stored only when the tenant has none yet."""
