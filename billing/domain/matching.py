@@ -103,6 +103,11 @@ def _describe(raw: str) -> str:
     return repr(shown)
 
 
+def _names_a_key(text: str, metadata_keys: Sequence[str]) -> bool:
+    typed_key = text.partition(":")[0].strip().lower()
+    return any(key.lower() == typed_key for key in metadata_keys)
+
+
 def _metadata_query(text: str, raw: str, metadata_keys: Sequence[str]) -> Query:
     """``key:value`` for a configured key, else one sentence saying what is accepted."""
     accepted = accepted_forms(metadata_keys)
@@ -153,7 +158,9 @@ def parse_query(raw: str, metadata_keys: Sequence[str] = ()) -> Query:
         return Query(kind="email", value=text)
     if _INVOICE_NUMBER.fullmatch(text):
         return Query(kind="invoice_number", value=text.upper())
-    if ":" in text and "@" not in text:
+    # A configured key before the colon makes it a metadata query whatever the value holds (an id of
+    # the operator's system may be an address); otherwise an "@" means a mistyped email.
+    if ":" in text and ("@" not in text or _names_a_key(text, metadata_keys)):
         return _metadata_query(text, raw, metadata_keys)
     if len(metadata_keys) == 1 and _BARE_VALUE.fullmatch(text):
         return Query(kind="metadata", value=text, key=metadata_keys[0])

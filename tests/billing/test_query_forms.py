@@ -51,6 +51,11 @@ TENANT = Tenant(account_id="acct_queryforms", livemode=False)
         ("1234", ("user_id",), Query("metadata", "1234", "user_id")),
         ("user_id:o'neil", ("user_id",), Query("metadata", "o'neil", "user_id")),
         ("jane@acme.com", ("user_id",), Query("email", "jane@acme.com")),
+        # A value of a configured key may hold an "@" (an id of the operator's system can be an address),
+        # and quotes cannot break out of it: Stripe is asked for the value exactly as typed.
+        ("user_id:jane@acme.com", KEYS, Query("metadata", "jane@acme.com", "user_id")),
+        ("Account_ID:ops@acme.com", KEYS, Query("metadata", "ops@acme.com", "account_id")),
+        ("user_id:' OR email:'x@y.com", KEYS, Query("metadata", "' OR email:'x@y.com", "user_id")),
     ],
 )
 def test_every_query_form_parses(raw: str, keys: tuple[str, ...], expected: Query) -> None:
@@ -72,6 +77,7 @@ def test_a_metadata_query_names_itself_as_key_and_value() -> None:
         ("1234", KEYS, "'1234' is not an email address, a Stripe id or an invoice number;"),
         ("1234", (), "'1234' is not an email address, a Stripe id or an invoice number;"),
         ("jane@acme", ("user_id",), "'jane@acme' is not an email address"),
+        ("team:a@b.com", KEYS, "'team:a@b.com' is not an email address, a Stripe id or an invoice number;"),
         ("sub_sched_1", (), "is not an email address, a Stripe id or an invoice number"),
         ("AB-1234", (), "is not an email address, a Stripe id or an invoice number"),
         ("0HIAXQK6-004", (), "is not an email address, a Stripe id or an invoice number"),
@@ -204,6 +210,21 @@ async def test_stripe_is_asked_with_its_own_query_syntax(
     sandbox.control.clear_requests()
     await service.lookup(ids["subscription"])
     assert _requests(sandbox)[0] == (f"/v1/subscriptions/{ids['subscription']}", "")
+
+
+async def test_a_metadata_value_cannot_change_which_customer_stripe_returns(
+    sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"user_id": "ops@acme.com"}})
+    service = BillingService(gateway, None, metadata_keys=KEYS)
+    found = await service.lookup("user_id:ops@acme.com")
+    assert found.customer is not None and found.customer.id == ids["customer"]
+    # Quotes closing the value and a clause of their own: still one value, which nobody has.
+    for hostile in ("user_id:' OR email:'jane@acme.com", "user_id:ops@acme.com' OR email:'jane@acme.com",
+                    'user_id:" OR metadata[\'user_id\']:"ops@acme.com', "user_id:OPS@ACME.COM"):
+        context = await service.lookup(hostile)
+        assert not context.found, hostile
 
 
 async def test_unknown_ids_and_numbers_are_not_found(sandbox: SandboxHandle, gateway: StripeGateway) -> None:
