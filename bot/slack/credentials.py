@@ -30,11 +30,23 @@ def _value(secret: SecretStr | None) -> str:
     return secret.get_secret_value() if secret is not None else ""
 
 
+def _clean(variable: str, value: str) -> str:
+    """``value`` when it is all printable ASCII without spaces, as Slack's tokens and secrets are: one
+    copied with its line's end (a mounted secret file) would fail every request's signature check or
+    every call's Authorization header, long after start-up."""
+    if all("!" <= ch <= "~" for ch in value):
+        return value
+    raise ConfigurationError(
+        f"{variable} has a space, line break or other character Slack's tokens and secrets never have; "
+        "set it to the value alone."
+    )
+
+
 def bot_token(settings: Settings) -> str:
     """``SLACK_BOT_TOKEN``, which must be a bot token (``xoxb-…``)."""
     token = _value(settings.slack_bot_token)
     if token.startswith(_BOT_PREFIXES):
-        return token
+        return _clean("SLACK_BOT_TOKEN", token)
     kind = next((kind for prefix, kind in _OTHER_TOKENS.items() if token.startswith(prefix)), None)
     said = "is empty" if not token else f"is {kind}" if kind else "is no bot token"
     raise ConfigurationError(f"SLACK_BOT_TOKEN {said}; use the app's bot token (xoxb-…) from {_OAUTH_PAGE}.")
@@ -50,7 +62,7 @@ def signing_secret(settings: Settings) -> str:
             f"SLACK_SIGNING_SECRET is {len(secret)} characters, shorter than Slack's "
             f"{SIGNING_SECRET_LENGTH}; copy it whole from {_BASIC_PAGE}."
         )
-    return secret
+    return _clean("SLACK_SIGNING_SECRET", secret)
 
 
 def app_token(settings: Settings) -> str:
@@ -61,7 +73,7 @@ def app_token(settings: Settings) -> str:
                                  "with the connections:write scope.")
     if not token.startswith("xapp-"):
         raise ConfigurationError(f"SLACK_APP_TOKEN must be an app-level token (xapp-…), from {_BASIC_PAGE}.")
-    return token
+    return _clean("SLACK_APP_TOKEN", token)
 
 
 def check_slack_settings(settings: Settings, *, socket_mode: bool) -> bool:

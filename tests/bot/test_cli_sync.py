@@ -148,9 +148,19 @@ SIGNING = "0123456789abcdef0123456789abcdef"  # 32 characters, as Slack's are
                                       "SLACK_APP_TOKEN": f"xoxb-{SECRET_MARK}"}, "SLACK_APP_TOKEN must be"),
         (["serve", "--socket-mode"], {"SLACK_APP_TOKEN": f"xapp-{SECRET_MARK}"}, "needs SLACK_BOT_TOKEN"),
         (["worker"], {"SLACK_BOT_TOKEN": f"xoxp-{SECRET_MARK}"}, "SLACK_BOT_TOKEN is a user token"),
+        # A value copied with its line's end (a mounted secret file) or a stray space: every Slack
+        # request would fail its signature check, every post its Authorization header.
+        (["serve"], {"SLACK_BOT_TOKEN": f"xoxb-{SECRET_MARK}", "SLACK_SIGNING_SECRET": SIGNING + "\n"},
+         "SLACK_SIGNING_SECRET has a space, line break or other character"),
+        (["serve"], {"SLACK_BOT_TOKEN": f"xoxb-{SECRET_MARK}\n", "SLACK_SIGNING_SECRET": SIGNING},
+         "SLACK_BOT_TOKEN has a space, line break or other character"),
+        (["worker"], {"SLACK_BOT_TOKEN": f"xoxb-{SECRET_MARK} x"}, "SLACK_BOT_TOKEN has a space"),
+        (["serve", "--socket-mode"], {"SLACK_BOT_TOKEN": f"xoxb-{SECRET_MARK}",
+                                      "SLACK_APP_TOKEN": f"xapp-{SECRET_MARK}\u00e9"}, "SLACK_APP_TOKEN has"),
     ],
     ids=["user-token", "app-token-as-bot", "no-signing-secret", "short-signing-secret", "socket-no-app-token",
-         "socket-bot-token-as-app", "socket-no-bot-token", "worker-user-token"],
+         "socket-bot-token-as-app", "socket-no-bot-token", "worker-user-token", "signing-secret-newline",
+         "bot-token-newline", "worker-bot-token-space", "socket-app-token-non-ascii"],
 )
 def test_a_wrong_slack_setting_is_one_sentence_before_stripe_is_asked(
     redis_url: str, key_prefix: str, hanging_stripe: HangingStripe, command: list[str],
