@@ -241,8 +241,10 @@ class BillingService:
         if parsed.kind in OTHER_ID_KINDS:
             reader = _lookup_reader(store)
             ids = await reader.customer_ids_for_lookup(parsed.kind, parsed.text) if reader else []
-            found = [await store.get_context(customer_id) for customer_id in ids]
-            return self._choose_by_other_id(parsed, [c for c in found if c is not None])
+            indexed = [await store.get_context(customer_id) for customer_id in ids]
+            found = [c for c in indexed if c is not None]
+            uncached = await self._uncached_sharers(store, parsed, found)
+            return self._choose_by_other_id(parsed, found, uncached)
         contexts: list[BillingContext] = []
         for customer_id in await store.customer_ids_for_email(parsed.value):
             context = await store.get_context(customer_id)
@@ -250,23 +252,50 @@ class BillingService:
                 contexts.append(context)
         return self._choose(parsed, link, contexts)
 
+    async def _uncached_sharers(
+        self, store: ContextStore, parsed: Query, stored: Sequence[BillingContext]
+    ) -> list[OtherCustomer]:
+        """The customers a cached metadata answer named as sharing the value (its ``other_customers``,
+        when it was built by this very query) that are not cached: a lookup from Stripe builds only
+        the first, and the cached answer must still say that others share the value. One cached since
+        answers for itself: through the index while it has the value, not at all once it has not."""
+        if parsed.kind != "metadata":
+            return []
+        known = {c.customer.id for c in stored if c.customer is not None}
+        out: dict[str, OtherCustomer] = {}
+        for context in stored:
+            if context.query != parsed.text or not _still_matches(parsed, context):
+                continue
+            for other in context.other_customers:
+                if other.id in known or other.id in out:
+                    continue
+                if await store.get_context(other.id) is None:
+                    out[other.id] = other
+        return list(out.values())
+
     def _choose_by_other_id(
-        self, parsed: Query, stored: Sequence[BillingContext]
+        self, parsed: Query, stored: Sequence[BillingContext], uncached: Sequence[OtherCustomer] = (),
     ) -> BillingContext | None:
         """The cached answer to a lookup by another id: the customers indexed under it that still
-        match, ranked as Stripe's answer would be (several customers may share a metadata value)."""
+        match, ranked as Stripe's answer would be (several customers may share a metadata value),
+        with those only named by a cached answer (``uncached``); None when one of those ranks first."""
         by_id = {
             c.customer.id: c for c in stored
             if c.found and c.customer is not None and _still_matches(parsed, c)
         }
         if not by_id:
             return None
-        ranked = [str(d["id"]) for d in rank_customers([_as_ranking_dict(c) for c in by_id.values()])]
+        named = {o.id: o for o in uncached if o.id not in by_id}
+        candidates = [_as_ranking_dict(c) for c in by_id.values()]
+        candidates += [_other_as_ranking_dict(o) for o in named.values()]
+        ranked = [str(d["id"]) for d in rank_customers(candidates)]
+        if ranked[0] not in by_id:
+            return None  # the best candidate is not cached: Stripe's answer builds (and caches) it
         return by_id[ranked[0]].model_copy(update={
             "query": parsed.text,
             "match": _by_other_id(parsed),
             "source": "cache",
-            "other_customers": [_as_other(by_id[i]) for i in ranked[1:]],
+            "other_customers": [_as_other(by_id[i]) if i in by_id else named[i] for i in ranked[1:]],
         })
 
     def _choose(

@@ -411,6 +411,28 @@ async def test_an_index_entry_older_than_the_metadata_is_not_believed(
     assert not context.found and sandbox.control.requests() != []  # Stripe was asked, and is right
 
 
+async def test_a_cached_metadata_answer_still_names_the_customers_sharing_the_value(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"user_id": "shared-7"}})
+    twin = sf.customer(cid="cus_Twin", email="twin@acme.com", metadata={"user_id": "shared-7"})
+    sandbox.control.load([twin])
+    service = BillingService(gateway, store, metadata_keys=KEYS)
+    cold = await service.lookup("user_id:shared-7")  # Jane is built and cached, her twin only named
+    assert cold.source == "stripe" and [o.id for o in cold.other_customers] == ["cus_Twin"]
+    sandbox.control.clear_requests()
+    cached = await service.lookup("user_id:shared-7")
+    assert cached.source == "cache" and sandbox.control.requests() == []
+    assert cached.customer is not None and cached.customer.id == ids["customer"]
+    assert [o.id for o in cached.other_customers] == ["cus_Twin"]  # "others share this user_id"
+    # Once the twin is cached with another value, it no longer shares this one.
+    sandbox.control.update("cus_Twin", {"metadata": {"user_id": "other"}})
+    await service.lookup("cus_Twin")
+    again = await service.lookup("user_id:shared-7")
+    assert again.source == "cache" and again.other_customers == []
+
+
 async def test_forgetting_a_customer_takes_it_out_of_the_index(
     sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
 ) -> None:
