@@ -18,7 +18,7 @@ from typing import Any, cast
 from billing.cache.connections import REDIS_ERRORS
 from billing.domain.builder import build_context, other_customer
 from billing.domain.lifecycle import most_urgent_status
-from billing.domain.matching import Query, parse_query, rank_customers
+from billing.domain.matching import Query, bare_metadata_query, parse_query, rank_customers
 from billing.domain.models import BillingContext, Match, MatchMethod, OtherCustomer
 from billing.domain.snapshot import StripeDict
 from billing.errors import StoreUnavailableError, StripeUnavailableError
@@ -166,8 +166,21 @@ class BillingService:
         return parse_query(query, self.metadata_keys)
 
     async def lookup(self, query: str, *, refresh: bool = False) -> BillingContext:
-        """The customer's BillingContext, or ``BillingContext.not_found``; raises BadQueryError first."""
+        """The customer's BillingContext, or ``BillingContext.not_found``; raises BadQueryError first.
+
+        A bare value read as an invoice number or a Stripe id that finds nobody is tried as the one
+        metadata key too (``bare_metadata_query``); not found, the answer names the query as read."""
         parsed = self.parse(query)
+        context = await self._lookup(parsed, refresh=refresh)
+        if context.found:
+            return context
+        alternative = bare_metadata_query(query, self.metadata_keys)
+        if alternative is None:
+            return context
+        by_metadata = await self._lookup(alternative, refresh=refresh)
+        return by_metadata if by_metadata.found else context
+
+    async def _lookup(self, parsed: Query, *, refresh: bool) -> BillingContext:
         if refresh:
             link, cached = await self._manual_link(parsed), None
         else:

@@ -169,6 +169,26 @@ def parse_query(raw: str, metadata_keys: Sequence[str] = ()) -> Query:
     )
 
 
+_LOOKALIKES = frozenset({"invoice_number", "subscription", "invoice", "charge", "payment_intent"})
+
+
+def bare_metadata_query(raw: str, metadata_keys: Sequence[str]) -> Query | None:
+    """The reading of a bare value as the one metadata key, when ``parse_query`` took it for an invoice
+    number or a Stripe id (the operator's ids may look like one: ``ACC-1234``, ``in_progress``); a
+    lookup that finds nobody that way tries this. None with several keys (a bare value names no key),
+    for ``key:value``, an email or a ``cus_`` id."""
+    if len(metadata_keys) != 1:
+        return None
+    try:
+        parsed = parse_query(raw, metadata_keys)
+    except BadQueryError:
+        return None
+    text = _strip_wrappers(raw)
+    if parsed.kind not in _LOOKALIKES or not _BARE_VALUE.fullmatch(text):
+        return None
+    return Query(kind="metadata", value=text, key=metadata_keys[0])
+
+
 _MATCHED_BY = {
     "subscription": "subscription", "invoice": "invoice", "invoice_number": "invoice",
     "charge": "charge", "payment_intent": "payment intent",

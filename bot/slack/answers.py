@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from billing.cache.audit import Surface
+from billing.domain.matching import bare_metadata_query
 from billing.domain.models import BillingContext
 from billing.errors import BadQueryError, StoreUnavailableError, StripeUnavailableError
 from billing.service import STRIPE_NEEDED
@@ -41,11 +42,15 @@ _TRIED_BY_ID = {
 
 
 def _tried(deps: SlackDeps, query: str) -> list[str]:
+    service = deps.runtime.service
     try:
-        kind = deps.runtime.service.parse(query).kind
+        kind = service.parse(query).kind
     except BadQueryError:  # a not-found context's query was parsed once already; never expected
         kind = "email"
-    return _TRIED_BY_ID.get(kind, ["manual links", "exact email", "lower-cased email", "Stripe search"])
+    tried = _TRIED_BY_ID.get(kind, ["manual links", "exact email", "lower-cased email", "Stripe search"])
+    if kind != "metadata" and bare_metadata_query(query, service.metadata_keys) is not None:
+        tried = [*tried, *_TRIED_BY_ID["metadata"]]  # the service tried it as the one metadata key too
+    return tried
 
 
 def evaluation_for(deps: SlackDeps, context: BillingContext, now: datetime) -> RuleEvaluation | None:

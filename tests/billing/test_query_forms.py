@@ -15,6 +15,7 @@ from billing.cache.connections import open_redis
 from billing.cache.store import RedisStore
 from billing.config import Settings
 from billing.domain.matching import Query, matched_by, parse_query
+from billing.domain.models import Match
 from billing.errors import BadQueryError, ConfigurationError
 from billing.ports import Tenant, Transition
 from billing.service import BillingService
@@ -225,6 +226,24 @@ async def test_a_metadata_value_cannot_change_which_customer_stripe_returns(
                     'user_id:" OR metadata[\'user_id\']:"ops@acme.com', "user_id:OPS@ACME.COM"):
         context = await service.lookup(hostile)
         assert not context.found, hostile
+
+
+async def test_a_bare_value_shaped_like_an_invoice_number_or_id_is_also_tried_as_the_one_key(
+    sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    ids = await _jane_ids(gateway)
+    one_key = BillingService(gateway, None, metadata_keys=("user_id",))
+    for value in ("Acc-1234", "in_progress"):  # read first as an invoice number, an invoice id
+        sandbox.control.update(ids["customer"], {"metadata": {"user_id": value}})
+        context = await one_key.lookup(value)
+        assert context.customer is not None and context.customer.id == ids["customer"], value
+        assert context.match is not None and context.match.method == "metadata"
+        assert context.query == f"user_id:{value}"
+    # What it looks like still comes first; with two keys a bare value names no key.
+    assert (await one_key.lookup(JANE_NUMBER)).match == Match(method="invoice_number", confidence="exact")
+    assert not (await BillingService(gateway, None, metadata_keys=KEYS).lookup("in_progress")).found
+    nobody = await one_key.lookup("ZZZZ-9999")
+    assert nobody.to_json_dict() == {"found": False, "query": "ZZZZ-9999"}
 
 
 async def test_unknown_ids_and_numbers_are_not_found(sandbox: SandboxHandle, gateway: StripeGateway) -> None:

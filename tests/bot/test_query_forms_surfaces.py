@@ -142,6 +142,14 @@ async def test_slash_billing_bad_form_and_not_found_are_sentences(harness: Slack
     assert "user_id: needs a value after the colon" in bad and "Jane" not in bad
     missing = await _card(harness, "ZZZZ-9999", "missing")
     assert "No Stripe customer found for ZZZZ-9999" in missing and "Stripe invoice search" in missing
+    # With one metadata key, a bare value that looks like a number was also tried as a user_id.
+    assert "Stripe customer search by metadata" in missing
+
+
+async def test_slash_billing_finds_a_bare_user_id_shaped_like_a_number(harness: SlackHarness) -> None:
+    _set_jane_user_id(harness.sandbox, "ACC-1001")
+    card = await _card(harness, "ACC-1001", "lookalike")
+    assert "Jane Doe" in card and "Matched by metadata user_id ACC-1001" in card
 
 
 # ---- the LLM tools ----------------------------------------------------------------------------------
