@@ -18,8 +18,10 @@ ACCEPTED_FORMS = (
     "give an email (jane@acme.com or <mailto:jane@acme.com|jane@acme.com>), a Stripe id (cus_…, sub_…, "
     "in_…, ch_…, pi_…) or an invoice number as printed (0HIAXQK6-0004)"
 )
-MAX_QUERY_LENGTH = 512
 MAX_METADATA_VALUE = 500  # Stripe's limit on a metadata value
+# The longest query Stripe's data can call for: a 40-character metadata key, its colon and a value of
+# MAX_METADATA_VALUE, with room for the spaces and quotes people paste around it (an email is shorter).
+MAX_QUERY_LENGTH = 600
 
 # Lenient on purpose: Stripe stores whatever address the merchant gave it, so we accept any
 # dot-atom local part (RFC 5322 atext, Unicode letters too) and a dotted domain, never whitespace.

@@ -63,6 +63,13 @@ def test_every_query_form_parses(raw: str, keys: tuple[str, ...], expected: Quer
     assert parse_query(raw, keys) == expected
 
 
+def test_the_longest_metadata_key_and_value_stripe_allows_make_a_query() -> None:
+    key, value = "k" * 40, "v" * 500  # Stripe's limits: 40-character keys, 500-character values
+    assert parse_query(f"{key}: {value} ", (key,)) == Query("metadata", value, key)
+    with pytest.raises(BadQueryError, match="at most 500 characters"):
+        parse_query(f"{key}:{value}v", (key,))
+
+
 def test_a_metadata_query_names_itself_as_key_and_value() -> None:
     assert parse_query("user_id:1234", KEYS).text == "user_id:1234"
     assert parse_query("1234", ("user_id",)).text == "user_id:1234"
