@@ -170,8 +170,14 @@ class LookupIndex:
     async def forget(self, customer_id: str, objects: Iterable[StripeDict]) -> int:
         """Take the customer out of what its stored ``objects`` are indexed under; how many it left."""
         keys = index_keys(objects, self.metadata_keys)
-        if not keys:
-            return 0
-        pipe = self.client.pipeline(transaction=False)
-        self._queue(pipe, customer_id, (), keys)
-        return sum(int(n) for n in await pipe.execute())
+        touched = 0
+        if keys:
+            pipe = self.client.pipeline(transaction=False)
+            self._queue(pipe, customer_id, (), keys)
+            touched = sum(int(n) for n in await pipe.execute())
+        # A value set under a key no longer in BILLING_MATCH_METADATA_KEYS, or one the stored objects no
+        # longer show, still ties the operator's id to the customer: forgetting scans every metadata
+        # set (an operator's command, not a request path).
+        async for key in self.client.scan_iter(match=self._key_of("find:metadata:*"), count=500):
+            touched += int(await self.client.srem(key, customer_id))
+        return touched

@@ -459,6 +459,22 @@ async def test_a_cached_metadata_answer_still_names_the_customers_sharing_the_va
     assert again.source == "cache" and again.other_customers == []
 
 
+async def test_forgetting_leaves_no_metadata_value_naming_the_customer(
+    sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
+) -> None:
+    ids = await _jane_ids(gateway)
+    sandbox.control.update(ids["customer"], {"metadata": {"user_id": "1001", "account_id": "acct-9"}})
+    await BillingService(gateway, store, metadata_keys=KEYS).lookup("user_id:1001")
+    # An entry her stored objects no longer show (a value changed while no worker ran, say).
+    await store.client.sadd(store.lookup.key("metadata:user_id:0999"), ids["customer"])
+    # The operator has since dropped account_id from BILLING_MATCH_METADATA_KEYS, then forgets her.
+    narrower = RedisStore(store.client, TENANT, prefix=store.prefix.split(":")[0], metadata_keys=("user_id",))
+    assert narrower.lookup.key("metadata:user_id:1001") == store.lookup.key("metadata:user_id:1001")
+    await narrower.forget_customer(ids["customer"])
+    left = [k async for k in store.client.scan_iter(match=store.tenant_key("find:metadata:*"))]
+    assert left == []
+
+
 async def test_forgetting_a_customer_takes_it_out_of_the_index(
     sandbox: SandboxHandle, gateway: StripeGateway, store: RedisStore
 ) -> None:
