@@ -15,7 +15,7 @@ from billing.cache.store import SyncHealth
 from billing.config import Settings
 from billing.errors import ConfigurationError, StoreUnavailableError
 from billing.sync.worker import EventWorker
-from bot.alerts import build_notifier
+from bot.alerts import build_notifier, build_scheduler
 from bot.cli_support import handles_errors, run_async
 from bot.runtime import load_settings, open_runtime
 from bot.slack.credentials import bot_token, check_slack_settings
@@ -60,7 +60,8 @@ async def _serve(settings: Settings, host: str, port: int, with_worker: bool, so
         runtime.rules()  # a bad rules file is one sentence now, not at the first alert
         slack_client = slack_web_client(settings) if slack_on else None
         notifier = build_notifier(runtime, slack_client=slack_client)
-        worker = EventWorker(store, runtime.gateway, notifier) if with_worker else None
+        worker = EventWorker(store, runtime.gateway, notifier,
+                             scheduler=build_scheduler(store, runtime.rules)) if with_worker else None
         slack_app = None
         handler = None
         slack_status: Any = None
@@ -108,7 +109,8 @@ async def _work(settings: Settings) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        await EventWorker(runtime.store, runtime.gateway, notifier).run(stop)
+        scheduler = build_scheduler(runtime.store, runtime.rules)
+        await EventWorker(runtime.store, runtime.gateway, notifier, scheduler=scheduler).run(stop)
 
 
 async def _status(settings: Settings) -> SyncHealth:

@@ -3,13 +3,15 @@
 A Stripe sandbox in-process, the cache in memory (``memory://``), Slack drawn on the console: a
 backfill with its progress bar, three customers' cards, ``/billing`` through the real Slack handler
 with a signed request, a subscription going ``past_due`` with its signed webhook through the real
-endpoint and worker, the alert with priority and tags, the recovery in its thread, the AI tool's
-content and the routing result; then what to do to connect real Stripe and Slack.
+endpoint and worker, the alert with priority and tags, the recovery in its thread, the worker's
+renewal and trial reminders, the AI tool's content and the routing result; then what to do to connect
+real Stripe and Slack.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import socket
 import time
@@ -25,7 +27,7 @@ from rich.panel import Panel
 from billing.domain.models import BillingContext
 from billing.sync.backfill import Backfill
 from billing.sync.worker import EventWorker
-from bot.alerts import build_notifier
+from bot.alerts import build_notifier, build_scheduler
 from bot.asgi import build_asgi_app
 from bot.runtime import Runtime, load_settings, open_runtime
 from bot.slack.app import build_slack_app, slack_web_client
@@ -164,6 +166,7 @@ class Story:
             async with httpx.AsyncClient(base_url=base, timeout=30) as http:
                 await self._slash_command(http, base)
                 await self._incident(runtime, control)
+            await self._reminders(runtime, worker)
             await self._tool(runtime)
         finally:
             server.should_exit = True
@@ -198,6 +201,24 @@ class Story:
         self.step("In Stripe: BigCo pays; the recovery is a reply in the alert's thread")
         await asyncio.to_thread(control.set_subscription_status, sub_id, "active")
         await _until(lambda: any(m.get("thread_ts") for m in self.slack.posted), "the recovery reply")
+
+    def _posted(self, transition: str) -> bool:
+        for message in self.slack.posted:
+            metadata = message.get("metadata") or {}
+            if isinstance(metadata, str):
+                metadata = json.loads(metadata)
+            if (metadata.get("event_payload") or {}).get("transition") == transition:
+                return True
+        return False
+
+    async def _reminders(self, runtime: Runtime, worker: EventWorker) -> None:
+        assert runtime.store is not None
+        self.step("The worker's scheduler: Renewal Yearly Ltd renews in 5 days, a trial ends in 2; the rules "
+                  "remind 7 and 3 days ahead, once per period (no Stripe event needed)")
+        # Started here rather than with the worker, so the reminders come after the story above.
+        worker.scheduler = build_scheduler(runtime.store, runtime.rules)
+        await _until(lambda: self._posted("subscription.renewal_upcoming"), "the renewal reminder")
+        await _until(lambda: self._posted("subscription.trial_ending"), "the trial reminder")
 
     async def _tool(self, runtime: Runtime) -> None:
         from tools.context_tools import BillingTools

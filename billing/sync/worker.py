@@ -34,7 +34,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import stripe
 from redis.exceptions import WatchError
@@ -74,6 +74,9 @@ from billing.stripe.slim import (
     without_version,
 )
 from billing.sync.transitions import Facts, Found, diff_contexts, diff_facts, facts_of, facts_of_data
+
+if TYPE_CHECKING:
+    from billing.sync.scheduler import ReminderScheduler
 
 log = logging.getLogger("billing.sync.worker")
 PINNED_API_VERSION: str = stripe.api_version
@@ -189,6 +192,8 @@ class EventWorker:
     last_batch_at: float | None = None
     last_sweep_at: float | None = None
     _last_claim: float = 0.0
+    # Renewal and trial reminders (billing.sync.scheduler), ticked by ``run`` between batches.
+    scheduler: ReminderScheduler | None = None
 
     # ---- the loop -------------------------------------------------------------------------
     async def ensure_group(self) -> None:
@@ -207,6 +212,8 @@ class EventWorker:
                 await self.run_once()
                 if self.last_sweep_at is None or time.time() - self.last_sweep_at >= self.sweep_interval:
                     await self.sweep()
+                if self.scheduler is not None:
+                    await self.scheduler.maybe_tick()
                 backoff = 0.1
             except REDIS_ERRORS as exc:
                 log.warning("worker waiting for Redis: %s", type(exc).__name__)

@@ -3,8 +3,8 @@
 ``SlackAlertPoster`` is the ``billing.ports.Notifier`` that ``billing serve`` and ``billing worker`` run
 with when Slack is configured (``bot.alerts.build_notifier``):
 
-- A transition for which the rules' alerts fire (``rules.alerts_for``) is a top-level message in the
-  alert's channel, carrying the priority and tags of ``evaluate_rules`` and a card summary
+- A transition for which the rules' alerts fire (``bot.alerts.transition_alerts``) is a top-level
+  message in the alert's channel, carrying the priority and tags of ``evaluate_rules`` and a card summary
   (``cards.alert_message``). A ``subscription.past_due`` message opens the customer's INCIDENT.
 - While an incident is open, the customer's later transitions (a failed retry, another past due, the
   recovery, the cancellation) are replies in its thread (``cards.thread_reply``); a recovery or a
@@ -54,9 +54,10 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from billing.cache.store import Namespace
 from billing.ports import NotifyLater, Transition
+from bot.alerts import transition_alerts
 from bot.slack import cards
 from bot.slack.incidents import Incident, incident_key, message_key, open_incident, queue_recent
-from rules import AlertMatch, RulesFile, alerts_for
+from rules import AlertMatch, RulesFile
 from rules.evaluator import evaluate_rules
 
 log = logging.getLogger("billing.alerts")
@@ -184,7 +185,7 @@ class SlackAlertPoster:
         """
         now = self.clock()
         rules = self._rules()
-        fired = alerts_for(transition.name, transition.context, rules, now)
+        fired = transition_alerts(transition, rules, now)
         log.info("transition %s customer=%s object=%s: %d alert(s)", transition.name, transition.customer_id,
                  transition.object_id, len(fired))
         incident = await open_incident(self.namespace, transition.customer_id)
@@ -368,8 +369,10 @@ class SlackAlertPoster:
         evaluation = evaluate_rules(context, rules, now)
         reasons = list(message.alert.reasons) if message.alert is not None else []
         reasons += [f"{m.rule}: {'; '.join(m.reasons)}" for m in evaluation.matched]
+        reminded = transition.object_id if transition.days_before is not None else None
         return cards.alert_message(context, transition=transition.name, priority=evaluation.actions.priority,
-                                   tags=evaluation.actions.tags, reasons=reasons, now=now)
+                                   tags=evaluation.actions.tags, reasons=reasons, now=now,
+                                   subscription_id=reminded)
 
 
 def _in_trouble(transition: Transition) -> bool:
