@@ -146,6 +146,24 @@ def account_named_in(message: str) -> str | None:
     return found.group(1) if found else None
 
 
+_OTHER_MODE = re.compile(r"a similar object exists in (live|test) mode")
+
+
+def _refuse_other_mode(err: stripe.InvalidRequestError, what: str, object_id: str) -> None:
+    """Raise BadQueryError when Stripe's 404 says the id exists in the other mode ("No such customer:
+    'cus_1'; a similar object exists in live mode, but a test mode key was used …"): the object is
+    there, under the other key, and "not found" would say it is not."""
+    found = _OTHER_MODE.search(str(err.user_message or err))
+    if found is None:
+        return
+    mode = found.group(1)
+    key_mode = "test" if mode == "live" else "live"
+    raise BadQueryError(
+        f"{object_id} is a {mode}-mode {what} and STRIPE_API_KEY is a {key_mode}-mode key; look it up "
+        f"with a {mode}-mode key."
+    )
+
+
 def _permission_sentence(missing: Iterable[str], resources: Iterable[str]) -> str:
     names = sorted(set(missing))
     what = ", ".join(sorted({r.replace("_", " ") for r in resources}))
@@ -904,6 +922,7 @@ class StripeGateway:
             )
         except stripe.InvalidRequestError as err:
             if err.http_status == 404:
+                _refuse_other_mode(err, what, object_id)
                 return None
             raise
         except stripe.PermissionError as err:

@@ -263,6 +263,27 @@ async def test_unknown_ids_and_numbers_are_not_found(sandbox: SandboxHandle, gat
     assert statuses["/v1/payment_intents/pi_NoSuch"] == 404
 
 
+async def test_an_id_of_the_other_mode_is_one_sentence_saying_so(
+    sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    # Stripe's 404 says when the id exists in the other mode; "not found" would send the agent
+    # looking for a customer that is there, under the other key.
+    live_customer = sf.customer(cid="cus_LiveOnly", email="live@acme.com", livemode=True)
+    sandbox.control.load([
+        live_customer, sf.subscription(sid="sub_LiveOnly", cid="cus_LiveOnly", livemode=True),
+        sf.invoice(iid="in_LiveOnly", cid="cus_LiveOnly", livemode=True),
+    ])
+    service = BillingService(gateway, None, metadata_keys=KEYS)
+    for query, what in (("sub_LiveOnly", "subscription"), ("in_LiveOnly", "invoice")):
+        with pytest.raises(BadQueryError) as info:
+            await service.lookup(query)
+        message = str(info.value)
+        assert message == (
+            f"{query} is a live-mode {what} and STRIPE_API_KEY is a test-mode key; look it up with a "
+            "live-mode key."
+        )
+
+
 async def test_sandbox_answers_unknown_ids_as_stripe_does(sandbox: SandboxHandle) -> None:
     import httpx
 
