@@ -322,7 +322,8 @@ def test_default_rules_file_ships_the_three_product_rules_and_the_alerts() -> No
 def test_default_rules_load_without_the_alert_channel_and_the_alert_is_off() -> None:
     rules = load_rules(default_rules_path(), env={})
     assert [(a.on, a.channel) for a in rules.alerts] == [
-        ("subscription.past_due", ""), ("subscription.renewal_upcoming", ""), ("subscription.trial_ending", ""),
+        ("subscription.past_due", ""), ("subscription.renewal_upcoming", ""),
+        ("subscription.trial_ending", ""),
     ]
     assert rules.lead_times() == {}  # no alert is on: the scheduler reminds of nothing
     past_due = BillingContext(found=True, query="q", status="past_due")
