@@ -128,6 +128,10 @@ def _metadata_query(text: str, raw: str, metadata_keys: Sequence[str]) -> Query:
         raise BadQueryError(
             f"{_describe(typed_key)} is not a metadata key lookups use (they use {known}); {accepted}."
         )
+    # Quotes pasted around the value, or Slack's <mailto:…|…> around an address, are not part of it.
+    value = _strip_wrappers(value)
+    if value[:7].lower() == "mailto:":
+        value = _strip_wrappers(_mailto_address(value[7:]))
     if not value:
         raise BadQueryError(f"{key}: needs a value after the colon, e.g. {key}:1234; {accepted}.")
     if len(value) > MAX_METADATA_VALUE or not value.isprintable():

@@ -57,6 +57,10 @@ TENANT = Tenant(account_id="acct_queryforms", livemode=False)
         ("user_id:jane@acme.com", KEYS, Query("metadata", "jane@acme.com", "user_id")),
         ("Account_ID:ops@acme.com", KEYS, Query("metadata", "ops@acme.com", "account_id")),
         ("user_id:' OR email:'x@y.com", KEYS, Query("metadata", "' OR email:'x@y.com", "user_id")),
+        # Slack's formatting of an address, and quotes pasted around a value, are not part of it.
+        ("user_id:<mailto:ops@acme.com|ops@acme.com>", KEYS, Query("metadata", "ops@acme.com", "user_id")),
+        ('user_id: "1234"', KEYS, Query("metadata", "1234", "user_id")),
+        ("user_id:`o'neil`", KEYS, Query("metadata", "o'neil", "user_id")),
     ],
 )
 def test_every_query_form_parses(raw: str, keys: tuple[str, ...], expected: Query) -> None:
