@@ -29,7 +29,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_validate_the_packaged_default(env: None) -> None:
     result = runner.invoke(build_cli(), ["rules", "validate"])
     assert result.exit_code == 0, result.output
-    assert result.stdout == "ok: 3 rules, 1 alerts\n"
+    assert result.stdout == "ok: 3 rules, 3 alerts\n"  # past_due, yearly renewal, trial ending
 
 
 def test_validate_follows_billing_rules_file(
