@@ -39,7 +39,7 @@ import json
 import logging
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
@@ -52,6 +52,7 @@ from billing.cache.audit import AuditLog
 from billing.cache.backfill_state import BackfillState
 from billing.cache.connections import REDIS_ERRORS, RedisClient, open_redis
 from billing.cache.dedupe import DEDUP_TTL_SECONDS, Dedupe
+from billing.cache.event_timeline import TIMELINE_PART, decode_entries
 from billing.cache.lookup_index import LookupIndex
 from billing.cache.outbox import Outbox, Outboxes
 from billing.cache.reminder_state import ReminderState
@@ -629,14 +630,16 @@ class RedisStore:
         while True:
             async with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(objs_key, stage_key)
+                    await pipe.watch(objs_key, stage_key, self.customer_key(customer_id, TIMELINE_PART))
                     stored = decode_objects(await pipe.get(objs_key))
                     merged = _with_staged(dict(stored), await pipe.hgetall(stage_key))
                     data = await self.load_customer_data(customer_id, merged)
                     if data is None:
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return False
-                    context = build(data)
+                    # The timeline entries only webhook events gave stay in the rebuilt context.
+                    history = decode_entries(await pipe.get(self.customer_key(customer_id, TIMELINE_PART)))
+                    context = build(replace(data, event_entries=[e.to_timeline() for e in history]))
                     kept = trim_invoices(merged)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     pipe.set(objs_key, encode_objects(kept))
@@ -755,7 +758,8 @@ class RedisStore:
         """Forget a customer. With the deletion's ``version``, a tombstone is kept in its objects for
         ``TOMBSTONE_TTL_SECONDS`` so that a late, older event does not bring the customer back."""
         objs_key = self.customer_key(customer_id, "objs")
-        others = (self.customer_key(customer_id, "ctx"), self.customer_key(customer_id, "stage"))
+        others = (self.customer_key(customer_id, "ctx"), self.customer_key(customer_id, "stage"),
+                  self.customer_key(customer_id, TIMELINE_PART))
         previous = decode_objects(await self.client.get(objs_key))
         if version is None:
             await self.client.delete(objs_key, *others)

@@ -174,6 +174,22 @@ def _plan_name(terms: PriceTerms, item: StripeDict, products: Mapping[str, Strip
     return terms.id
 
 
+def main_item(
+    subscription: StripeDict, prices: Mapping[str, StripeDict]
+) -> tuple[StripeDict, PriceTerms] | None:
+    """The item that names the subscription and its price's terms."""
+    return _main_item(subscription, prices)
+
+
+def plan_name(
+    subscription: StripeDict, prices: Mapping[str, StripeDict], products: Mapping[str, StripeDict]
+) -> str | None:
+    """The name the card gives the subscription's plan (its main item's price nickname, else its
+    product's name, else the price id)."""
+    main = _main_item(subscription, prices)
+    return _plan_name(main[1], main[0], products) if main is not None else None
+
+
 def _period_end(subscription: StripeDict) -> datetime | None:
     ends = [end for item in items_of(subscription) if (end := to_datetime(item.get("current_period_end")))]
     if ends:

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from billing.domain.models import TimelineEntry
+
 StripeDict = dict[str, Any]
 
 PREVIEW_FIELD = "next_invoice_preview"
@@ -45,6 +47,8 @@ class CustomerData:
     prices: dict[str, StripeDict] = field(default_factory=dict)
     # product id -> product (its `name` names the plan when the price has no nickname)
     products: dict[str, StripeDict] = field(default_factory=dict)
+    # timeline entries only webhook events gave (billing.domain.event_timeline), merged into the timeline
+    event_entries: list[TimelineEntry] = field(default_factory=list)
 
 
 def with_previews(

@@ -5,12 +5,13 @@ webhook still has a history (backfill, cold lookup), and the same objects always
 timeline whatever order they come in: every entry is keyed by (kind, object id), the list is sorted
 by time, then kind, then text, and cut to the newest ``limit``.
 
-What the objects show (and so what is here): subscription created, trial started and ended, coupon
+What the objects show (and so what is built here): subscription created, trial started and ended, coupon
 applied and ended, plan changed (a ``subscription_update`` invoice, with its proration amount),
 invoice paid, payment failed (attempt N of its invoice, the decline reason Stripe gives on the charge,
 the next retry), refunded, disputed, cancellation scheduled, canceled (reason, feedback, comment),
 paused (a trial that ended without a payment method). What they do not show (a quantity change, a
-payment method update, a resume, the plan before an upgrade) only webhook events can add.
+payment method update, a resume, the plan before an upgrade) only webhook events can add
+(``billing.domain.event_timeline``, merged in from ``CustomerData.event_entries``).
 
 Failed charges are tied to their invoice by ``charge.invoice`` when Stripe gives it (older API
 versions), otherwise to the newest invoice of the same currency and amount created at or before the
@@ -38,12 +39,19 @@ KINDS = (
     "coupon_applied",
     "trial_ended",
     "paused",
+    "resumed",
     "plan_changed",
+    "upgraded",
+    "downgraded",
+    "plan_switched",
+    "quantity_changed",
+    "payment_method_updated",
     "payment_failed",
     "invoice_paid",
     "refunded",
     "disputed",
     "coupon_ended",
+    "coupon_removed",
     "cancellation_scheduled",
     "canceled",
 )
@@ -121,7 +129,7 @@ class _Entries:
         return entries[:limit]
 
 
-def _coupon_label(discount: StripeDict, coupons: Mapping[str, StripeDict]) -> str:
+def coupon_label(discount: StripeDict, coupons: Mapping[str, StripeDict]) -> str:
     source = discount.get("source") if isinstance(discount.get("source"), dict) else {}
     ref = (source or {}).get("coupon") or discount.get("coupon")
     coupon = coupons.get(ref) if isinstance(ref, str) else ref if isinstance(ref, dict) else None
@@ -161,7 +169,7 @@ def _subscription_events(
         if not isinstance(discount, dict):
             continue
         key = _str(discount.get("id")) or f"{sub_id}:{discount.get('start')}"
-        label = _coupon_label(discount, coupons)
+        label = coupon_label(discount, coupons)
         out.add("coupon_applied", key, to_datetime(discount.get("start")), f"{label} applied to {plan}")
         end = to_datetime(discount.get("end"))
         if end is not None and end <= now:
@@ -299,8 +307,11 @@ def build_timeline(
     limit: int = TIMELINE_LIMIT,
 ) -> list[TimelineEntry]:
     """The customer's newest ``limit`` billing events, newest first. ``plans`` names each subscription
-    (by id) as the card does; a subscription without a name is called by its id."""
+    (by id) as the card does; a subscription without a name is called by its id. The entries only
+    webhook events gave (``data.event_entries``) are merged in."""
     out = _Entries()
+    for entry in data.event_entries:
+        out.add(entry.kind, f"event:{entry.at.isoformat()}:{entry.text}", entry.at, entry.text)
     for sub in _unique(data.subscriptions):
         plan = plans.get(sub["id"]) or str(sub["id"])
         _subscription_events(out, sub, plan, data.coupons, now)

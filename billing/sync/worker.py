@@ -32,7 +32,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,6 +40,7 @@ import stripe
 from redis.exceptions import WatchError
 
 from billing.cache.connections import REDIS_ERRORS
+from billing.cache.event_timeline import TIMELINE_PART, decode_entries, encode_entries, with_new_entries
 from billing.cache.lookup_index import index_changed
 from billing.cache.store import (
     DEDUP_TTL_SECONDS,
@@ -55,7 +56,8 @@ from billing.cache.store import (
     refs_of,
     trim_invoices,
 )
-from billing.domain.models import BillingContext, Match
+from billing.domain.event_timeline import Catalogue, EventEntry, entries_of_event
+from billing.domain.models import BillingContext, Match, TimelineEntry
 from billing.domain.snapshot import PREVIEW_FIELD, CustomerData, StripeDict, id_of
 from billing.ports import ListableResource, Notifier, NotifyLater, StripeReader, Transition
 from billing.stripe.gateway import background_work
@@ -483,27 +485,35 @@ class EventWorker:
         objs_key = self.store.customer_key(customer_id, "objs")
         ctx_key = self.store.customer_key(customer_id, "ctx")
         outbox_key = self.store.customer_key(customer_id, "outbox")
+        timeline_key = self.store.customer_key(customer_id, TIMELINE_PART)
         for _attempt in range(_MAX_CAS_ATTEMPTS):
             async with self.store.pipeline(transaction=True) as pipe:
                 try:
                     # The outbox is watched too: a transition is queued once, unless already queued
                     # or notified (checked below), whatever another worker does meanwhile.
-                    await pipe.watch(objs_key, ctx_key, outbox_key)
+                    await pipe.watch(objs_key, ctx_key, outbox_key, timeline_key)
                     # The keys share the customer's slot: one MGET (redis-py's cluster pipeline
                     # refuses its mget() helper, not the command).
-                    both: Any = await pipe.execute_command("MGET", objs_key, ctx_key)
-                    raw_objs, old_raw = both
+                    both: Any = await pipe.execute_command("MGET", objs_key, ctx_key, timeline_key)
+                    raw_objs, old_raw, raw_timeline = both
                     stored = decode_objects(raw_objs)
                     old = decode_context(old_raw) if old_raw else None
+                    kept_entries = decode_entries(raw_timeline)
+                    timeline = [e.to_timeline() for e in kept_entries]
                     # Event by event in version order, each against the state before it: the
                     # transitions are those of one-per-batch delivery, however events are grouped.
                     catalogue = CatalogueReads()
                     applied = await self._apply_events(
-                        customer_id, events, stored, fetched, old, catalogue, price_writes
+                        customer_id, events, stored, fetched, old, catalogue, price_writes, timeline
                     )
                     updates, absorbed, transitions = applied.updates, applied.absorbed, applied.transitions
                     merged = trim_invoices({**stored, **updates})
-                    rebuild = bool(updates) or bool(absorbed) or any(
+                    # What only the events can tell (a plan before an upgrade …), whatever their order.
+                    history = await self._event_entries(customer_id, events, stored, merged, kept_entries,
+                                                        catalogue)
+                    if history is not None:
+                        timeline = [e.to_timeline() for e in history]
+                    rebuild = history is not None or bool(updates) or bool(absorbed) or any(
                         _event_object(ev).get("object") in TENANT_OBJECTS
                         or ev.get("type") == "customer.subscription.trial_will_end"
                         for ev in events
@@ -530,7 +540,7 @@ class EventWorker:
                         updates.update(previewed)
                     # The last state an event made, already joined (and built, when it made a
                     # transition) unless a snapshot or a new preview came in since.
-                    latest = None if from_stripe or previewed else applied.latest
+                    latest = None if from_stripe or previewed or history is not None else applied.latest
                     data = latest.data if latest is not None and latest.data else (
                         await self.store.load_customer_data(customer_id, merged, catalogue=catalogue)
                     )
@@ -541,6 +551,7 @@ class EventWorker:
                             pipe.set(objs_key, encode_objects(merged), keepttl=True)
                         await pipe.execute()
                         return
+                    data = replace(data, event_entries=timeline)
                     new = latest.context if latest is not None and latest.context else self._build(data, old)
                     if from_stripe:
                         # Stripe's current state: each event is the evidence of what changed (keyed by
@@ -564,6 +575,8 @@ class EventWorker:
                     pipe.set(ctx_key, encode_context(new))
                     if queued:
                         pipe.rpush(outbox_key, *queued)
+                    if history is not None:
+                        pipe.set(timeline_key, encode_entries(history))
                     await pipe.execute()
                 except WatchError:
                     continue
@@ -581,7 +594,7 @@ class EventWorker:
     async def _apply_events(
         self, customer_id: str, events: Sequence[StripeDict], stored: dict[str, StripeDict],
         fetched: dict[str, StripeDict | None], old: BillingContext | None, catalogue: CatalogueReads,
-        price_writes: PriceWrites,
+        price_writes: PriceWrites, timeline: Sequence[TimelineEntry],
     ) -> _Applied:
         """``_merge`` one event at a time (same result as all at once), with the transitions each
         event makes against the state just before it.
@@ -621,14 +634,15 @@ class EventWorker:
             for evt in seen_first:
                 found += _evidence(current, evt)
             if found and latest is not None:
-                context = await self._context_of(customer_id, latest, old, catalogue)
+                context = await self._context_of(customer_id, latest, old, catalogue, timeline)
                 out.transitions += _transitions(found, context)
             before = current
         out.latest = latest if final else None
         return out
 
     async def _context_of(
-        self, customer_id: str, latest: _Latest, old: BillingContext | None, catalogue: CatalogueReads
+        self, customer_id: str, latest: _Latest, old: BillingContext | None, catalogue: CatalogueReads,
+        timeline: Sequence[TimelineEntry],
     ) -> BillingContext:
         if latest.context is None:
             if latest.data is None and latest.objects is not None:
@@ -637,8 +651,42 @@ class EventWorker:
                 )
             if latest.data is None:  # not when its facts were found: a customer, not deleted
                 raise RuntimeError(f"customer {customer_id}: a state with facts but no data")
-            latest.context = self._build(latest.data, old)
+            latest.context = self._build(replace(latest.data, event_entries=list(timeline)), old)
         return latest.context
+
+    async def _event_entries(
+        self, customer_id: str, events: Sequence[StripeDict], stored: Mapping[str, StripeDict],
+        merged: Mapping[str, StripeDict], kept: list[EventEntry], catalogue: CatalogueReads,
+    ) -> list[EventEntry] | None:
+        """The customer's webhook-only timeline entries with those of ``events`` (None when they add
+        none). Each is made from its event and the catalogue's names, so an event older than the
+        stored state (delivered late) still gives its entry."""
+        telling = [ev for ev in events if _tells_history(ev)]
+        if not telling:
+            return None
+        data = await self.store.load_customer_data(customer_id, merged, catalogue=catalogue)
+        names = Catalogue(prices=dict(data.prices), products=dict(data.products), coupons=dict(data.coupons)
+                          ) if data is not None else Catalogue({}, {}, {})
+        old_products = {
+            str(product) for ev in telling for item in _items_before(ev)
+            if isinstance(product := (item.get("price") or item.get("plan") or {}).get("product"), str)
+        } - set(names.products)
+        if old_products:  # the plan before a change names its own product
+            names = replace(names, products={
+                **names.products, **await self.store.get_tenant_objects("products", old_products)
+            })
+        # A removed coupon is named by its discount as stored or as another of the batch's events
+        # shows it (events name discounts by id; the stored objects hold them expanded).
+        discounts = {
+            str(d["id"]): d for obj in (*stored.values(), *(_event_object(ev) for ev in events))
+            for d in obj.get("discounts") or [] if isinstance(d, dict) and isinstance(d.get("id"), str)
+        }
+        new = [
+            entry for ev in telling for entry in entries_of_event(
+                ev, names, customer=merged.get(customer_id), before={"discounts": list(discounts.values())},
+            )
+        ]
+        return with_new_entries(kept, new)
 
     async def _not_yet_queued(
         self, pipe: Any, customer_id: str, transitions: Sequence[Transition]
@@ -1048,6 +1096,29 @@ def _evidence(facts: Facts, event: StripeDict) -> list[Found]:
     evidence (keyed by the event, so a duplicate adds nothing)."""
     evidence = {str(_event_object(event).get("id")): str(event.get("id"))}
     return diff_facts(None, facts, event, versions=evidence)
+
+
+_HISTORY_FIELDS = frozenset({"items", "discounts", "default_payment_method", "pause_collection"})
+
+
+def _tells_history(event: Mapping[str, Any]) -> bool:
+    """Whether ``event`` may give a webhook-only timeline entry (``entries_of_event``)."""
+    kind = event.get("type")
+    if kind == "customer.subscription.resumed":
+        return True
+    previous = (event.get("data") or {}).get("previous_attributes")
+    if not isinstance(previous, Mapping):
+        return False
+    if kind == "customer.subscription.updated":
+        return bool(_HISTORY_FIELDS.intersection(previous))
+    return kind == "customer.updated" and isinstance(previous.get("invoice_settings"), Mapping)
+
+
+def _items_before(event: Mapping[str, Any]) -> list[StripeDict]:
+    previous = (event.get("data") or {}).get("previous_attributes")
+    items = previous.get("items") if isinstance(previous, Mapping) else None
+    data = items.get("data") if isinstance(items, Mapping) else None
+    return [i for i in data if isinstance(i, dict)] if isinstance(data, list) else []
 
 
 def _card_ref(obj: Mapping[str, Any], path: tuple[str, ...]) -> Any:
