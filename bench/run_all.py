@@ -376,13 +376,17 @@ def _notes(r: dict[str, Runs]) -> list[tuple[str, str]]:
         "scan the rest."),
         ("webhook apply",
          f"- **webhook apply**: {app.median('one'):,.0f} events/s vs the bare pipeline's "
-        f"{app.median('bare'):,.0f}/s. Profile: the worker builds the customer's context after every event "
-        "(to find each event's transitions), about one build per event instead of one per customer and "
-        "batch, and a build (billing.domain.builder with the timeline) is milliseconds of CPU. Two workers: "
+        f"{app.median('bare'):,.0f}/s. Profile (pyinstrument, one worker in-process): a customer's "
+        "batch of events is now one catalogue read and one build (another only for a state that makes a "
+        "transition); what is left is spread over the Redis round trips of each customer (WATCH, MGET, "
+        "the catalogue's two reads, MULTI/EXEC, the lookup index's read and write) through redis-py, "
+        "decoding the stored context, the one build, and writing the objects and context back, where the "
+        "bare pipeline decodes, merges and builds nothing. Two workers: "
         f"{app.median('two'):,.0f}/s on a 2-core machine that also runs Redis and the load generator."),
         ("webhook lag",
-         "- **webhook lag**: the in-process worker applies fewer events per second than arrive at the rate "
-        "(see apply), so events queue."),
+         "- **webhook lag**: the worker runs in the server's process and event loop: a batch applied "
+        "holds the loop from accepting the next requests, and events that arrive meanwhile wait for the "
+        "next batch (see apply for what a batch costs)."),
         ("backfill",
          f"- **backfill**: {bf.median('requests'):.0f} requests for the {bf.median('pages'):.0f} list "
         "pages needed (invoice previews are no longer fetched at backfill: the cards show the next "
