@@ -173,6 +173,17 @@ class Settings(BaseSettings):
             return None
         return check_http_url("SLACK_API_URL", value.strip(), "https://slack.com/api/")
 
+    @field_validator("slack_bot_token", "slack_signing_secret", "slack_app_token", mode="before")
+    @classmethod
+    def _slack_secret(cls, value: object) -> object:
+        # Empty is unset, as for every other setting: docker-compose passes a variable unset in the
+        # operator's shell through as empty, and that means Slack off, not a wrong token. A value with
+        # a space inside is still refused by bot.slack.credentials.
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str) and not text.strip():
+            return None
+        return value
+
     @field_validator("stripe_account_id")
     @classmethod
     def _stripe_account_id(cls, value: str | None) -> str | None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from typer.testing import CliRunner
@@ -236,3 +237,58 @@ def test_worker_applies_a_queued_event_then_stops_cleanly(
     assert code == 0, output
     assert "Traceback" not in output
     assert shared_redis.xlen(f"{tenant_prefix}:events") == 0  # applied and acknowledged
+
+
+@pytest.mark.parametrize("blank", ["", "  "], ids=["empty", "spaces"])
+def test_an_empty_slack_setting_is_unset(blank: str) -> None:
+    # docker-compose passes a variable unset in the operator's shell through as empty.
+    from bot.runtime import load_settings
+    from bot.slack.credentials import check_slack_settings
+
+    settings = load_settings(SLACK_BOT_TOKEN=blank, SLACK_SIGNING_SECRET=blank, SLACK_APP_TOKEN=blank)
+    assert (settings.slack_bot_token, settings.slack_signing_secret, settings.slack_app_token) == (
+        None, None, None)
+    assert check_slack_settings(settings, socket_mode=False) is False
+
+
+def test_serve_with_empty_slack_settings_runs_with_slack_off_said_once(
+    sandbox: SandboxHandle, redis_url: str, key_prefix: str, shared_redis: redis.Redis, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = env_for(sandbox, redis_url, key_prefix, STRIPE_WEBHOOK_SECRET="whsec_test",
+                  SLACK_BOT_TOKEN="", SLACK_SIGNING_SECRET="", SLACK_APP_TOKEN="")
+    process_env = {k: v for k, v in env.items() if v is not None}
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen([str(BILLING), "serve", "--port", str(port)],
+                                   env={**_base_env(), **process_env}, stdout=log_file,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            status = None
+            while time.monotonic() < deadline and status != 200:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
+                except httpx.HTTPError:
+                    time.sleep(0.05)
+            assert status == 200, log_path.read_text()
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+    output = log_path.read_text()
+    assert "Traceback" not in output
+    assert output.count("Slack is off") == 1, output
+
+
+def test_socket_mode_with_an_empty_bot_token_says_it_needs_one(
+    redis_url: str, key_prefix: str, hanging_stripe: HangingStripe
+) -> None:
+    env = env_for(None, redis_url, key_prefix, STRIPE_API_KEY="rk_test_hanging",
+                  STRIPE_API_BASE=hanging_stripe.url, STRIPE_WEBHOOK_SECRET="whsec_test",
+                  BILLING_STRIPE_RETRIES="0", BILLING_STRIPE_TIMEOUT="2",
+                  SLACK_BOT_TOKEN="", SLACK_APP_TOKEN=f"xapp-{SECRET_MARK}")
+    result = run(["serve", "--socket-mode", "--port", str(free_port())], env)
+    assert result.exit_code == 2, result.output
+    assert "needs SLACK_BOT_TOKEN" in one_sentence(result)
+    assert SECRET_MARK not in result.output
