@@ -123,3 +123,22 @@ async def test_the_kept_entries_are_bounded_to_the_newest(store: RedisStore) -> 
     ctx = await store.get_context("cus_A")
     assert ctx is not None and ctx.timeline[0].text.startswith("Quantity of Pro Monthly changed from 25 to")
     assert json.loads(raw)[0]["kind"] == "quantity_changed"
+
+
+async def test_a_lookup_rebuilding_the_context_keeps_the_webhook_entries(store: RedisStore) -> None:
+    from datetime import UTC, datetime
+
+    from billing.domain.builder import build_context
+    from billing.domain.models import Match
+    from billing.domain.snapshot import CustomerData
+
+    await _deliver(store, [story()])
+    # A lookup fetched the customer from Stripe: its snapshot is folded into the stored objects and
+    # the context rebuilt from them.
+    data = CustomerData(customer=sf.customer(name="Jane Q."), subscriptions=[_sub(sf.price(), 3)])
+    fetched = build_context(data, query="jane@acme.com", match=Match(method="email", confidence="exact"),
+                            now=datetime.fromtimestamp(T + 60, UTC))
+    await store.save_customer(data, fetched, fetched_at=T + 60)
+    ctx = await store.get_context("cus_A")
+    assert ctx is not None and ctx.customer is not None and ctx.customer.name == "Jane Q."
+    assert await _webhook_entries(store) == EXPECTED
