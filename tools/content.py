@@ -239,6 +239,23 @@ def _cancellations(context: BillingContext) -> list[dict[str, Any]]:
     return shown[:2]
 
 
+def _several_match(context: BillingContext) -> str:
+    """What the candidates share, by how they were found: a model told they "share this email" after a
+    lookup by user_id would ask the customer the wrong question. The metadata key is the operator's
+    setting and shown; its value is the customer's and is not."""
+    method = context.match.method if context.match is not None else None
+    if method in {"email", "email_lowercase", "search"}:
+        return "several customers share this email; here are the candidates"
+    if method == "metadata":
+        key = context.query.partition(":")[0]
+        if re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", key):
+            return f"several customers have this {key} in their Stripe metadata; here are the candidates"
+        return "several customers have this metadata value; here are the candidates"
+    if method == "invoice_number":
+        return "several customers have an invoice with this number; here are the candidates"
+    return SEVERAL_MATCH
+
+
 def _candidates(context: BillingContext, limit: int) -> dict[str, Any] | None:
     if not context.other_customers or context.customer is None:
         return None
@@ -248,7 +265,7 @@ def _candidates(context: BillingContext, limit: int) -> dict[str, Any] | None:
                "created": iso_date(o.created)} for o in context.other_customers]
     listed = [primary, *others][: max(limit, 1)]
     block: dict[str, Any] = {
-        "message": SEVERAL_MATCH,
+        "message": _several_match(context),
         "advice": "The facts above are for the first candidate. If it is unclear which account the "
                   "customer means, ask them before stating account-specific facts.",
         "candidates": listed,

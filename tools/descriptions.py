@@ -12,17 +12,20 @@ EMAIL_ARGUMENT = (
     "The customer's email address, exactly as the helpdesk or the conversation gives it, "
     "e.g. jane@acme.com. Only the address: no name, no other text. When the conversation has no "
     "email but quotes a Stripe id (sub_…, in_…, ch_…, pi_…, cus_…) or an invoice number as printed "
-    "(e.g. 0HIAXQK6-0004), give that instead."
+    "(e.g. 0HIAXQK6-0004), give that instead. When it gives the customer's id in the company's own "
+    "system as key:value (e.g. user_id:1234), give that as is: it finds the customer whose Stripe "
+    "metadata holds it, for the keys the operator set up for lookups."
 )
 
 _FAILURES = (
     'If "ok" is false, "error" says why: "not_found" = no Stripe customer has this email (do not invent '
     "billing facts; ask which email the account uses); \"unavailable\" = billing data temporarily "
     "unavailable (do not guess amounts, dates or statuses; say you will check and follow up); "
-    '"bad_email" = the argument was not an email address, a Stripe id or an invoice number (call again '
-    'with the address only). "matched_by", when present, says the customer was found by an invoice, '
-    "subscription, charge, payment or metadata id rather than the email. "
-    'If "several_customers" is present, several Stripe customers share this email: the facts are for '
+    '"bad_email" = the argument was not an email address, a Stripe id, an invoice number or a key:value '
+    'the operator set up (call again with the address only). "matched_by", when present, says the '
+    "customer was found by an invoice, subscription, charge, payment or metadata id rather than the email. "
+    'If "several_customers" is present, several Stripe customers match: they share the email, the '
+    'metadata value or the invoice number looked up (its "message" says which); the facts are for '
     "the first candidate; when it matters, confirm with the customer which account they mean."
 )
 

@@ -10,6 +10,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from billing.domain.models import (
     BillingContext,
     CustomerInfo,
@@ -193,12 +195,30 @@ def test_several_customers_list_the_candidates_with_ids_and_status() -> None:
                             dashboard_url="https://dashboard.stripe.com/test/customers/x") for i in range(8)]
     text, doc = content_of(context(other_customers=others))
     block = doc["several_customers"]
-    assert block["message"] == "several customers match; here are the candidates"
+    assert block["message"] == "several customers share this email; here are the candidates"
     assert block["candidates"][0] == {"id": "cus_Jane1", "status": "past_due", "livemode": False,
                                       "shown_above": True}
     assert block["candidates"][2]["id"] == "cus_Other1" and block["candidates"][2]["status"] == "trialing"
     assert block["more_candidates"] == 9 - len(block["candidates"])
     assert HOSTILE not in text  # other customers' names are not shown at all
+
+
+@pytest.mark.parametrize(
+    ("query", "method", "shared"),
+    [("jane@acme.com", "email", "several customers share this email"),
+     ("JANE@acme.com", "email_lowercase", "several customers share this email"),
+     ("user_id:1234", "metadata", "several customers have this user_id in their Stripe metadata"),
+     ("ABCD-0004", "invoice_number", "several customers have an invoice with this number")],
+)
+def test_several_customers_say_what_they_share(query: str, method: str, shared: str) -> None:
+    other = OtherCustomer(id="cus_Other1", email="other@acme.com", name=None, livemode=False,
+                          created=NOW, status=None, dashboard_url="https://dashboard.stripe.com/x")
+    ctx = context(query=query, match=Match(method=method, confidence="exact"), other_customers=[other])
+    routed = json.loads(routing_content(ctx, evaluate_rules(ctx, RULES, NOW), now=NOW))
+    for doc in (content_of(ctx)[1], routed):
+        message = doc["several_customers"]["message"]
+        assert message == f"{shared}; here are the candidates"
+        assert "1234" not in message  # a metadata value is not shown outside the untrusted block
 
 
 def test_routing_content_explains_each_matched_rule() -> None:

@@ -74,6 +74,12 @@ def test_both_tools_take_one_email_string(toolkit: BillingToolkit) -> None:
         for words in ("major units", "as_of", "stale", "not_found", "unavailable", "several_customers",
                       "do not guess", "untrusted_customer_data"):
             assert words in tool.description, (tool.name, words)
+        # Several customers may share a metadata value or an invoice number, not only an email.
+        assert "share this email" not in tool.description
+        assert "metadata value" in tool.description and "invoice number" in tool.description
+    # The key:value form for the operator's own ids (BILLING_MATCH_METADATA_KEYS): the tools are
+    # built without the settings, so the argument names the form generically.
+    assert "key:value" in EMAIL_ARGUMENT and "user_id:1234" in EMAIL_ARGUMENT
 
 
 # -- found customers ----------------------------------------------------------------------------------
@@ -212,7 +218,7 @@ async def test_several_customers_share_an_email(toolkit: BillingToolkit) -> None
     message = await stripe_context(toolkit, "shared@example.com")
     doc = json.loads(str(message.content))
     block = doc["several_customers"]
-    assert block["message"] == "several customers match; here are the candidates"
+    assert block["message"] == "several customers share this email; here are the candidates"
     primary, other = block["candidates"]
     assert primary["shown_above"] is True and primary["status"] == "active"
     assert other["id"].startswith("cus_") and other["status"] is None
