@@ -236,8 +236,9 @@ def rows(r: dict[str, Runs], sizes: Sizes) -> list[Row]:
                    f"naive p50 {_ms(cold.median('naive_wall'))} ({cold.median('naive_wall') * 1000:.0f} s "
                    "per 1,000)", ratio, f"{ratio:,.0f}x faster", "reported", None))
     ratio = acc.median("ours") / acc.median("bare")
-    out.append(Row("webhook accept (1 uvicorn worker, h11 as served)", f"{acc.median('ours'):,.0f} events/s",
-                   f"bare endpoint {acc.median('bare'):,.0f}/s (on httptools "
+    out.append(Row("webhook accept (1 uvicorn worker, as served)", f"{acc.median('ours'):,.0f} events/s "
+                   f"(on h11, as before: {acc.median('ours_h11'):,.0f}/s)",
+                   f"bare endpoint {acc.median('bare'):,.0f}/s (on plain httptools "
                    f"{acc.median('bare_httptools'):,.0f}/s)", ratio, f"{ratio:.2f}x", ">= 0.5x",
                    ratio >= 0.5))
     ratio = app.median("one") / app.median("bare")
@@ -365,15 +366,16 @@ def _notes(r: dict[str, Runs]) -> list[tuple[str, str]]:
         f"own time: 2x needs ours within {cold.median('naive_wall') / 2 * 1000:.0f} ms."),
         ("webhook accept",
          f"- **webhook accept**: ours {acc.median('ours'):,.0f}/s vs the bare endpoint's "
-        f"{acc.median('bare'):,.0f}/s under the same uvicorn (h11, as served). The parser: the bare "
-        f"endpoint on httptools takes {acc.median('bare_httptools'):,.0f}/s, so h11 alone costs "
-        f"{1e6 / acc.median('bare') - 1e6 / acc.median('bare_httptools'):.0f} us a request; h11 stays "
-        "because it bounds the request line and headers (16 KiB) where httptools buffers any length. "
-        f"Ours spends {1e6 / acc.median('ours') - 1e6 / acc.median('bare'):.0f} us a request more than "
-        "the bare endpoint; profile (pyinstrument in the server process): one Redis XADD through redis-py "
-        "about a third of it (a round trip the 200 must wait for: the event is durable before Stripe is "
-        "told), Starlette's routing, request and response, the HMAC check, and the JSON parse and depth "
-        "scan the rest."),
+        f"{acc.median('bare'):,.0f}/s under the same uvicorn (httptools with the head bounded at 16 KiB, "
+        f"as served; on h11, as `billing serve` ran before, ours takes {acc.median('ours_h11'):,.0f}/s). "
+        f"Per request ours spends {1e6 / acc.median('ours') - 1e6 / acc.median('bare'):.0f} us more "
+        f"than the bare endpoint's {1e6 / acc.median('bare'):.0f} us: profile (pyinstrument in the server "
+        "process): Starlette's middleware, routing, request and response, the body read under its "
+        "timeout, the HMAC check, the JSON parse and depth scan, the metrics, and the stream write "
+        "(concurrent requests now share one pipelined round trip). The faster the parser, the larger "
+        "that share: the head bound itself costs "
+        f"{1e6 / acc.median('bare') - 1e6 / acc.median('bare_httptools'):.0f} us a request over plain "
+        "httptools."),
         ("webhook apply",
          f"- **webhook apply**: {app.median('one'):,.0f} events/s vs the bare pipeline's "
         f"{app.median('bare'):,.0f}/s. Profile (pyinstrument, one worker in-process): a customer's "
@@ -390,15 +392,18 @@ def _notes(r: dict[str, Runs]) -> list[tuple[str, str]]:
         ("backfill",
          f"- **backfill**: {bf.median('requests'):.0f} requests for the {bf.median('pages'):.0f} list "
         "pages needed (invoice previews are no longer fetched at backfill: the cards show the next "
-        "invoice estimated from the subscription, labelled an estimate, until read from Stripe; "
-        "`--previews` fetches them). Fetching "
-        f"{bf.median('fetching'):.1f} s against a floor of {bf.median('floor'):.1f} s: every list is cut "
-        "into windows over the customers' creation dates (3 years here), but invoices and charges are "
-        "recent (the last 4 months), so each falls into one or two windows read page after page at "
-        "the latency, not the rate; the extra requests are the oldest-customer search, windows with "
-        "nothing in them and reference data. Then building every context "
-        f"{bf.median('building'):.1f} s after the last page (a customer's objects come from every list, "
-        "so building waits for all of them; CPU-bound in one process)."),
+        "invoice estimated from the subscription, labelled an estimate, until the worker or a lookup "
+        "reads it from Stripe; `--previews` fetches them). The extra requests: the search for the oldest "
+        "customer, the last, partial page of every window, windows with nothing in them (a few disputes "
+        "in 8 windows). Fetching "
+        f"{bf.median('fetching'):.1f} s against a floor of {bf.median('floor'):.1f} s: windows are cut over "
+        "the customers' 3 years while invoices and charges are recent (the last 4 months); a busy window "
+        "now hands the older half of its rest to a free fetch slot after each page, but the first pages "
+        "of the busy windows still come one after another. Then building every context "
+        f"{bf.median('building'):.1f} s after the last page (a customer's objects come from every list, so "
+        "building waits for all of them). Profile of the build: per customer about eight Redis round "
+        "trips through redis-py (the optimistic WATCH/MULTI fold, its reference data, the email and "
+        "lookup indexes), about 60% of its CPU; building the context itself about 20%."),
         ("Slack ack",
          f"- **Slack ack, cached**: p50 {sl.median('cached_p50') * 1000:.0f} ms; the p99 includes waiting "
         "on the event loop behind the cold lookups started just before (their Stripe answers arrive and "
