@@ -117,7 +117,9 @@ class Story:
         assert runtime.store is not None
         self.step("Backfill: every customer of the sample Stripe account into the cache")
         with ProgressDisplay(self.console) as display:
-            report = await Backfill(runtime.gateway, runtime.store, observer=display).run()
+            # A small account: its next invoices are previewed now (as `billing backfill --previews`),
+            # so the cards show Stripe's figures rather than estimates from the subscriptions.
+            report = await Backfill(runtime.gateway, runtime.store, observer=display, previews=True).run()
         self.console.print(f"{report.contexts_built:,} customers cached in {report.seconds:.1f} s.")
 
     def _cards(self, runtime: Runtime, contexts: list[BillingContext]) -> None:

@@ -168,6 +168,12 @@ def test_demo_tells_the_whole_story_without_any_setup() -> None:
     assert "0HIAXQK6-0004 → Jane Doe (cus_" in story and "matched by invoice 0HIAXQK6-0004" in story
     for text in ("Jane Doe", "past_due", "BigCo Inc", "1,250.00 USD", "trialing"):
         assert text in result.stdout
+    # Issue #10's done-when: Jane's card has Stripe's own next invoice (previewed, not estimated)
+    # beside the failed attempts, and the yearly customer renewing in 5 days is reminded once.
+    jane_slack = story[story.index("Slack · only visible to you"):story.index("goes past_due")]
+    assert "Next invoice 29.00 USD" in jane_slack and "(estimate)" not in jane_slack, jane_slack
+    assert "card declined" in jane_slack
+    assert story.count("RENEWAL COMING UP — RENEWAL YEARLY LTD") == 1
     # Each card says where the default routing rules send the conversation, and why.
     routing = [line for line in result.stdout.splitlines() if line.startswith("Routing:")]
     assert len(routing) == 3
