@@ -23,6 +23,9 @@ Key layout (``p`` = ``{key_prefix}:{account_id}:{live|test}``)::
                                 dead letters, capped at about worker.DEAD_LETTER_MAX)
     p:evt:<event id>            string  event applied (7 days)
     p:health                    hash  sync-health record
+    p:reminders:*               the reminder scheduler's (``reminder_state``); a saved context puts its
+                                customer in ``p:reminders:dirty`` (``queue_saved``)
+    p:previews:*                customers due for a preview refresh (``preview_state``)
 
 One customer's keys share the hash tag ``{cus_…}``, so a customer update is one slot (one MULTI) on a
 cluster as on a single server; index keys live in their own slots and are written in separate calls.
@@ -37,13 +40,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError, ResponseError, WatchError
@@ -55,6 +59,7 @@ from billing.cache.dedupe import DEDUP_TTL_SECONDS, Dedupe
 from billing.cache.event_timeline import TIMELINE_PART, decode_entries
 from billing.cache.lookup_index import LookupIndex
 from billing.cache.outbox import Outbox, Outboxes
+from billing.cache.preview_state import PreviewState
 from billing.cache.reminder_state import ReminderState
 from billing.cache.streams import EventStream
 from billing.domain.builder import build_context
@@ -272,6 +277,7 @@ class RedisStore:
         self.outboxes = Outboxes(
             client, self.tenant_key("outbox:pending"), self.tenant_key("outbox:failures")
         )
+        self.previews = PreviewState(client, self.tenant_key("previews"))
 
     # ---- keys -------------------------------------------------------------------------------
     def customer_key(self, customer_id: str, part: str) -> str:
@@ -311,6 +317,29 @@ class RedisStore:
     def reminder_state(self) -> ReminderState:
         """The reminder scheduler's keys (see ``billing.cache.reminder_state``)."""
         return ReminderState(self.client, self.tenant_key("reminders"), self.tenant_key("customers"))
+
+    def queue_saved(
+        self, pipe: Any, customer_ids: Sequence[str], *, preview_due: Sequence[str] = (),
+        transaction: bool = False,
+    ) -> bool:
+        """Queue in ``pipe`` what follows a saved context: the reminder scheduler looks at the
+        customers again on its next tick (``reminders:dirty``), and ``preview_due`` are due for a
+        preview refresh. False when not queued: a transaction on a cluster holds one slot only, and
+        these keys are the tenant's (then ``mark_saved`` after it, one more round trip)."""
+        if transaction and isinstance(self.client, RedisCluster):
+            return False
+        if customer_ids:
+            pipe.sadd(self.reminder_state().dirty_key, *customer_ids)
+        self.previews.queue_mark(pipe, preview_due, now_ms=int(time.time() * 1000))
+        return True
+
+    async def mark_saved(self, customer_ids: Sequence[str], *, preview_due: Sequence[str] = ()) -> None:
+        """``queue_saved`` in a round trip of its own."""
+        if not customer_ids and not preview_due:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        self.queue_saved(pipe, customer_ids, preview_due=preview_due)
+        await pipe.execute()
 
     def share_rate_limits(self, gateway: _SharesLimits) -> None:
         """Let ``gateway`` share the tenant's Stripe budget with every process on this Redis."""
@@ -487,6 +516,7 @@ class RedisStore:
             pipe.set(self.customer_key(customer_id, "ctx"), encode_context(context))
             old_email = (stored.get(customer_id) or {}).get("email")
             self._queue_indexes(pipe, customer_id, data.customer.get("email"), old_email)
+        self.queue_saved(pipe, ids)
         await pipe.execute()
         for customer_id, stored in zip(ids, previous, strict=True):
             await self.update_refs(customer_id, stored.values())
@@ -645,10 +675,13 @@ class RedisStore:
                     pipe.set(objs_key, encode_objects(kept))
                     pipe.delete(stage_key)
                     pipe.set(ctx_key, encode_context(context))
+                    marked = self.queue_saved(pipe, [customer_id], transaction=True)
                     await pipe.execute()
                 except WatchError:
                     continue
             break
+        if not marked:
+            await self.mark_saved([customer_id])
         old_email = (stored.get(customer_id) or {}).get("email")
         await self.index_customer(customer_id, data.customer.get("email"), old_email)
         await self.update_refs(customer_id, stored.values())

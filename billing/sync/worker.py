@@ -60,7 +60,7 @@ from billing.domain.event_timeline import Catalogue, EventEntry, entries_of_even
 from billing.domain.models import BillingContext, Match, TimelineEntry
 from billing.domain.snapshot import PREVIEW_FIELD, CustomerData, StripeDict, id_of
 from billing.ports import ListableResource, Notifier, NotifyLater, StripeReader, Transition
-from billing.stripe.gateway import background_work
+from billing.stripe.gateway import PREVIEWED_STATUSES, background_work
 from billing.stripe.slim import (
     INCLUDABLE,
     SUBSCRIPTION,
@@ -75,6 +75,7 @@ from billing.stripe.slim import (
     with_version,
     without_version,
 )
+from billing.sync.previews import PreviewRefresher
 from billing.sync.transitions import Facts, Found, diff_contexts, diff_facts, facts_of, facts_of_data
 
 if TYPE_CHECKING:
@@ -186,8 +187,9 @@ class EventWorker:
     retry_base: float = 1.0
     retry_max: float = 300.0
     flush_lock_ms: int = 60_000
-    # Next invoices: Stripe's previews are fetched again after subscription and invoice events (one
-    # request per invoicing subscription of the customer and batch), waited for at most this long.
+    # Next invoices: a subscription or invoice event marks its customer due for Stripe's previews;
+    # ``previews`` (billing.sync.previews) fetches them between batches, off the event path, each
+    # customer's waited for at most ``preview_timeout``. False: nothing is marked nor refreshed.
     refresh_previews: bool = True
     preview_timeout: float = 10.0
     stats: WorkerStats = field(default_factory=WorkerStats)
@@ -196,6 +198,15 @@ class EventWorker:
     _last_claim: float = 0.0
     # Renewal and trial reminders (billing.sync.scheduler), ticked by ``run`` between batches.
     scheduler: ReminderScheduler | None = None
+    # The preview refresher, ticked by ``run`` between batches (made with the worker's settings
+    # unless given).
+    previews: PreviewRefresher | None = None
+
+    def __post_init__(self) -> None:
+        if self.previews is None:
+            self.previews = PreviewRefresher(
+                self.store, self.gateway, self.save_previews, timeout=self.preview_timeout
+            )
 
     # ---- the loop -------------------------------------------------------------------------
     async def ensure_group(self) -> None:
@@ -216,6 +227,8 @@ class EventWorker:
                     await self.sweep()
                 if self.scheduler is not None:
                     await self.scheduler.maybe_tick()
+                if self.refresh_previews and self.previews is not None:
+                    await self.previews.maybe_tick()  # starts a refresh; the next batch does not wait
                 backoff = 0.1
             except REDIS_ERRORS as exc:
                 log.warning("worker waiting for Redis: %s", type(exc).__name__)
@@ -223,6 +236,8 @@ class EventWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=backoff)
                 backoff = min(backoff * 2, 5.0)
+        if self.previews is not None:
+            await self.previews.stop()
 
     async def run_once(self, block_ms: int | None = None) -> int:
         """Claim idle entries of dead consumers, then read and process one batch; returns entries seen."""
@@ -480,8 +495,6 @@ class EventWorker:
             return
         fetched: dict[str, StripeDict | None] = {}
         snapshot: _Snapshot | None = None
-        previews: dict[str, StripeDict | None] | None = None
-        previewed: dict[str, StripeDict] = {}
         objs_key = self.store.customer_key(customer_id, "objs")
         ctx_key = self.store.customer_key(customer_id, "ctx")
         outbox_key = self.store.customer_key(customer_id, "outbox")
@@ -532,15 +545,9 @@ class EventWorker:
                         if snapshot is not None:
                             merged = trim_invoices(_with_snapshot(merged, snapshot))
                             from_stripe = True
-                    if not from_stripe:
-                        if previews is None:  # once, whatever the optimistic retries
-                            previews = await self._previews(customer_id, events, merged)
-                        previewed = _with_fresh_previews(merged, previews)
-                        merged.update(previewed)
-                        updates.update(previewed)
                     # The last state an event made, already joined (and built, when it made a
-                    # transition) unless a snapshot or a new preview came in since.
-                    latest = None if from_stripe or previewed or history is not None else applied.latest
+                    # transition) unless a snapshot came in since.
+                    latest = None if from_stripe or history is not None else applied.latest
                     data = latest.data if latest is not None and latest.data else (
                         await self.store.load_customer_data(customer_id, merged, catalogue=catalogue)
                     )
@@ -569,6 +576,9 @@ class EventWorker:
                                 transitions += diff_contexts(None, new, ev, versions=versions)
                     transitions = await self._not_yet_queued(pipe, customer_id, transitions)
                     queued = [_dumps(_transition_to_dict(t)) for t in transitions]
+                    # A snapshot came with Stripe's previews; otherwise the stored ones are kept
+                    # (``_with_kept_preview``) and the refresher brings new ones after the save.
+                    due = [customer_id] if not from_stripe and self._preview_due(events, merged) else []
                     pipe.multi()  # type: ignore[no-untyped-call]
                     if updates or from_stripe or len(merged) < len(stored):
                         pipe.set(objs_key, encode_objects(merged))
@@ -577,11 +587,14 @@ class EventWorker:
                         pipe.rpush(outbox_key, *queued)
                     if history is not None:
                         pipe.set(timeline_key, encode_entries(history))
+                    marked = self.store.queue_saved(pipe, [customer_id], preview_due=due, transaction=True)
                     await pipe.execute()
                 except WatchError:
                     continue
             if snapshot is not None and from_stripe:
                 self.stats.fetched_customers += 1
+            if not marked:  # a cluster: the tenant's keys are in other slots than the customer's
+                await self.store.mark_saved([customer_id], preview_due=due)
             if transitions:
                 # Notified first (people wait for it; the indexes below do not). A crash before the
                 # event is acked redelivers it, and its redelivery finishes this outbox.
@@ -798,26 +811,61 @@ class EventWorker:
             updates[object_id] = entry
         return updates, absorbed
 
-    async def _previews(
-        self, customer_id: str, events: Sequence[StripeDict], objects: Mapping[str, StripeDict]
-    ) -> dict[str, StripeDict | None]:
-        """Stripe's previews of the customer's invoicing subscriptions when an event of a
-        subscription or an invoice may have changed what comes next; none fetched (the stored
-        previews stay) when no such event came, or when Stripe fails or is too slow."""
-        kinds = {_event_object(ev).get("object") for ev in events}
-        subscriptions = [
-            o for o in objects.values() if o.get("object") == "subscription" and not o.get("deleted")
-        ]
-        if not self.refresh_previews or not subscriptions or not kinds & {"subscription", "invoice"}:
-            return {}
-        try:
-            return await asyncio.wait_for(
-                self.gateway.preview_next_invoices(subscriptions), timeout=self.preview_timeout
-            )
-        except Exception as exc:  # the event is applied all the same, the card keeps its preview
-            log.warning("customer %s: next invoices not previewed (%s: %s); the previous ones are kept",
-                        customer_id, type(exc).__name__, exc)
-            return {}
+    def _preview_due(self, events: Sequence[StripeDict], objects: Mapping[str, StripeDict]) -> bool:
+        """Whether a subscription or invoice event may have changed what a subscription of the
+        customer that will invoice again bills next (its preview is then refreshed)."""
+        if not self.refresh_previews or not {
+            _event_object(ev).get("object") for ev in events
+        } & {"subscription", "invoice"}:
+            return False
+        return any(
+            o.get("object") == "subscription" and not o.get("deleted")
+            and o.get("status") in PREVIEWED_STATUSES and not o.get("cancel_at_period_end")
+            for o in objects.values()
+        )
+
+    async def save_previews(
+        self, customer_id: str, asked: Mapping[str, Version | None], previews: Mapping[str, StripeDict | None]
+    ) -> bool:
+        """Put ``previews`` on the stored subscriptions and rebuild the context, in one optimistic
+        transaction; True when the context changed. A preview goes only onto the version of the
+        subscription it was asked for (``asked``): a newer one (an event saved meanwhile) marked the
+        customer due again, and keeps its stored preview until that refresh."""
+        objs_key = self.store.customer_key(customer_id, "objs")
+        ctx_key = self.store.customer_key(customer_id, "ctx")
+        timeline_key = self.store.customer_key(customer_id, TIMELINE_PART)
+        for _attempt in range(_MAX_CAS_ATTEMPTS):
+            async with self.store.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(objs_key, ctx_key, timeline_key)
+                    both: Any = await pipe.execute_command("MGET", objs_key, ctx_key, timeline_key)
+                    raw_objs, old_raw, raw_timeline = both
+                    stored = decode_objects(raw_objs)
+                    same = {
+                        sub_id: preview for sub_id, preview in previews.items()
+                        if sub_id in stored and sub_id in asked
+                        and version_of(stored[sub_id]) == asked[sub_id]
+                    }
+                    changed = _with_fresh_previews(stored, same)
+                    data = await self.store.load_customer_data(customer_id, {**stored, **changed}) if (
+                        changed and old_raw) else None
+                    if data is None:  # nothing new, or no context to show it (deleted, not built)
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return False
+                    old = decode_context(old_raw)
+                    timeline = [e.to_timeline() for e in decode_entries(raw_timeline)]
+                    new = self._build(replace(data, event_entries=timeline), old)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.set(objs_key, encode_objects({**stored, **changed}))
+                    pipe.set(ctx_key, encode_context(new))
+                    marked = self.store.queue_saved(pipe, [customer_id], transaction=True)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            if not marked:
+                await self.store.mark_saved([customer_id])
+            return True
+        raise RuntimeError(f"customer {customer_id} kept changing under the preview refresher")
 
     async def _with_card(self, customer: StripeDict, current: StripeDict | None) -> StripeDict:
         """Events name the customer's default payment method by id only: the stored card (brand,
