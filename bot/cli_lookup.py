@@ -24,8 +24,8 @@ DEMO_KEY = "rk_test_billinglensdemo"
 @handles_errors
 def lookup(
     query: Annotated[str, typer.Argument(help=(
-        "An email, <mailto:a@b.com|a@b.com>, a cus_…, sub_…, in_…, ch_… or pi_… id, an invoice number "
-        "(0HIAXQK6-0004), or KEY:VALUE for a key in BILLING_MATCH_METADATA_KEYS."
+        "An email, <mailto:a@b.com|a@b.com>, a cus_…, sub_…, in_…, ch_… or pi_… id (or its Stripe dashboard "
+        "link), an invoice number (0HIAXQK6-0004), or KEY:VALUE for a key in BILLING_MATCH_METADATA_KEYS."
     ))],
     as_json: Annotated[bool, typer.Option("--json", help="Print the BillingContext contract JSON.")] = False,
     refresh: Annotated[bool, typer.Option("--refresh", help="Skip the cache; read Stripe.")] = False,

@@ -26,6 +26,7 @@ from billing.cache.audit import AuditLog, Outcome, Surface
 from billing.cache.connections import REDIS_ERRORS
 from billing.cache.store import RedisStore, open_store, open_tenant_store
 from billing.config import Settings
+from billing.domain.matching import without_secrets
 from billing.domain.models import BillingContext
 from billing.errors import BadQueryError, ConfigurationError, StoreUnavailableError, StripeUnavailableError
 from billing.ports import Tenant
@@ -141,6 +142,7 @@ class TenantRuntime:
     ) -> None:
         if self.audit is None:
             return
+        query = without_secrets(query)  # a pasted client secret is read as its id, never kept
         try:
             await self.audit.record(user=user, surface=surface, query=query, outcome=outcome,
                                     customer_id=customer_id, team=team)

@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from billing.domain.models import Match
 from billing.domain.snapshot import StripeDict
@@ -16,7 +18,7 @@ from billing.errors import BadQueryError
 
 ACCEPTED_FORMS = (
     "give an email (jane@acme.com or <mailto:jane@acme.com|jane@acme.com>), a Stripe id (cus_…, sub_…, "
-    "in_…, ch_…, pi_…) or an invoice number as printed (0HIAXQK6-0004)"
+    "in_…, ch_…, pi_…, or a dashboard link to one) or an invoice number as printed (0HIAXQK6-0004)"
 )
 MAX_METADATA_VALUE = 500  # Stripe's limit on a metadata value
 # The longest query Stripe's data can call for: a 40-character metadata key, its colon and a value of
@@ -34,6 +36,13 @@ _CUSTOMER_ID = re.compile(r"cus_[A-Za-z0-9]+")
 _INVOICE_NUMBER = re.compile(r"[A-Za-z0-9]{3,12}-[0-9]{4,}")
 # A bare value for the one configured metadata key: no spaces, no "@" (a mistyped email stays an error).
 _BARE_VALUE = re.compile(r"[^\s@<>:|]{1,200}")
+# A payment intent's client secret (a checkout page holds it): the id is read, the secret never.
+_CLIENT_SECRET = re.compile(r"(pi_[A-Za-z0-9]+)_secret_[A-Za-z0-9]+")
+# Any Stripe client secret (``pi_…_secret_…``, ``seti_…_secret_…``) in text that may be shown or stored.
+_SECRET_PART = re.compile(r"_secret_[A-Za-z0-9]+")
+_ANY_CLIENT_SECRET = re.compile(r"[a-z]{2,8}_[A-Za-z0-9]+_secret_[A-Za-z0-9]+")
+_LINK = re.compile(r"(?i)https?://|dashboard\.stripe\.com/")
+_DASHBOARD_HOST = "dashboard.stripe.com"
 # Pairs an agent (or Slack) may wrap a query in; stripped from the outside in.
 _WRAPPERS = {'"': '"', "'": "'", "`": "`", "<": ">", "“": "”", "‘": "’"}
 
@@ -98,11 +107,61 @@ def _mailto_address(body: str) -> str:
     return body
 
 
+def without_secrets(text: str) -> str:
+    """``text`` with the secret part of any Stripe client secret cut (``pi_123_secret_…``): what a
+    refusal repeats, or the audit trail keeps, of what was typed."""
+    return _SECRET_PART.sub("_secret_…", text)
+
+
 def _describe(raw: str) -> str:
-    shown = raw.strip()
+    shown = without_secrets(raw.strip())
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return repr(shown)
+
+
+def _stripe_id(text: str) -> Query | None:
+    if _CUSTOMER_ID.fullmatch(text):
+        return Query(kind="customer_id", value=text)
+    for kind, pattern in _OWNED_IDS:
+        if pattern.fullmatch(text):
+            return Query(kind=kind, value=text)
+    return None
+
+
+# The dashboard's pages of the objects a lookup takes: the path segment before the object's id.
+_DASHBOARD_PAGES: dict[str, tuple[QueryKind, ...]] = {
+    "customers": ("customer_id",), "subscriptions": ("subscription",), "invoices": ("invoice",),
+    "payments": ("payment_intent", "charge"),  # an older payment's page is its charge's
+}
+
+
+def _dashboard_query(text: str, raw: str, accepted: str) -> Query:
+    """The object of a Stripe dashboard link (``https://dashboard.stripe.com/test/customers/cus_…``,
+    Slack's ``<…|label>`` already unwrapped to ``…|label``); else one sentence. Any path before the
+    page (an account id, ``test``) and the query string are the dashboard's, not the object's."""
+    link = text.partition("|")[0].strip()
+    if "://" not in link:
+        link = f"https://{link}"
+    try:
+        parts = urlsplit(link)
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if host != _DASHBOARD_HOST:
+        raise BadQueryError(
+            f"{_describe(raw)} is a link to another site than the Stripe dashboard ({_DASHBOARD_HOST}); "
+            f"{accepted}."
+        )
+    segments = [segment for segment in parts.path.split("/") if segment]
+    for page, segment in pairwise(segments):
+        found = _stripe_id(segment)
+        if found is not None and found.kind in _DASHBOARD_PAGES.get(page, ()):
+            return found
+    raise BadQueryError(
+        f"{_describe(raw)} is a Stripe dashboard link, but not to a customer, subscription, invoice or "
+        f"payment; {accepted}."
+    )
 
 
 def _names_a_key(text: str, metadata_keys: Sequence[str]) -> bool:
@@ -142,9 +201,10 @@ def _metadata_query(text: str, raw: str, metadata_keys: Sequence[str]) -> Query:
 
 
 def parse_query(raw: str, metadata_keys: Sequence[str] = ()) -> Query:
-    """An email, Slack's ``<mailto:a@b.com|a@b.com>``, a ``cus_``/``sub_``/``in_``/``ch_``/``pi_`` id, an
-    invoice number, or ``key:value`` for one of ``metadata_keys`` (a bare value when there is exactly
-    one); else ``BadQueryError``, one sentence naming what is accepted."""
+    """An email, Slack's ``<mailto:a@b.com|a@b.com>``, a ``cus_``/``sub_``/``in_``/``ch_``/``pi_`` id (or
+    a Stripe dashboard link to one, or a payment intent's client secret: its id), an invoice number,
+    or ``key:value`` for one of ``metadata_keys`` (a bare value when there is exactly one); else
+    ``BadQueryError``, one sentence naming what is accepted."""
     accepted = accepted_forms(metadata_keys)
     if not isinstance(raw, str) or not raw.strip():
         raise BadQueryError(f"The query is empty; {accepted}.")
@@ -155,11 +215,14 @@ def parse_query(raw: str, metadata_keys: Sequence[str] = ()) -> Query:
     text = _strip_wrappers(raw)
     if text[:7].lower() == "mailto:":
         text = _strip_wrappers(_mailto_address(text[7:]))
-    if _CUSTOMER_ID.fullmatch(text):
-        return Query(kind="customer_id", value=text)
-    for kind, pattern in _OWNED_IDS:
-        if pattern.fullmatch(text):
-            return Query(kind=kind, value=text)
+    if _LINK.match(text):  # before key:value: "https" is no metadata key
+        return _dashboard_query(text, raw, accepted)
+    found = _stripe_id(text)
+    if found is not None:
+        return found
+    secret = _CLIENT_SECRET.fullmatch(text)
+    if secret is not None:
+        return Query(kind="payment_intent", value=secret[1])
     if _EMAIL.fullmatch(text):
         return Query(kind="email", value=text)
     if _INVOICE_NUMBER.fullmatch(text):
@@ -168,6 +231,10 @@ def parse_query(raw: str, metadata_keys: Sequence[str] = ()) -> Query:
     # the operator's system may be an address); otherwise an "@" means a mistyped email.
     if ":" in text and ("@" not in text or _names_a_key(text, metadata_keys)):
         return _metadata_query(text, raw, metadata_keys)
+    if _ANY_CLIENT_SECRET.fullmatch(text):  # never a bare value: it would go to Stripe's search
+        raise BadQueryError(
+            f"{_describe(raw)} is a Stripe client secret, not an id a lookup takes; {accepted}."
+        )
     if len(metadata_keys) == 1 and _BARE_VALUE.fullmatch(text):
         return Query(kind="metadata", value=text, key=metadata_keys[0])
     raise BadQueryError(
@@ -192,6 +259,8 @@ def bare_metadata_query(raw: str, metadata_keys: Sequence[str]) -> Query | None:
     text = _strip_wrappers(raw)
     if parsed.kind not in _LOOKALIKES or not _BARE_VALUE.fullmatch(text):
         return None
+    if parsed.value.upper() != text.upper():
+        return None  # the id was read out of a link or a client secret: the whole is nobody's value
     return Query(kind="metadata", value=text, key=metadata_keys[0])
 
 

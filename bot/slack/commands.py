@@ -11,7 +11,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
 
 from billing.cache.connections import REDIS_ERRORS
-from billing.domain.matching import parse_query
+from billing.domain.matching import parse_query, without_secrets
 from billing.errors import BadQueryError, StripeUnavailableError
 from billing.sync.backfill import Backfill
 from bot.runtime import TenantRuntime
@@ -61,7 +61,7 @@ async def handle_billing(
     elif sub == "resync":
         await _resync(deps, ack, respond, tenant, user=user)
     else:
-        looking = cards.looking_message(text)
+        looking = cards.looking_message(without_secrets(text))  # a client secret is read as its id only
         work = _card_text(deps, tenant, text, user=user, team=team)
         await answer_in_time(deps, ack, respond, work, looking=looking)
 

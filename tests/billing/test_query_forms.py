@@ -257,6 +257,30 @@ async def test_a_bare_value_shaped_like_an_invoice_number_or_id_is_also_tried_as
     assert nobody.to_json_dict() == {"found": False, "query": "ZZZZ-9999"}
 
 
+async def test_a_dashboard_link_or_a_client_secret_finds_jane_and_the_secret_goes_nowhere(
+    sandbox: SandboxHandle, gateway: StripeGateway
+) -> None:
+    ids = await _jane_ids(gateway)
+    dash = "https://dashboard.stripe.com/test"
+    one_key = BillingService(gateway, None, metadata_keys=("user_id",))  # a miss is retried as user_id
+    sandbox.control.clear_requests()
+    queries = {
+        f"{dash}/customers/{ids['customer']}": ("customer_id", ids["customer"]),
+        f"<{dash}/subscriptions/{ids['subscription']}|Subscription>": ("subscription", ids["subscription"]),
+        f"<{dash}/invoices/{ids['invoice']}>": ("invoice", ids["invoice"]),
+        f"{dash}/payments/{ids['payment_intent']}": ("payment_intent", ids["payment_intent"]),
+        f"{ids['payment_intent']}_secret_XYZ789": ("payment_intent", ids["payment_intent"]),
+    }
+    for query, (method, read) in queries.items():
+        context = await one_key.lookup(query)
+        assert context.customer is not None and context.customer.id == ids["customer"], query
+        assert context.match is not None and context.match.method == method
+        assert context.query == read  # what the card and the tools repeat: the id, never the link's rest
+    nobody = await one_key.lookup("pi_NoSuch_secret_XYZ789")
+    assert nobody.to_json_dict() == {"found": False, "query": "pi_NoSuch"}
+    assert "XYZ789" not in json.dumps(sandbox.control.requests())
+
+
 async def test_unknown_ids_and_numbers_are_not_found(sandbox: SandboxHandle, gateway: StripeGateway) -> None:
     service = BillingService(gateway, None, metadata_keys=KEYS)
     for query in ("sub_NoSuch", "in_NoSuch", "ch_NoSuch", "pi_NoSuch", "ZZZZ-9999", "user_id:nobody"):

@@ -33,6 +33,12 @@ def _jane_id(sandbox: SandboxHandle) -> str:
     return str(customer["id"])
 
 
+def _jane_intent(sandbox: SandboxHandle) -> str:
+    response = httpx.get(f"{sandbox.url}/v1/payment_intents", params={"customer": _jane_id(sandbox)},
+                         headers={"Authorization": f"Bearer {sandbox.api_key}"})
+    return str(response.json()["data"][0]["id"])
+
+
 def _set_jane_user_id(sandbox: SandboxHandle, value: str) -> str:
     jane = _jane_id(sandbox)
     sandbox.control.update(jane, {"metadata": {"user_id": value}})
@@ -152,6 +158,27 @@ async def test_slash_billing_finds_a_bare_user_id_shaped_like_a_number(harness: 
     assert "Jane Doe" in card and "Matched by metadata user_id ACC-1001" in card
 
 
+async def test_slash_billing_takes_a_dashboard_link_and_a_client_secret(harness: SlackHarness) -> None:
+    jane = _jane_id(harness.sandbox)
+    intent = _jane_intent(harness.sandbox)
+    body = slash_command_body(text=f"{intent}_secret_XYZ789", user_id=USER_MEMBER,
+                              response_url=harness.slack.response_url("secret"))
+    harness.sandbox.control.set_faults(latency_ms=2000)  # past the ack: "Looking up …" is answered first
+    try:
+        looking = all_text((await harness.post(body)).json())
+        card = all_text((await harness.slack.wait_for_response_async("secret", timeout=60))[-1].payload)
+    finally:
+        harness.sandbox.control.clear_faults()
+    assert f"Looking up {intent}_secret_…" in looking
+    assert "Jane Doe" in card and f"Matched by payment intent {intent}" in card
+    assert "XYZ789" not in looking + card
+    link = f"https://dashboard.stripe.com/test/customers/{jane}"
+    for text in (f"<{link}>", f"<{link}|dashboard.stripe.com/test/customers/{jane}>", link):
+        assert "Jane Doe" in await _card(harness, text, f"link-{len(text)}"), text
+    other = await _card(harness, "https://example.com/customers/cus_1", "other-site")
+    assert "is a link to another site than the Stripe dashboard" in other
+
+
 # ---- the LLM tools ----------------------------------------------------------------------------------
 
 
@@ -186,3 +213,20 @@ async def test_the_tools_take_the_forms_and_say_how_the_customer_was_found(
     assert "matched_by" not in json.loads(by_email)
     bad, _ = await tools.stripe_context("user_id:")
     assert json.loads(bad)["error"] == "bad_email"
+
+
+async def test_a_client_secret_is_never_kept_in_the_audit_trail(
+    sandbox: SandboxHandle, runtime: Runtime
+) -> None:
+    intent = _jane_intent(sandbox)
+    tools = BillingTools(runtime, clock=lambda: datetime.now(UTC))
+    content, _ = await tools.stripe_context(f"{intent}_secret_XYZ789")
+    assert json.loads(content)["matched_by"] == f"payment intent {intent}"
+    await tools.stripe_context("seti_1Abc_secret_XYZ789")  # refused: no such form
+    link, _ = await tools.stripe_context(f"https://dashboard.stripe.com/test/customers/{_jane_id(sandbox)}")
+    assert json.loads(link)["ok"] is True
+    assert runtime.default.audit is not None
+    entries = await runtime.default.audit.read(limit=3)
+    assert [e.outcome for e in entries] == ["found", "bad_query", "found"]
+    assert entries[2].query == f"{intent}_secret_…" and entries[1].query == "seti_1Abc_secret_…"
+    assert "XYZ789" not in content + json.dumps([e.query for e in entries])
