@@ -197,6 +197,8 @@ def render_context(
         shared = "email"
         if context.match is not None and context.match.method == "metadata":
             shared = context.query.partition(":")[0]  # customers sharing the operator's id
+        elif context.match is not None and context.match.method == "invoice_number":
+            shared = "invoice number"
         parts.append(Text(f"Other customers with this {shared}: {others}", style="yellow"))
     parts.append(Text(customer.dashboard_url, style="link " + customer.dashboard_url))
 

@@ -664,6 +664,8 @@ def _others(context: BillingContext) -> SectionBlock | None:
     shared = "email"
     if context.match is not None and context.match.method == "metadata":
         shared = inline(context.query.partition(":")[0], 40)  # the operator's id they all carry
+    elif context.match is not None and context.match.method == "invoice_number":
+        shared = "invoice number"  # found by a number several customers' invoices carry
     text = (f":busts_in_silhouette: {_plural(count, 'other customer')} "
             f"{'shares' if count == 1 else 'share'} this {shared}")
     if count > OTHERS_IN_MENU:

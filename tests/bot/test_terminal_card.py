@@ -6,7 +6,14 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from billing.domain.models import BillingContext, CustomerInfo, InvoiceInfo, Match, SubscriptionInfo
+from billing.domain.models import (
+    BillingContext,
+    CustomerInfo,
+    InvoiceInfo,
+    Match,
+    OtherCustomer,
+    SubscriptionInfo,
+)
 from bot.terminal_card import render_context
 
 AS_OF = datetime(2026, 11, 22, 10, tzinfo=UTC)
@@ -87,3 +94,13 @@ def test_age_text_reads_like_a_person_would_say_it() -> None:
     cases = {timedelta(seconds=12): "12 s", timedelta(minutes=5, seconds=40): "5 min",
              timedelta(hours=3, minutes=5): "3 h", timedelta(hours=49): "2 d", timedelta(seconds=-3): "0 s"}
     assert {age: age_text(age) for age in cases} == cases
+
+
+def test_other_customers_are_said_to_share_what_found_them() -> None:
+    other = OtherCustomer(id="cus_2", email="x@acme.com", name=None, livemode=False, created=AS_OF,
+                          status=None, dashboard_url="https://dashboard.stripe.com/test/customers/cus_2")
+    context = _context("Pro", "ABCD-0004").model_copy(update={
+        "query": "ABCD-0004", "match": Match(method="invoice_number", confidence="exact"),
+        "other_customers": [other]})
+    text = _text(context)
+    assert "Other customers with this invoice number: cus_2" in text and "this email" not in text

@@ -425,6 +425,17 @@ def test_one_other_customer_reads_well() -> None:
     assert not _elements(cards.customer_card(_context(), None, now=NOW), "static_select")
 
 
+def test_other_customers_are_said_to_share_what_found_them() -> None:
+    by_number = _context(others=[_other(1), _other(2)]).model_copy(update={
+        "query": "ABCD-0004", "match": Match(method="invoice_number", confidence="exact")})
+    text = _all_text(cards.customer_card(by_number, None, now=NOW))
+    assert "2 other customers share this invoice number" in text and "share this email" not in text
+    by_metadata = by_number.model_copy(update={
+        "query": "user_id:1234", "match": Match(method="metadata", confidence="exact")})
+    metadata_card = cards.customer_card(by_metadata, None, now=NOW)
+    assert "2 other customers share this user_id" in _all_text(metadata_card)
+
+
 # ---- the shared card -----------------------------------------------------------------------------
 def test_shared_card_has_nothing_to_click_and_fewer_details() -> None:
     context = _past_due().model_copy(update={"other_customers": [_other(1)]})
