@@ -190,6 +190,30 @@ async def test_a_reminder_comes_at_its_moment_from_the_schedule(
     assert await store.client.zscore(scheduler.due_key, "cus_Y") is None  # nothing more this period
 
 
+async def test_a_new_or_renewed_subscription_is_scheduled_on_the_next_tick_without_a_walk(
+    store: RedisStore, clock: FrozenDateTimeFactory
+) -> None:
+    h = Harness(store, clock)
+    scheduler = h.scheduler(rewalk_after=30 * 86400)
+    assert await scheduler.tick() == 0  # the walk of an empty tenant: done, none again for weeks
+    renews = START + 5 * DAY
+    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
+                                   START))
+    # The worker's save put the customer in ``reminders:dirty``: the next tick schedules it.
+    assert await scheduler.tick() == 1
+    assert scheduler.stats.walked == 0
+
+    # Renewed into a period ending in 6 days (reminded 7 ahead): due at once, still no walk.
+    clock.move_to(renews + timedelta(minutes=1))
+    next_end = renews + 6 * DAY
+    renewed = sub("sub_Y", "cus_Y", price=yearly_price(), period_end=next_end)
+    await h.apply(sf.event("customer.subscription.updated", renewed, _ts(renews) + 30))
+    assert await scheduler.tick() == 1
+    assert scheduler.stats.walked == 0
+    await h.deliver()
+    assert [t.event_id for _, t in h.poster.posted] == [f"{_ts(renews)}-7d", f"{_ts(next_end)}-7d"]
+
+
 async def test_a_trial_ending_in_3_days_reminds_once(store: RedisStore, clock: FrozenDateTimeFactory) -> None:
     h = Harness(store, clock)
     ends = START + 3 * DAY
