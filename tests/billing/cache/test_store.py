@@ -323,3 +323,17 @@ async def test_a_lookup_never_overwrites_newer_catalogue_objects(store: RedisSto
     assert products["prod_pro"]["name"] == "Pro"
     cached = await store.get_context("cus_A")
     assert cached is not None and cached.mrr == {"usd": 2900}
+
+
+async def test_every_save_of_a_context_has_the_reminder_scheduler_look_at_the_customer(
+    store: RedisStore,
+) -> None:
+    # A lookup or backfill (``save_customers``), a lookup's snapshot (``fold_stage``): the scheduler's
+    # next tick computes the customer's reminders without waiting for its walk.
+    reminders = store.reminder_state()
+    data = _data()
+    await store.save_customers([(data, _context(data))])  # type: ignore[list-item]
+    assert await reminders.pop_dirty(10) == ["cus_A"]
+    await store.save_customer(data, _context(data), fetched_at=sf.T0 + 5)  # type: ignore[arg-type]
+    assert await reminders.pop_dirty(10) == ["cus_A"]
+    assert await reminders.pop_dirty(10) == []
