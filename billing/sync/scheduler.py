@@ -9,7 +9,8 @@ worker's sweeper notifies them (``EventWorker.run`` ticks this scheduler).
 Keys (``p`` = the tenant prefix)::
 
     p:reminders:due              zset    customer -> when to look at it next (unix seconds)
-    p:reminders:dirty            set     customers to (re)compute the moment of (a walk puts them here)
+    p:reminders:dirty            set     customers to (re)compute the moment of (every save of a
+                                         context puts its customer here, and so does a walk)
     p:reminders:index            hash    leads (lead-time fingerprint), walking, cursor, walked_at
     p:reminders:lock             string  the scheduler ticking now (one per tenant at a time)
     p:{cus_1}:reminded:<k>:<sub>:<period>:<N>   the once-marker of one reminder (until its date)
@@ -20,9 +21,10 @@ re-walk finds the marker and queues nothing. A new period has a new date, hence 
 
 Finding changes: the tenant's customers are walked (``SSCAN``, a bounded step per tick) whenever the
 lead times change and ``rewalk_after`` seconds after the last walk, each context's next moment
-recomputed; so a subscription created or renewed since is scheduled within ``rewalk_after`` (a
-reminder is sent days ahead: within the hour is in time). A writer may also add a customer to
-``reminders:dirty`` to have it looked at on the next tick.
+recomputed. A subscription created or renewed is scheduled sooner: every save of a context (the
+worker's, a lookup's, a backfill's: ``RedisStore.queue_saved``, in the save's round trip where the
+keys allow) adds its customer to ``reminders:dirty``, looked at on the next tick; the walk catches
+whatever a save could not mark (a crash between a cluster's two round trips).
 """
 
 from __future__ import annotations
