@@ -19,6 +19,10 @@ notifier call repeated after a crash posts nothing twice.
 A crash anywhere before ``XACK`` re-delivers the entry (claimed by another worker after
 ``claim_idle_ms``); re-applying is harmless because every write is version-checked. An entry that
 fails ``max_deliveries`` times goes to the dead-letter stream.
+
+Stripe's invoice previews are never fetched on this path: a subscription or invoice event marks its
+customer due, and ``billing.sync.previews`` (ticked by ``run`` between batches, in the background)
+refreshes the stored previews with a version-checked update of its own (``save_previews``).
 """
 
 from __future__ import annotations
@@ -217,27 +221,29 @@ class EventWorker:
         stop = stop or asyncio.Event()
         backoff = 0.1
         group_ready = False
-        while not stop.is_set():
-            try:
-                if not group_ready:
-                    await self.ensure_group()
-                    group_ready = True
-                await self.run_once()
-                if self.last_sweep_at is None or time.time() - self.last_sweep_at >= self.sweep_interval:
-                    await self.sweep()
-                if self.scheduler is not None:
-                    await self.scheduler.maybe_tick()
-                if self.refresh_previews and self.previews is not None:
-                    await self.previews.maybe_tick()  # starts a refresh; the next batch does not wait
-                backoff = 0.1
-            except REDIS_ERRORS as exc:
-                log.warning("worker waiting for Redis: %s", type(exc).__name__)
-                group_ready = False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=backoff)
-                backoff = min(backoff * 2, 5.0)
-        if self.previews is not None:
-            await self.previews.stop()
+        try:
+            while not stop.is_set():
+                try:
+                    if not group_ready:
+                        await self.ensure_group()
+                        group_ready = True
+                    await self.run_once()
+                    if self.last_sweep_at is None or time.time() - self.last_sweep_at >= self.sweep_interval:
+                        await self.sweep()
+                    if self.scheduler is not None:
+                        await self.scheduler.maybe_tick()
+                    if self.refresh_previews and self.previews is not None:
+                        await self.previews.maybe_tick()  # starts a refresh; the next batch does not wait
+                    backoff = 0.1
+                except REDIS_ERRORS as exc:
+                    log.warning("worker waiting for Redis: %s", type(exc).__name__)
+                    group_ready = False
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=backoff)
+                    backoff = min(backoff * 2, 5.0)
+        finally:  # a refresh under way is dropped; its customers stay due (leased) in Redis
+            if self.previews is not None:
+                await self.previews.stop()
 
     async def run_once(self, block_ms: int | None = None) -> int:
         """Claim idle entries of dead consumers, then read and process one batch; returns entries seen."""
