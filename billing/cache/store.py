@@ -812,7 +812,8 @@ class RedisStore:
 
     async def forget_customer(self, customer_id: str) -> int:
         """Remove everything cached about a customer (context with its timeline, objects, staged
-        pages, outbox, sent markers, email index entries, manual links, price/coupon references);
+        pages, outbox, sent markers, email and lookup index entries, manual links, price/coupon
+        references, the reminder and preview schedulers' entries);
         returns how many keys were deleted or updated. An operator's command, not a request path:
         it scans the tenant's link and reference keys."""
         objects = decode_objects(await self.client.get(self.customer_key(customer_id, "objs")))
@@ -829,6 +830,12 @@ class RedisStore:
                 touched += int(await self.client.delete(key))
         async for key in self.client.scan_iter(match=self.tenant_key("refs:*"), count=500):
             touched += int(await self.client.srem(key, customer_id))
+        # The schedulers' queues name the customer too: nothing due for someone forgotten.
+        reminders = self.reminder_state()
+        touched += int(await self.client.srem(reminders.dirty_key, customer_id))
+        touched += int(await self.client.zrem(reminders.due_key, customer_id))
+        touched += int(await self.client.zrem(self.previews.due_key, customer_id))
+        touched += int(await self.client.hdel(self.previews.failures_key, customer_id))
         return touched
 
     # ---- health ------------------------------------------------------------------------------
