@@ -3,11 +3,11 @@ say changed, which the objects themselves no longer show once changed (``billing
 builds the rest from the objects): an upgrade or downgrade (the plan before, and the MRR before and
 after), a quantity change, a coupon removed, a payment method changed, collection paused or resumed.
 
-An entry is keyed by its event and dated by the event's ``created``, and is made from the event
-alone (names and amounts from the tenant's catalogue), so duplicated or shuffled deliveries give the
-same entries. The worker keeps the newest ``EVENT_ENTRIES_KEPT`` of a customer
-(``billing.cache.event_timeline``); the builder merges them into the context's timeline
-(``CustomerData.event_entries``).
+An entry is keyed by its event (and its place among the event's entries) and dated by the event's
+``created``, and is made from the event alone (names and amounts from the tenant's catalogue), so
+duplicated or shuffled deliveries give the same entries. The worker keeps the newest
+``EVENT_ENTRIES_KEPT`` of a customer (``billing.cache.event_timeline``); the builder merges them into
+the context's timeline (``CustomerData.event_entries``).
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ def entries_of_event(
     elif kind in ("customer.subscription.updated", "customer.subscription.paused",
                   "customer.subscription.resumed"):
         found += _subscription_changes(str(kind), obj, previous, catalogue, customer, before, created)
-    return [EventEntry(event_id, created, entry_kind, text) for entry_kind, text in found]
+    # One event may give several entries (a plan change and two coupons removed): each is keyed by the
+    # event and its place in it, so none replaces another and a redelivery gives the same keys.
+    return [EventEntry(event_id if n == 0 else f"{event_id}#{n + 1}", created, entry_kind, text)
+            for n, (entry_kind, text) in enumerate(found)]
 
 
 def _card_change(

@@ -60,3 +60,17 @@ def test_kept_entries_are_the_newest_whatever_the_order_and_an_event_keeps_its_f
     assert kept == newest_entries([], entries, keep=20) == entries[:9:-1]
     again = newest_entries(kept, [EventEntry("evt_29", T + 29, "quantity_changed", "other words")], keep=20)
     assert again == kept
+
+
+def test_every_entry_of_one_event_is_kept_and_a_redelivery_adds_none() -> None:
+    # One update can change the plan and remove two coupons: three entries sharing the event's id.
+    event = _sub_event(sf.price("price_basic", amount=1000, nickname="Basic"), {
+        "items": _items(sf.price()), "discounts": ["di_a", "di_b"],
+    })
+    entries = entries_of_event(event, NAMES)
+    assert [e.kind for e in entries] == ["downgraded", "coupon_removed", "coupon_removed"]
+    kept = newest_entries([], entries)
+    assert sorted((e.kind, e.text) for e in kept) == sorted((e.kind, e.text) for e in entries)
+    assert newest_entries([], entries + entries[::-1]) == kept  # duplicated within a batch
+    reworded = [EventEntry(e.event_id, e.at, e.kind, e.text + " (renamed)") for e in entries]
+    assert newest_entries(kept, reworded) == kept  # an event already kept keeps its entries
