@@ -71,6 +71,9 @@ CUSTOMER_CARD = "invoice_settings.default_payment_method"
 # Subscriptions that will invoice again: their next invoice is previewed on a cold lookup.
 PREVIEWED_STATUSES = frozenset({"active", "trialing", "past_due"})
 PREVIEW_PERMISSION = "rak_invoice_read"  # what Stripe asks of a restricted key for create_preview
+# A key refused previews is not asked again for this long: every subscription or invoice event marks
+# its customer for a refresh, and each would be one more 403 (and one more log line) otherwise.
+PREVIEW_DENIED_RECHECK_SECONDS = 300.0
 _PERMISSION_IN_MESSAGE = re.compile(r"\brak_[a-z_]+_read\b")
 _KEY_SHAPE = re.compile(r"(rk|sk)_(live|test)_[A-Za-z0-9]+")
 
@@ -531,6 +534,8 @@ class StripeGateway:
         self._tenant: Tenant | None = None
         self.stats = GatewayStats()
         self._cards_readable = True
+        self.preview_denied_recheck = PREVIEW_DENIED_RECHECK_SECONDS
+        self._preview_denied_at: float | None = None  # monotonic time of the last 403 on a preview
         self._account_asked = False
         self._account_id: str | None = None
 
@@ -1057,7 +1062,11 @@ class StripeGateway:
     async def preview_next_invoice(self, subscription_id: str) -> StripeDict | None:
         """Stripe's preview of the subscription's next invoice (``POST /v1/invoices/create_preview``:
         read-only, creates nothing; needs ``rak_invoice_read``). None when the key may not preview
-        (403: the card then shows an estimate) or Stripe has no upcoming invoice for it."""
+        (403: the card then shows an estimate; not asked again for ``preview_denied_recheck`` seconds)
+        or Stripe has no upcoming invoice for it."""
+        denied_at = self._preview_denied_at
+        if denied_at is not None and time.monotonic() - denied_at < self.preview_denied_recheck:
+            return None
         try:  # as JSON, like list pages: a backfill previews every renewing subscription
             response = await self._call(
                 "previewing the next invoice",
@@ -1066,11 +1075,15 @@ class StripeGateway:
                 ),
             )
         except stripe.PermissionError:
-            log.info("the key may not preview invoices (%s): next invoices are estimated", PREVIEW_PERMISSION)
+            if self._preview_denied_at is None:  # concurrent previews may all be refused: said once
+                log.warning("the key may not preview invoices (%s): next invoices are estimated; asked "
+                            "again in %.0f s", PREVIEW_PERMISSION, self.preview_denied_recheck)
+            self._preview_denied_at = time.monotonic()
             return None
         except stripe.InvalidRequestError as err:
             log.info("no invoice preview for %s (HTTP %s)", subscription_id, err.http_status)
             return None
+        self._preview_denied_at = None
         preview: StripeDict = _json_shaped(response.data)
         return preview
 

@@ -111,3 +111,25 @@ async def test_demo_cards_cancellation_and_card_expiring(gateway: StripeGateway)
     assert leaving.timeline[0].kind == "cancellation_scheduled"
     _, coupon = await _context(gateway, "coupon@example.com")
     assert coupon.payment_method is not None and coupon.payment_method.last4 == "0005"  # the sub's own
+
+
+async def test_a_key_refused_previews_asks_again_only_after_a_while(
+    sandbox: Any, gateway: StripeGateway
+) -> None:
+    # A key without rak_invoice_read would otherwise send a 403 to Stripe for every subscription event
+    # (the refresher marks the customer on each): the refusal is remembered, then asked again.
+    data, _ = await _context(gateway, "coupon@example.com")
+    subs = data.subscriptions
+    sandbox.control.set_key_permissions(
+        RESTRICTED_KEY, [p for p in PERMISSIONS.values() if p != "rak_invoice_read"]
+    )
+    async with gateway_for(sandbox, RESTRICTED_KEY) as restricted:
+        sandbox.control.clear_requests()
+        for _ in range(5):
+            assert await restricted.preview_next_invoices(subs) == {subs[0]["id"]: None}
+        asked = [r for r in sandbox.control.requests() if r["path"] == "/v1/invoices/create_preview"]
+        assert len(asked) == 1
+        restricted.preview_denied_recheck = 0.0  # the operator granted it meanwhile: asked again
+        sandbox.control.set_key_permissions(RESTRICTED_KEY, list(PERMISSIONS.values()))
+        [preview] = (await restricted.preview_next_invoices(subs)).values()
+        assert preview is not None and preview["amount_due"] == 4000
