@@ -31,7 +31,7 @@ from billing.ports import Tenant
 from billing.sync.webhook import MAX_BODY_BYTES, WebhookIngest
 from billing.sync.worker import EventWorker
 from bot.http_protocol import BoundedHttpToolsProtocol
-from bot.metrics import Metrics, slack_kind
+from bot.metrics import Metrics, slack_kind, stats_families
 
 WORKER_STALL_SECONDS = 30.0
 REDIS_PROBE_SECONDS = 2.0
@@ -66,6 +66,13 @@ class _WorkerCollector(Collector):
             ("duplicates", stats.duplicates), ("refetched", stats.refetched), ("notified", stats.notified),
         ):
             yield CounterMetricFamily(f"billing_worker_{name}", f"Events {name} by the worker.", value=value)
+        # The refresher's and the scheduler's outcomes in this process (their queues' sizes come from
+        # Redis: ``Metrics.update_health``).
+        previews, scheduler = self.worker.previews, self.worker.scheduler
+        yield from stats_families("billing_previews", "Next-invoice preview refreshes",
+                                  previews.stats if previews is not None else None)
+        yield from stats_families("billing_reminders", "Reminder scheduler",
+                                  scheduler.stats if scheduler is not None else None)
         last = self.worker.last_batch_at
         yield GaugeMetricFamily(
             "billing_worker_last_poll_age_seconds", "Seconds since the worker last polled the stream.",

@@ -30,19 +30,21 @@ class _StatsCollector(Collector):
         self._source = source
 
     def collect(self) -> Iterator[Any]:
-        stats = getattr(self._source, "stats", None)
-        if stats is None:
-            return
-        for name, value in vars(stats).items():
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                yield CounterMetricFamily(f"{self._prefix}_{name}", f"{self._description}: {name}.",
-                                          value=value)
-            elif isinstance(value, dict):
-                family = CounterMetricFamily(f"{self._prefix}_{name}", f"{self._description}: {name}.",
-                                             labels=["kind"])
-                for kind, count in sorted(value.items()):
-                    family.add_metric([str(kind)], count)
-                yield family
+        yield from stats_families(self._prefix, self._description, getattr(self._source, "stats", None))
+
+
+def stats_families(prefix: str, description: str, stats: Any) -> Iterator[Any]:
+    """One counter per integer field of ``stats`` (a dict field: one per key), named ``prefix_field``."""
+    if stats is None:
+        return
+    for name, value in vars(stats).items():
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield CounterMetricFamily(f"{prefix}_{name}", f"{description}: {name}.", value=value)
+        elif isinstance(value, dict):
+            family = CounterMetricFamily(f"{prefix}_{name}", f"{description}: {name}.", labels=["kind"])
+            for kind, count in sorted(value.items()):
+                family.add_metric([str(kind)], count)
+            yield family
 
 
 class Metrics:
@@ -62,6 +64,15 @@ class Metrics:
                                       registry=self.registry)
         self.last_webhook_age = Gauge("billing_last_webhook_age_seconds", "Seconds since the last webhook.",
                                       registry=self.registry)
+        self.previews_due = Gauge("billing_previews_due",
+                                  "Customers whose next-invoice previews wait for a refresh.",
+                                  registry=self.registry)
+        self.reminders = Gauge("billing_reminders", "The reminder schedule: customers with a moment "
+                               "(scheduled) and those whose moment has passed (due).", ["what"],
+                               registry=self.registry)
+        self.reminders_last_tick_age = Gauge(
+            "billing_reminders_last_tick_age_seconds",
+            "Seconds since a reminder scheduler last ticked (NaN: never).", registry=self.registry)
 
     def record_lookup(self, surface: str, source: str, outcome: str, seconds: float) -> None:
         self.lookups.labels(surface, source, outcome).inc()
@@ -79,6 +90,11 @@ class Metrics:
         self.stream.labels("dead_letters").set(health.dead_letters)
         if health.last_webhook_at:
             self.last_webhook_age.set(time.time() - health.last_webhook_at)
+        self.previews_due.set(health.previews_due)
+        self.reminders.labels("scheduled").set(health.reminders_scheduled)
+        self.reminders.labels("due").set(health.reminders_due)
+        ticked = health.reminders_last_tick_at
+        self.reminders_last_tick_age.set(time.time() - ticked if ticked is not None else float("nan"))
 
 
 def slack_kind(content_type: str, body: bytes) -> str:

@@ -2,7 +2,8 @@
 
     p:reminders:due              zset    customer -> when to look at it next (unix seconds)
     p:reminders:dirty            set     customers to (re)compute the moment of
-    p:reminders:index            hash    the walk's state (leads, walking, cursor, walked_at)
+    p:reminders:index            hash    the walk's state (leads, walking, cursor, walked_at) and
+                                         the last tick (ticked_at, unix seconds: ``billing status``)
     p:reminders:lock             string  the scheduler ticking now (one per tenant at a time)
 
 The once-markers of reminders live in the customer's slot and are written with its outbox entry
@@ -14,6 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from billing.cache.connections import RedisClient
+
+TICKED_AT = "ticked_at"
+"""The field of ``p:reminders:index`` holding when a scheduler last ticked (unix seconds)."""
 
 
 class ReminderState:
@@ -34,6 +38,9 @@ class ReminderState:
         """Release the lock if ``token`` still holds it."""
         if _text(await self._client.get(self.lock_key) or b"") == token:
             await self._client.delete(self.lock_key)
+
+    async def record_tick(self, at: float) -> None:
+        await self._client.hset(self.index_key, TICKED_AT, repr(at))
 
     # ---- the walk -----------------------------------------------------------------------------------
     async def walk_state(self) -> dict[str, str]:
@@ -87,4 +94,4 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-__all__ = ["ReminderState"]
+__all__ = ["TICKED_AT", "ReminderState"]

@@ -60,7 +60,7 @@ from billing.cache.event_timeline import TIMELINE_PART, decode_entries
 from billing.cache.lookup_index import LookupIndex
 from billing.cache.outbox import Outbox, Outboxes
 from billing.cache.preview_state import PreviewState
-from billing.cache.reminder_state import ReminderState
+from billing.cache.reminder_state import TICKED_AT, ReminderState
 from billing.cache.streams import EventStream
 from billing.domain.builder import build_context
 from billing.domain.models import BillingContext, Match
@@ -233,6 +233,13 @@ class SyncHealth:
     stream_lag: int | None
     pending: int
     dead_letters: int
+    # Next-invoice previews waiting for a refresh (due now, leased or backing off), and the reminder
+    # scheduler: customers with a moment, those whose moment has passed (a scheduler keeping up leaves
+    # none for long), and its last tick (any process's).
+    previews_due: int = 0
+    reminders_scheduled: int = 0
+    reminders_due: int = 0
+    reminders_last_tick_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def iso(ts: float | None) -> str | None:
@@ -252,6 +259,10 @@ class SyncHealth:
             "stream_lag": self.stream_lag,
             "pending": self.pending,
             "dead_letters": self.dead_letters,
+            "previews_due": self.previews_due,
+            "reminders_scheduled": self.reminders_scheduled,
+            "reminders_due": self.reminders_due,
+            "reminders_last_tick_at": iso(self.reminders_last_tick_at),
         }
 
 
@@ -858,7 +869,12 @@ class RedisStore:
         pipe.scard(self.tenant_key("customers"))
         pipe.xlen(self.stream_key)
         pipe.xlen(self.dead_letter_key)
-        record, customers, length, dead = await pipe.execute()
+        reminders = self.reminder_state()
+        pipe.zcard(self.previews.due_key)
+        pipe.zcard(reminders.due_key)
+        pipe.zcount(reminders.due_key, "-inf", time.time())
+        pipe.hget(reminders.index_key, TICKED_AT)
+        record, customers, length, dead, previews_due, scheduled, due, ticked = await pipe.execute()
         fields = {_text(k): _text(v) for k, v in record.items()}
         lag: int | None = None
         pending = 0
@@ -888,6 +904,10 @@ class RedisStore:
             stream_lag=lag,
             pending=pending,
             dead_letters=int(dead),
+            previews_due=int(previews_due),
+            reminders_scheduled=int(scheduled),
+            reminders_due=int(due),
+            reminders_last_tick_at=float(ticked) if ticked else None,
         )
 
     async def ping(self) -> bool:

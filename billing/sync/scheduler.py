@@ -11,7 +11,8 @@ Keys (``p`` = the tenant prefix)::
     p:reminders:due              zset    customer -> when to look at it next (unix seconds)
     p:reminders:dirty            set     customers to (re)compute the moment of (every save of a
                                          context puts its customer here, and so does a walk)
-    p:reminders:index            hash    leads (lead-time fingerprint), walking, cursor, walked_at
+    p:reminders:index            hash    leads (lead-time fingerprint), walking, cursor, walked_at,
+                                         ticked_at (the last tick: ``billing status``, ``/metrics``)
     p:reminders:lock             string  the scheduler ticking now (one per tenant at a time)
     p:{cus_1}:reminded:<k>:<sub>:<period>:<N>   the once-marker of one reminder (until its date)
 
@@ -139,13 +140,15 @@ class ReminderScheduler:
         if not await self.state.lock(token, lock_ms=self.lock_ms):
             return 0
         self.stats.ticks += 1
-        self.last_tick_at = time.time()
+        self.last_tick_at = ticked_at = time.time()
         try:
             now = self.clock()
             leads = self.leads()
             await self._walk(leads, now)
             await self._compute_dirty(leads, now)
-            return await self._fire(leads, now)
+            queued = await self._fire(leads, now)
+            await self.state.record_tick(ticked_at)
+            return queued
         finally:
             await self.state.unlock(token)
 

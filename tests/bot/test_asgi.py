@@ -253,3 +253,43 @@ async def test_a_cluster_that_goes_down_means_503_and_a_waiting_worker(
     stop.set()
     await task
     await client.aclose()
+
+
+async def test_metrics_and_status_show_the_preview_and_reminder_schedules(store: RedisStore) -> None:
+    # An operator sees whether previews pile up and whether reminders are sent: the due list's size,
+    # the refresher's outcomes, the scheduler's due count and last tick, on /metrics and in the
+    # sync-health record ``billing status`` prints.
+    from billing.sync.scheduler import ReminderScheduler
+
+    worker = EventWorker(store, NoStripeNeeded(), RecordingNotifier(), block_ms=50,  # type: ignore[arg-type]
+                         refresh_previews=False)
+    worker.scheduler = ReminderScheduler(store, lambda: {})
+    before = (await store.health()).to_dict()
+    assert (before["previews_due"], before["reminders_due"], before["reminders_scheduled"]) == (0, 0, 0)
+    assert before["reminders_last_tick_at"] is None
+    pipe = store.client.pipeline(transaction=False)
+    store.previews.queue_mark(pipe, ["cus_A", "cus_B"], now_ms=int(time.time() * 1000))
+    await pipe.execute()
+    state = store.reminder_state()
+    await state.set_moments({"cus_A": time.time() - 60, "cus_B": time.time() + 86400})
+    assert worker.previews is not None
+    worker.previews.stats.failed = 3
+    async with serve(store, worker) as client:
+        metrics = (await client.get("/metrics")).text
+        assert "billing_previews_due 2.0" in metrics
+        assert 'billing_reminders{what="scheduled"} 2.0' in metrics
+        assert 'billing_reminders{what="due"} 1.0' in metrics
+        assert "billing_previews_failed_total 3.0" in metrics
+        assert "billing_reminders_queued_total 0.0" in metrics
+        assert "billing_reminders_last_tick_age_seconds NaN" in metrics  # never ticked
+
+        await worker.scheduler.tick()
+
+        async def ticked() -> bool:
+            text = (await client.get("/metrics")).text
+            return "billing_reminders_last_tick_age_seconds NaN" not in text
+        await eventually(ticked)
+    health = (await store.health()).to_dict()
+    # cus_A's moment came and it has no cached context: out of the schedule.
+    assert (health["previews_due"], health["reminders_scheduled"], health["reminders_due"]) == (2, 1, 0)
+    assert health["reminders_last_tick_at"] is not None

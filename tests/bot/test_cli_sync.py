@@ -86,6 +86,8 @@ def test_status_json_reports_mode_account_cache_and_stream(
     assert empty["mode"] == "test" and empty["account"].startswith("acct_")
     assert (empty["customers_cached"], empty["stream_length"], empty["pending"], empty["dead_letters"]) == (
         0, 0, 0, 0)
+    assert (empty["previews_due"], empty["reminders_scheduled"], empty["reminders_due"]) == (0, 0, 0)
+    assert empty["reminders_last_tick_at"] is None  # no scheduler has ticked
 
     for email in ("bigco@example.com", "jane@acme.com"):
         assert run(["lookup", email, "--json"], env).exit_code == 0
@@ -106,6 +108,7 @@ def test_status_json_reports_mode_account_cache_and_stream(
 
     table = run(["status"], env)
     assert table.exit_code == 0 and "customers cached" in table.stdout and "dead letters" in table.stdout
+    assert "previews due" in table.stdout and "reminders last tick at" in table.stdout
 
 
 def test_status_with_unreachable_redis_is_exit_3(sandbox: SandboxHandle, key_prefix: str) -> None:
