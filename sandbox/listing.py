@@ -6,13 +6,13 @@ import base64
 import bisect
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from sandbox.errors import StripeError, bad_request, no_such
 from sandbox.params import Params, as_bool, as_int, as_list, as_str, check_known, created_predicate, in_range
-from sandbox.state import INCLUDABLE, KINDS, Obj, Store
+from sandbox.state import INCLUDABLE, KINDS, Entry, Obj, Store
 
 MAX_EXPAND_DEPTH = 4
 LIST_PARAMS = ("limit", "starting_after", "ending_before", "expand")
@@ -225,15 +225,31 @@ def list_objects(store: Store, resource: Resource, params: Params, livemode: boo
     if resource.kind != "subscription_item" and "ending_before" not in params:
         page, has_more = _newest_page(store, resource, params, livemode, bounds)
         return _list_result(store, resource, page, has_more, paths, livemode)
+    if resource.kind == "subscription_item":
+        candidates: Iterable[Obj] = store.all(resource.kind, livemode)
+    else:
+        objects = store.objects_of(resource.kind)
+        candidates = (objects[entry[2]] for entry in _candidates(store, resource, params))
     matched = [
         obj
-        for obj in store.all(resource.kind, livemode)
-        if all(check(store, obj, params) for _, check in resource.filters)
+        for obj in candidates
+        if store.livemode_of(obj) == livemode
+        and all(check(store, obj, params) for _, check in resource.filters)
         and (bounds is None or in_range(int(obj.get("created") or 0), bounds))
     ]
     matched.sort(key=store.order_key, reverse=True)
     page, has_more = paginate(store, resource.kind, matched, params)
     return _list_result(store, resource, page, has_more, paths, livemode)
+
+
+def _candidates(store: Store, resource: Resource, params: Params) -> list[Entry]:
+    """The ordered entries a list has to look at: one value's index when a filter on an indexed field
+    is given (every object it could match, in ``Store.ordered`` order), else every object of the type.
+    Filters still run on each candidate, so the index only narrows the walk."""
+    for field in store.indexed_fields(resource.kind):
+        if field in params:
+            return store.ordered_by(resource.kind, field, as_str(params[field], field))
+    return store.ordered(resource.kind)
 
 
 def _list_result(
@@ -262,7 +278,7 @@ def _newest_page(
     filters = [check for _, check in resource.filters]
     for check in filters:
         check(store, {}, params)
-    ordered = store.ordered(resource.kind)
+    ordered = _candidates(store, resource, params)
     low, high = 0, len(ordered)
     if bounds is not None:
         gt, gte, lt, lte = bounds
@@ -364,10 +380,12 @@ def _expand(value: Any, segments: list[str], store: Store, livemode: bool, full:
         value["data"] = [_expand(v, rest, store, livemode, full) for v in value["data"]]
         return value
     if kind == "customer" and seg == "subscriptions" and not value.get("deleted"):
+        objects = store.objects_of("subscription")
         subs = [
             s
-            for s in store.all("subscription", livemode)
-            if s.get("customer") == value["id"] and s.get("status") != "canceled"
+            for s in (objects[e[2]] for e in store.ordered_by("subscription", "customer", value["id"]))
+            if store.livemode_of(s) == livemode and s.get("customer") == value["id"]
+            and s.get("status") != "canceled"
         ]
         subs.sort(key=store.order_key, reverse=True)
         listing: Obj = {

@@ -74,6 +74,8 @@ def update(store: Store, log: EventLog, object_id: str, changes: dict[str, Any])
     previous = _change(obj, changes)
     if kind == "subscription":
         store.put(obj)  # re-index items that may have been replaced
+    else:
+        store.reindex(obj)  # its customer or created may have changed: lists find it by them
     return [log.emit(UPDATED_EVENT[kind], obj, previous)]
 
 

@@ -7,6 +7,7 @@ stored originals.
 
 from __future__ import annotations
 
+import bisect
 import copy
 import threading
 import time
@@ -42,6 +43,27 @@ INCLUDABLE: dict[str, tuple[str, ...]] = {
     "price": ("tiers", "currency_options"),
     "coupon": ("applies_to", "currency_options"),
 }
+
+# List parameters answered from a per-value index: a ``customer=`` list then costs that customer's
+# objects, not a walk over every object of the account (Stripe's own lists are indexed this way).
+INDEXED: dict[str, tuple[str, ...]] = {
+    "subscription": ("customer",),
+    "invoice": ("customer",),
+    "charge": ("customer",),
+    "credit_note": ("customer",),
+    "payment_intent": ("customer",),
+}
+
+Entry = tuple[int, int, str]  # (created, insertion sequence, id): oldest first when sorted
+
+
+def _index_value(obj: Obj, field: str) -> str | None:
+    """The value a list filter compares for ``field`` (an expanded object compares by its id)."""
+    value = obj.get(field)
+    if isinstance(value, dict):
+        value = value.get("id")
+    return value if isinstance(value, str) else None
+
 
 def json_copy(value: Any) -> Any:
     """A deep copy of JSON-shaped data (dicts, lists, scalars): what ``copy.deepcopy`` does for it, at a
@@ -97,7 +119,14 @@ class Store:
         self._seq: dict[str, int] = {}
         self._next_seq = 0
         self._item_owner: dict[str, str] = {}
-        self._ordered: dict[str, list[tuple[int, int, str]]] = {}
+        self._ordered: dict[str, list[Entry]] = {}
+        # (kind, field) -> value -> entries oldest first; kept up to date on every write
+        self._index: dict[tuple[str, str], dict[str, list[Entry]]] = {
+            (kind, field): {} for kind, fields in INDEXED.items() for field in fields
+        }
+        # (kind, id) -> where the object is indexed now, so a re-index finds its old place even after
+        # the stored object was changed in place
+        self._indexed_at: dict[tuple[str, str], list[tuple[str, str, Entry]]] = {}
 
     # ---- writes -------------------------------------------------------------------------------
     def put(self, obj: Obj) -> Obj:
@@ -125,11 +154,36 @@ class Store:
             self._seq[object_id] = self._next_seq
             self._next_seq += 1
         self._by_type[kind][object_id] = obj
-        self._ordered.pop(kind, None)
+        self.reindex(obj)
         if kind == "subscription":
             for item in obj.get("items", {}).get("data", []):
                 self._item_owner[item["id"]] = object_id
         return obj
+
+    def reindex(self, obj: Obj) -> None:
+        """Bring the orderings and indexes up to date with a stored object, after ``put`` or after a
+        change made to it in place (its ``created`` or an indexed field may have moved)."""
+        kind, object_id = str(obj["object"]), str(obj["id"])
+        self._ordered.pop(kind, None)
+        fields = INDEXED.get(kind)
+        if fields is None:
+            return
+        for field, value, entry in self._indexed_at.pop((kind, object_id), ()):
+            entries = self._index[(kind, field)][value]
+            at = bisect.bisect_left(entries, entry)
+            if at < len(entries) and entries[at] == entry:
+                del entries[at]
+            if not entries:
+                del self._index[(kind, field)][value]
+        entry = (int(obj.get("created") or 0), self._seq.get(object_id, 0), object_id)
+        placed: list[tuple[str, str, Entry]] = []
+        for field in fields:
+            now_value = _index_value(obj, field)
+            if now_value is not None:
+                bisect.insort(self._index[(kind, field)].setdefault(now_value, []), entry)
+                placed.append((field, now_value, entry))
+        if placed:
+            self._indexed_at[(kind, object_id)] = placed
 
     # ---- reads --------------------------------------------------------------------------------
     def raw(self, kind: str, object_id: str) -> Obj | None:
@@ -183,7 +237,7 @@ class Store:
         """Every raw object of ``kind`` by id (both modes); not for ``subscription_item``."""
         return self._by_type[kind]
 
-    def ordered(self, kind: str) -> list[tuple[int, int, str]]:
+    def ordered(self, kind: str) -> list[Entry]:
         """``(created, sequence, id)`` of every object of ``kind`` (both modes), oldest first: list
         pages are bisected out of it instead of sorting every object for every page. Rebuilt after a
         ``put`` of that kind (every write goes through ``put``)."""
@@ -196,6 +250,14 @@ class Store:
             )
             self._ordered[kind] = ordered
         return ordered
+
+    def indexed_fields(self, kind: str) -> tuple[str, ...]:
+        return INDEXED.get(kind, ())
+
+    def ordered_by(self, kind: str, field: str, value: str) -> list[Entry]:
+        """Like ``ordered``, only the objects of ``kind`` whose ``field`` is ``value`` (both modes);
+        ``field`` must be one of ``indexed_fields(kind)``. Read-only: the store keeps it."""
+        return self._index[(kind, field)].get(value, [])
 
     def order_key(self, obj: Obj) -> tuple[int, int]:
         """Newest first: ``created`` then insertion order (Stripe breaks ties by its own sequence)."""
