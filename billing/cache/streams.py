@@ -14,6 +14,9 @@ from redis.exceptions import ResponseError
 
 from billing.cache.connections import RedisClient
 
+# Adds every ARGV as one entry, in order: one command for a batch of webhooks (see queue_append_all).
+_APPEND_ALL = "for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end return #ARGV"
+
 StreamEntry = tuple[Any, Any]
 """``(entry id, {field: value})`` as redis-py returns it (bytes unless the client decodes)."""
 
@@ -36,6 +39,15 @@ class EventStream:
 
     def queue_append(self, pipe: Any, body: bytes | str) -> None:
         pipe.xadd(self.key, {"e": body})
+
+    def queue_append_all(self, pipe: Any, bodies: Sequence[bytes | str]) -> None:
+        """``bodies`` as entries in order, one command of ``pipe`` (a script adding each, the same
+        entries as ``queue_append``): redis-py packs and parses each command of a pipeline in Python,
+        about a tenth of an accepted webhook's CPU when every body was its own XADD."""
+        if len(bodies) == 1:
+            self.queue_append(pipe, bodies[0])
+        elif bodies:
+            pipe.eval(_APPEND_ALL, 1, self.key, *bodies)
 
     async def append_many(self, bodies: Iterable[bytes | str]) -> None:
         """Queue ``bodies`` in order, in one round trip."""

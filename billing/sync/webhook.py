@@ -212,8 +212,7 @@ class WebhookIngest:
     async def _write(self, bodies: list[bytes]) -> None:
         now = time.time()
         pipe = self.store.pipeline(transaction=False)
-        for body in bodies:
-            self.store.stream.queue_append(pipe, body)
+        self.store.stream.queue_append_all(pipe, bodies)
         health = now - self._last_health_write >= _HEALTH_WRITE_INTERVAL
         if health:  # at most once a second per process, riding along in the same round trip
             self.store.queue_record(pipe, last_webhook_at=now)
