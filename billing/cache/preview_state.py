@@ -23,6 +23,8 @@ from redis.exceptions import WatchError
 
 from billing.cache.connections import RedisClient
 
+_MAX_ABORTS = 100
+
 
 class PreviewState:
     def __init__(self, client: RedisClient, prefix: str) -> None:
@@ -66,23 +68,30 @@ class PreviewState:
         return await self._if_leased(customer_id, lease, at_ms)
 
     async def _if_leased(self, customer_id: str, lease: int, at_ms: int | None) -> bool:
-        """While the customer's score is ``lease``: due at ``at_ms`` (None: not due). True if so."""
-        async with self._client.pipeline(transaction=True) as pipe:
-            try:
-                await pipe.watch(self.due_key)
-                score = await pipe.zscore(self.due_key, customer_id)
-                if score is None or int(score) != lease:
-                    await pipe.unwatch()  # type: ignore[no-untyped-call]
-                    return False
-                pipe.multi()  # type: ignore[no-untyped-call]
-                if at_ms is None:
-                    pipe.zrem(self.due_key, customer_id)
-                else:
-                    pipe.zadd(self.due_key, {customer_id: at_ms}, xx=True)
-                await pipe.execute()
-            except WatchError:
-                return False  # marked again (or taken) meanwhile: it stays due
-        return True
+        """While the customer's score is ``lease``: due at ``at_ms`` (None: not due). True if so.
+
+        The WATCH is on the whole set: another customer's take or finish aborts it too, so an abort is
+        tried again (the score read again says whether this customer was marked meanwhile); it was
+        taken for a mark before, and the customer stayed leased and was fetched again. After many
+        aborts in a row it gives up as if marked: the customer stays due (one more fetch, no error)."""
+        for _attempt in range(_MAX_ABORTS):
+            async with self._client.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self.due_key)
+                    score = await pipe.zscore(self.due_key, customer_id)
+                    if score is None or int(score) != lease:
+                        await pipe.unwatch()  # type: ignore[no-untyped-call]
+                        return False  # marked again (or taken) meanwhile: it stays due
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    if at_ms is None:
+                        pipe.zrem(self.due_key, customer_id)
+                    else:
+                        pipe.zadd(self.due_key, {customer_id: at_ms}, xx=True)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            return True
+        return False
 
     async def give_up(self, customer_id: str) -> None:
         """Stop retrying: the next event that marks the customer starts again."""

@@ -3,6 +3,8 @@ coalesce, a taken customer is leased, and an event marking it during its refresh
 
 from __future__ import annotations
 
+import asyncio
+
 from billing.cache.store import RedisStore
 
 
@@ -45,3 +47,19 @@ async def test_a_failed_refresh_backs_off_then_gives_up(store: RedisStore) -> No
     assert await state.failed("cus_A") == 2
     await state.give_up("cus_A")
     assert await state.when("cus_A") is None and await state.failed("cus_A") == 1  # counted afresh
+
+
+async def test_refreshes_finishing_together_each_forget_their_customer(store: RedisStore) -> None:
+    # Concurrent slots of a refresher finish at once: the watch on the set sees the others' writes,
+    # which are not marks of this customer (each was left leased, then fetched again).
+    state = store.previews
+    ids = [f"cus_{n}" for n in range(40)]
+    await _mark(store, *ids, now_ms=1_000)
+    taken = await state.take(1_000, 100, lease_ms=10_000)
+    assert len(taken) == 40
+    done = await asyncio.gather(*(state.finish(c, lease) for c, lease in taken))
+    assert all(done) and await state.due_count() == 0
+    await _mark(store, *ids, now_ms=1_000)
+    taken = await state.take(1_000, 100, lease_ms=10_000)
+    retried = await asyncio.gather(*(state.retry_at(c, lease, 60_000) for c, lease in taken))
+    assert all(retried) and {await state.when(c) for c in ids} == {60_000}
