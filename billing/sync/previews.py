@@ -92,21 +92,34 @@ class PreviewRefresher:
                 await task
 
     async def refresh_due(self) -> int:
-        """Refresh up to ``max_per_tick`` due customers; returns how many were refreshed."""
-        self.stats.ticks += 1
-        taken = await self.store.previews.take(
-            int(time.time() * 1000), self.max_per_tick, lease_ms=self.lease_ms
-        )
-        if not taken:
-            return 0
-        gate = asyncio.Semaphore(self.concurrency)
+        """Refresh up to ``max_per_tick`` due customers, ``concurrency`` at a time; returns how many
+        were refreshed.
 
-        async def one(customer_id: str, lease: int) -> bool:
-            async with gate:
-                return await self._refresh(customer_id, lease)
+        Each customer is taken (leased) when a slot is free to fetch it, not with the whole batch: a
+        lease covers one fetch (``timeout``), and a customer leased while waiting behind slow fetches
+        would be taken again by another worker's refresher once its lease ran out (two requests to
+        Stripe for it, during a 429 storm too)."""
+        self.stats.ticks += 1
+        budget = self.max_per_tick
+        taking = asyncio.Lock()  # the slots of this refresher never take the same customer
+
+        async def next_customer() -> tuple[str, int] | None:
+            nonlocal budget
+            async with taking:
+                if budget <= 0:
+                    return None
+                taken = await self.store.previews.take(int(time.time() * 1000), 1, lease_ms=self.lease_ms)
+                budget = budget - 1 if taken else 0
+                return taken[0] if taken else None
+
+        async def slot() -> int:
+            refreshed = 0
+            while (taken := await next_customer()) is not None:
+                refreshed += await self._refresh(*taken)
+            return refreshed
 
         with background_work():  # a 429 is waited out longer: nobody waits on this request
-            done = await asyncio.gather(*(one(c, lease) for c, lease in taken))
+            done = await asyncio.gather(*(slot() for _ in range(max(1, self.concurrency))))
         return sum(done)
 
     async def _refresh(self, customer_id: str, lease: int) -> bool:
