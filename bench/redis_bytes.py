@@ -3,6 +3,8 @@
 Backfills the sandbox demo plus N generated customers (each with a subscription and ``--months`` paid
 invoices and charges) into a private prefix, then sums ``MEMORY USAGE`` of every
 key under the prefix (contexts, objects, email index, shared prices/products/coupons, refs, health).
+Measured in the steady state a running worker keeps: its reminder scheduler has looked at every
+customer the backfill saved (``reminders:dirty`` drained, each next reminder moment scheduled).
 """
 
 from __future__ import annotations
@@ -13,6 +15,21 @@ from common import REDIS_URL, Figures, cached_world, in_sandbox, table
 
 from billing.cache.connections import open_redis
 from billing.cache.store import RedisStore
+from bot.alerts import build_scheduler
+from rules.loader import default_rules_path, load_rules
+
+
+async def settle_scheduler(store: RedisStore) -> int:
+    """Tick the worker's reminder scheduler (default rules) until it has looked at every saved
+    customer, as a running worker does within seconds of a backfill; returns the ticks taken."""
+    rules = load_rules(default_rules_path())
+    scheduler = build_scheduler(store, lambda: rules)
+    state = store.reminder_state()
+    ticks = 0
+    while await store.client.scard(state.dirty_key) and ticks < 10_000:
+        await scheduler.tick()
+        ticks += 1
+    return ticks
 
 
 async def measure(store: RedisStore, customers: int) -> Figures:
@@ -33,6 +50,7 @@ async def measure(store: RedisStore, customers: int) -> Figures:
 
 async def bench(url: str, n: int, months: int) -> list[tuple[str, str, str]]:
     async with cached_world(url, n, months) as world:
+        await settle_scheduler(world.store)
         f = await measure(world.store, world.contexts)
     return [
         ("customers cached", f"{world.contexts:,}", ""),
