@@ -2,6 +2,8 @@
 
     p:reminders:due              zset    customer -> when to look at it next (unix seconds)
     p:reminders:dirty            set     customers to (re)compute the moment of
+    p:reminders:taking           set     customers taken from ``dirty`` by a tick that has not stored
+                                         their moments yet (a tick that died: the next one takes them)
     p:reminders:index            hash    the walk's state (leads, walking, cursor, walked_at) and
                                          the last tick (ticked_at, unix seconds: ``billing status``)
     p:reminders:lock             string  the scheduler ticking now (one per tenant at a time)
@@ -25,6 +27,7 @@ class ReminderState:
         self._client = client
         self.due_key = f"{prefix}:due"
         self.dirty_key = f"{prefix}:dirty"
+        self.taking_key = f"{prefix}:taking"
         self.index_key = f"{prefix}:index"
         self.lock_key = f"{prefix}:lock"
         self._customers_key = customers_key
@@ -59,9 +62,27 @@ class ReminderState:
         if customer_ids:
             await self._client.sadd(self.dirty_key, *customer_ids)
 
-    async def pop_dirty(self, count: int) -> list[str]:
-        raw_ids: Any = await self._client.spop(self.dirty_key, count)
-        return [_text(i) for i in raw_ids or []]
+    async def take_dirty(self, count: int) -> list[str]:
+        """Up to ``count`` customers to compute, kept in ``taking`` until ``computed``: those a tick
+        took and did not finish first (it died, or Redis failed), else some of ``dirty``.
+
+        At least once: a customer leaves ``dirty`` only once it is in ``taking``, and ``taking`` only
+        once its moment is stored. Its context is read after it left ``dirty``, so a save meanwhile
+        marks it dirty again (computed once more next tick) rather than being lost. The tick's lock
+        makes ``taking`` one scheduler's at a time. No command names two keys (a cluster's slots)."""
+        raw_ids: Any = await self._client.srandmember(self.taking_key, count)
+        if not raw_ids:
+            raw_ids = await self._client.srandmember(self.dirty_key, count)
+            if not raw_ids:
+                return []
+            await self._client.sadd(self.taking_key, *raw_ids)
+            await self._client.srem(self.dirty_key, *raw_ids)
+        return [_text(i) for i in raw_ids]
+
+    async def computed(self, customer_ids: Sequence[str]) -> None:
+        """Their moments are stored: out of ``taking``."""
+        if customer_ids:
+            await self._client.srem(self.taking_key, *customer_ids)
 
     # ---- moments ------------------------------------------------------------------------------------
     async def set_moments(self, moments: Mapping[str, float | None]) -> None:

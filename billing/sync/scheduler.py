@@ -11,6 +11,8 @@ Keys (``p`` = the tenant prefix)::
     p:reminders:due              zset    customer -> when to look at it next (unix seconds)
     p:reminders:dirty            set     customers to (re)compute the moment of (every save of a
                                          context puts its customer here, and so does a walk)
+    p:reminders:taking           set     customers a tick took from dirty and has not stored the
+                                         moment of yet (one that died: the next tick takes them first)
     p:reminders:index            hash    leads (lead-time fingerprint), walking, cursor, walked_at,
                                          ticked_at (the last tick: ``billing status``, ``/metrics``)
     p:reminders:lock             string  the scheduler ticking now (one per tenant at a time)
@@ -37,7 +39,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -82,6 +84,9 @@ class ReminderScheduler:
     rewalk_after: float = 3600.0
     lock_ms: int = 30_000
     stats: SchedulerStats = field(default_factory=SchedulerStats)
+    # Called with the customers a tick took to compute, before their moments are stored (tests fail
+    # the tick there: a crash or Redis failing mid-tick).
+    taken: Callable[[Sequence[str]], Awaitable[None]] | None = None
     last_tick_at: float | None = None
     _last_tick: float | None = field(default=None, repr=False)
 
@@ -182,9 +187,11 @@ class ReminderScheduler:
         """The next moment of each dirty customer, from its cached context."""
         done = 0
         while done < self.max_per_tick:
-            ids = await self.state.pop_dirty(self.batch)
+            ids = await self.state.take_dirty(self.batch)
             if not ids:
                 return
+            if self.taken is not None:
+                await self.taken(ids)
             contexts = await self._contexts(ids)
             moments: dict[str, float | None] = {}
             for customer_id in ids:
@@ -192,6 +199,7 @@ class ReminderScheduler:
                 moment = wake_at(context, leads, now) if context is not None else None
                 moments[customer_id] = moment.timestamp() if moment is not None else None
             await self.state.set_moments(moments)
+            await self.state.computed(ids)
             done += len(ids)
             self.stats.computed += len(ids)
             await asyncio.sleep(0)  # the event loop is shared with the webhook endpoint in serve

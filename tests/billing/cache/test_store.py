@@ -333,7 +333,9 @@ async def test_every_save_of_a_context_has_the_reminder_scheduler_look_at_the_cu
     reminders = store.reminder_state()
     data = _data()
     await store.save_customers([(data, _context(data))])  # type: ignore[list-item]
-    assert await reminders.pop_dirty(10) == ["cus_A"]
+    assert await reminders.take_dirty(10) == ["cus_A"]
+    await reminders.computed(["cus_A"])
     await store.save_customer(data, _context(data), fetched_at=sf.T0 + 5)  # type: ignore[arg-type]
-    assert await reminders.pop_dirty(10) == ["cus_A"]
-    assert await reminders.pop_dirty(10) == []
+    assert await reminders.take_dirty(10) == ["cus_A"]
+    await reminders.computed(["cus_A"])
+    assert await reminders.take_dirty(10) == []

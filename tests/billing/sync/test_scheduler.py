@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -269,6 +269,29 @@ async def test_lead_times_from_the_rules_and_a_change_of_them_rewalks(
     await h.deliver()
     assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7)]
 
+
+
+async def test_a_tick_that_dies_between_taking_dirty_customers_and_storing_their_moments_loses_none(
+    store: RedisStore, clock: FrozenDateTimeFactory
+) -> None:
+    h = Harness(store, clock)
+    assert await h.scheduler(rewalk_after=30 * 86400).tick() == 0  # walked (empty): none for weeks
+    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(),
+                                                period_end=START + 5 * DAY), START))
+
+    async def die(ids: Sequence[str]) -> None:
+        assert list(ids) == ["cus_Y"]
+        raise ConnectionError("the process died (or Redis went away) mid-tick")
+
+    with pytest.raises(ConnectionError):
+        await h.scheduler(rewalk_after=30 * 86400, taken=die).tick()
+    # A restarted scheduler takes the customer again on its first tick, not at the next walk.
+    again = h.scheduler(rewalk_after=30 * 86400)
+    assert await again.tick() == 1
+    assert again.stats.walked == 0
+    assert await again.tick() == 0
+    await h.deliver()
+    assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7)]
 
 
 async def test_an_unreadable_cached_context_is_skipped_and_the_others_are_reminded(
