@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from billing.domain.models import BillingContext, Money
 from billing.domain.money import exponent, format_money, to_minor
+from billing.domain.reminders import stand_in
 from rules.conditions import AllOf, AnyOf, Condition, FieldTest, Not, Scalar
 from rules.fields import FieldValue, Kind, customer_currencies, field_spec, focus
 from rules.schema import PRIORITIES, Alert, ExchangeRates, Priority, RulesFile
@@ -258,17 +259,24 @@ def alerts_for(
 
     A reminder names its subscription (``subscription_id``: the conditions see that subscription, e.g.
     its ``interval``) and how many days ahead it is sent (``days_before``: only the alerts sent that
-    many days ahead fire).
+    many days ahead fire; when none is any more, those at the nearest lead time).
     """
     if not context.found:
         return []
     if subscription_id is not None:
         context = focus(context, subscription_id)
+    lead = days_before
+    if days_before is not None:
+        # Queued before a reload changed its alert's days_before: the alert nearest to it sends it
+        # (the scheduler counts it as that alert's reminder: ``billing.domain.reminders``).
+        leads = {alert.lead_days for alert in rules.alerts
+                 if alert.on == transition_name and alert.channel and alert.lead_days is not None}
+        lead = days_before if days_before in leads else stand_in(days_before, leads)
     fired: list[AlertMatch] = []
     for alert in rules.alerts:
         if alert.on != transition_name or not alert.channel:
             continue
-        if days_before is not None and alert.lead_days != days_before:
+        if days_before is not None and alert.lead_days != lead:
             continue
         outcome = _alert_outcome(alert, context, rules, now)
         if outcome.held:

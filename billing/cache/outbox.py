@@ -6,7 +6,7 @@ Keys (``p`` = the tenant prefix)::
     p:{cus_1}:outbox      list    transitions queued (JSON), oldest first
     p:{cus_1}:sent:<k>    string  a transition already notified (``DEDUP_TTL_SECONDS``)
     p:{cus_1}:flushing    string  the flush lock: the token of the worker flushing (with a TTL)
-    p:{cus_1}:<marker>    string  a once-marker written with the entry it guards (``push_once``)
+    p:{cus_1}:<marker>    hash    once-markers written with the entries they guard (``push_once``)
     p:outbox:pending      zset    customers whose outbox still holds transitions, scored by when to retry
     p:outbox:failures     hash    customer -> notifier failures in a row (the sweeper's backoff)
 
@@ -76,21 +76,25 @@ class Outbox:
         return [value is not None for value in found]
 
     async def push_once(
-        self, marker_part: str, marker: str, entry: str, *, marker_seconds: int, attempts: int = 10
+        self, marker_part: str, field: str, value: str, entry: str, *,
+        done: Callable[[set[str]], bool], marker_seconds: int, attempts: int = 10,
     ) -> bool | None:
-        """Queue ``entry`` unless the customer's key ``marker_part`` is set, and set it (to ``marker``,
-        for ``marker_seconds``) in the same MULTI, watched: True when queued, False when the marker
-        was there, None when it kept changing for ``attempts`` tries."""
+        """Queue ``entry`` unless ``done`` says the fields of the customer's hash ``marker_part`` cover
+        it, and set its ``field`` (to ``value``; the hash lives ``marker_seconds``) in the same MULTI,
+        watched: True when queued, False when ``done``, None when it kept changing for ``attempts``
+        tries. One hash holds what several entries marked: ``done`` sees them all (a once-marker
+        per period whose lead times the rules may change)."""
         marker_key = self._key_of(marker_part)
         for _attempt in range(attempts):
             async with self._client.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(marker_key)
-                    if await pipe.get(marker_key) is not None:
+                    if done({_text(name) for name in await pipe.hkeys(marker_key)}):
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return False
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.set(marker_key, marker, ex=marker_seconds)
+                    pipe.hset(marker_key, field, value)
+                    pipe.expire(marker_key, marker_seconds)
                     pipe.rpush(self.key, entry)
                     await pipe.execute()
                     return True

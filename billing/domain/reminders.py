@@ -3,8 +3,14 @@
 A reminder is "subscription S renews (or its trial ends) on date D, and someone wants to hear N days
 before". The rules file says which N (``days_before`` of each alert); ``billing.sync.scheduler`` keeps
 the moments in Redis and turns the due reminders into transitions. Its identity is
-(kind, subscription, date, N): a new period is a new date, so it reminds again; the same period never
-does twice.
+(kind, subscription, date, N): a new period is a new date, so it reminds again.
+
+One reminder per alert per period: the alerts of a kind are told apart by their lead times (two alerts,
+7 and 1 days ahead, remind twice). A lead time already reminded of but no longer in the rules is an
+alert whose ``days_before`` changed (or that went): it counts for the lead time nearest to it not
+reminded of yet (``already_reminded``), so changing 7 to 10 after the 7-day reminder does not remind
+again, and a reminder queued under the old lead time is delivered by the alert at the nearest one now
+(``stand_in``).
 
 A reminder is due from ``date - N days`` until ``date``: one found late (the scheduler was down, the
 customer was first cached 5 days before a renewal with N = 7) is still worth sending; one whose date
@@ -99,6 +105,32 @@ def wake_at(context: BillingContext, leads: LeadTimes, now: datetime) -> datetim
     if due_reminders(context, leads, now):
         return _aware(now)
     return next_due(context, leads, now)
+
+
+def stand_in(days: int, leads: Collection[int]) -> int | None:
+    """The lead time among ``leads`` nearest to ``days`` (the larger on a tie): the one whose alert a
+    reminder of ``days`` stands for once its alert's ``days_before`` changed (None: no lead time)."""
+    return min(leads, key=lambda lead: (abs(lead - days), -lead), default=None)
+
+
+def already_reminded(days: int, sent: Collection[int], leads: Collection[int]) -> bool:
+    """Whether the reminder ``days`` ahead of a period is one already sent: ``sent`` are the lead times
+    reminded of for that subscription, kind and period, ``leads`` the kind's lead times now.
+
+    Each lead time sent but no longer in ``leads`` (largest first) takes the place of the nearest
+    lead time of ``leads`` not sent yet (``stand_in``): that alert has had its reminder."""
+    if days in sent:
+        return True
+    current = set(leads)
+    unsent = current - set(sent)
+    for gone in sorted(set(sent) - current, reverse=True):
+        taken = stand_in(gone, unsent)
+        if taken is None:
+            break
+        if taken == days:
+            return True
+        unsent.discard(taken)
+    return False
 
 
 def leads_fingerprint(leads: LeadTimes) -> str:

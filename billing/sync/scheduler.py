@@ -16,11 +16,15 @@ Keys (``p`` = the tenant prefix)::
     p:reminders:index            hash    leads (lead-time fingerprint), walking, cursor, walked_at,
                                          ticked_at (the last tick: ``billing status``, ``/metrics``)
     p:reminders:lock             string  the scheduler ticking now (one per tenant at a time)
-    p:{cus_1}:reminded:<k>:<sub>:<period>:<N>   the once-marker of one reminder (until its date)
+    p:{cus_1}:reminded:<k>:<sub>:<period>   hash: N -> when queued, the once-marker of the reminders
+                                            of one period (until its date)
 
 Surviving restarts and duplicates: the moments and the walk's cursor live in Redis, and a reminder is
 queued in the same MULTI that sets its once-marker (WATCHed), so a second scheduler, a restart or a
 re-walk finds the marker and queues nothing. A new period has a new date, hence a new marker.
+One reminder per alert per period: the marker holds every lead time queued for the period, and a lead
+time a reload took away counts for the nearest new one (``already_reminded``): changing ``days_before``
+from 7 to 10 after the 7-day reminder reminds no one again, a second alert at 1 day reminds once more.
 
 Finding changes: the tenant's customers are walked (``SSCAN``, a bounded step per tick) whenever the
 lead times change and ``rewalk_after`` seconds after the last walk, each context's next moment
@@ -46,7 +50,15 @@ from datetime import UTC, datetime, timedelta
 from billing.cache.connections import REDIS_ERRORS
 from billing.cache.store import RedisStore, decode_context
 from billing.domain.models import BillingContext
-from billing.domain.reminders import LeadTimes, Reminder, due_reminders, leads_fingerprint, next_due, wake_at
+from billing.domain.reminders import (
+    LeadTimes,
+    Reminder,
+    already_reminded,
+    due_reminders,
+    leads_fingerprint,
+    next_due,
+    wake_at,
+)
 from billing.ports import Transition
 from billing.sync.worker import _transition_to_dict
 
@@ -231,14 +243,14 @@ class ReminderScheduler:
                 context = contexts.get(customer_id)
                 if context is not None:
                     for reminder in due_reminders(context, leads, now):
-                        queued += await self._queue_once(customer_id, reminder, context, now)
+                        queued += await self._queue_once(customer_id, reminder, context, leads, now)
                 moment = next_due(context, leads, now) if context is not None else None
                 await self.state.set_moment(customer_id, moment.timestamp() if moment is not None else None)
             seen += len(ids)
         return queued
 
     async def _queue_once(self, customer_id: str, reminder: Reminder, context: BillingContext,
-                          now: datetime) -> int:
+                          leads: LeadTimes, now: datetime) -> int:
         """Put the reminder's transition in the customer's outbox unless its marker says it was; 1 if
         queued. The marker and the outbox entry are written in one MULTI (one slot: the customer's)."""
         transition = Transition(
@@ -250,8 +262,15 @@ class ReminderScheduler:
         # Scheduled before it is queued: a crash in between leaves an empty pending entry (the sweeper
         # drops it), never a queued reminder nobody comes back to.
         await self.store.outboxes.schedule(customer_id, delay=0)
+        kind_leads = leads.get(reminder.kind, ())
+
+        def done(sent: set[str]) -> bool:
+            return already_reminded(reminder.days_before, {int(days) for days in sent if days.isdigit()},
+                                    kind_leads)
+
         pushed = await self.store.outbox(customer_id).push_once(
-            _marker_part(reminder), now.isoformat(), entry, marker_seconds=expires
+            _marker_part(reminder), str(reminder.days_before), now.isoformat(), entry,
+            done=done, marker_seconds=expires,
         )
         if pushed is None:
             raise RuntimeError(f"the reminder marker of customer {customer_id} kept changing")
@@ -266,4 +285,4 @@ class ReminderScheduler:
 
 
 def _marker_part(reminder: Reminder) -> str:
-    return f"reminded:{reminder.kind}:{reminder.subscription_id}:{reminder.period}:{reminder.days_before}"
+    return f"reminded:{reminder.kind}:{reminder.subscription_id}:{reminder.period}"

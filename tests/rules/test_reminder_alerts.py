@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 
 from billing.domain.models import SubscriptionInfo
+from billing.domain.reminders import already_reminded, stand_in
 from rules import RulesError, alerts_for, evaluate_rules, load_rules_text
 from tests.rules.factory import NOW, context, subscription
 
@@ -110,7 +111,28 @@ def test_trial_ending_uses_the_default_three_days() -> None:
     ctx = context(status="trialing", subscriptions=[_sub("sub_t", "month", status="trialing")])
     fired = alerts_for("subscription.trial_ending", ctx, rules, NOW, subscription_id="sub_t", days_before=3)
     assert [a.channel for a in fired] == ["C_TRIALS"]
-    assert alerts_for(TRIAL, ctx, rules, NOW, subscription_id="sub_t", days_before=7) == []
+
+
+def test_a_reminder_of_a_lead_time_no_alert_has_any_more_goes_to_the_alert_at_the_nearest_one() -> None:
+    # Queued 7 days ahead before a reload made the trial alert's days_before 3 (the default): that
+    # alert sends it (the scheduler counts it as that alert's reminder), once.
+    rules = load_rules_text(RULES, env={})
+    ctx = context(status="trialing", subscriptions=[_sub("sub_t", "month", status="trialing")])
+    fired = alerts_for(TRIAL, ctx, rules, NOW, subscription_id="sub_t", days_before=7)
+    assert [(a.channel, a.reasons[0]) for a in fired] == [("C_TRIALS", f"transition {TRIAL} (7 days ahead)")]
+    assert stand_in(7, {3}) == 3 and stand_in(7, {4, 10}) == 10 and stand_in(7, {1, 6}) == 6
+    assert stand_in(7, ()) is None
+
+
+def test_one_reminder_per_alert_per_period_when_lead_times_change() -> None:
+    # Sent at 7, the alert now says 10: reminded. Two alerts (7 and 1), 7 sent: the 1-day one is not.
+    assert already_reminded(10, sent={7}, leads={10})
+    assert already_reminded(7, sent={7}, leads={7, 1}) and not already_reminded(1, sent={7}, leads={7, 1})
+    # 7 became 10 beside a 3-day alert: 10 is the 7's, 3 still reminds.
+    assert already_reminded(10, sent={7}, leads={10, 3}) and not already_reminded(3, sent={7}, leads={10, 3})
+    # A new alert at 10 beside the 7 that reminded: a reminder of its own.
+    assert not already_reminded(10, sent={7}, leads={7, 10})
+    assert not already_reminded(7, sent=set(), leads={7})
 
 
 def test_interval_in_a_routing_rule_reads_every_live_subscription() -> None:

@@ -86,8 +86,8 @@ class Harness:
 
     async def reminded(self, customer_id: str, sub_id: str, date: datetime, days: int = 7) -> bool:
         """The once-marker of a renewal reminder is set (it was queued, whether an alert fired or not)."""
-        marker = f"reminded:subscription.renewal_upcoming:{sub_id}:{_ts(date)}:{days}"
-        return bool(await self.store.client.exists(self.store.customer_key(customer_id, marker)))
+        marker = f"reminded:subscription.renewal_upcoming:{sub_id}:{_ts(date)}"
+        return bool(await self.store.client.hexists(self.store.customer_key(customer_id, marker), str(days)))
 
 
 @pytest.fixture
@@ -269,6 +269,68 @@ async def test_lead_times_from_the_rules_and_a_change_of_them_rewalks(
     await h.deliver()
     assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7)]
 
+
+
+RULES_7_AND_1 = RULES.replace("""    channel: C_RENEWALS
+""", """    channel: C_RENEWALS
+  - on: subscription.renewal_upcoming
+    name: last-call
+    days_before: 1
+    when: {interval: year}
+    channel: C_RENEWALS
+""")
+
+
+async def test_changing_days_before_after_its_reminder_does_not_remind_again_in_that_period(
+    store: RedisStore, clock: FrozenDateTimeFactory
+) -> None:
+    h = Harness(store, clock)
+    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(),
+                                                period_end=START + 5 * DAY), START))
+    assert await h.scheduler().tick() == 1
+    await h.deliver()
+    # The alert now reminds 10 days ahead: due too, but this alert has reminded of this period.
+    h.rules = load_rules_text(RULES.replace("days_before: 7", "days_before: 10"), env={})
+    scheduler = h.scheduler()
+    assert await scheduler.tick() == 0
+    assert await h.scheduler().tick() == 0  # a restart
+    assert scheduler.stats.already == 1
+    await h.deliver()
+    assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7)]
+
+
+async def test_a_reminder_queued_before_its_alerts_days_before_changed_is_delivered_once(
+    store: RedisStore, clock: FrozenDateTimeFactory
+) -> None:
+    h = Harness(store, clock)
+    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(),
+                                                period_end=START + 5 * DAY), START))
+    assert await h.scheduler().tick() == 1
+    h.rules = load_rules_text(RULES.replace("days_before: 7", "days_before: 10"), env={})
+    await h.deliver()  # queued 7 days ahead, delivered under the rules saying 10: the same alert's
+    assert await h.scheduler().tick() == 0
+    await h.deliver()
+    assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7)]
+
+
+async def test_two_alerts_at_7_and_1_days_remind_once_each_across_restarts_and_a_change(
+    store: RedisStore, clock: FrozenDateTimeFactory
+) -> None:
+    h = Harness(store, clock, RULES_7_AND_1)
+    renews = START + 5 * DAY
+    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
+                                   START))
+    assert await h.scheduler().tick() == 1
+    assert await h.scheduler().tick() == 0
+    await h.deliver()
+    # The first alert now says 10 days: it has reminded; the 1-day one still will.
+    h.rules = load_rules_text(RULES_7_AND_1.replace("days_before: 7", "days_before: 10"), env={})
+    assert await h.scheduler().tick() == 0
+    clock.move_to(renews - DAY + timedelta(minutes=1))
+    assert await h.scheduler().tick() == 1
+    assert await h.scheduler().tick() == 0
+    await h.deliver()
+    assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7), ("last-call", "cus_Y", "sub_Y", 1)]
 
 
 async def test_a_tick_that_dies_between_taking_dirty_customers_and_storing_their_moments_loses_none(
