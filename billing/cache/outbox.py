@@ -16,7 +16,7 @@ A customer's keys share its hash tag, so its outbox, markers and lock are one sl
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.exceptions import WatchError
@@ -78,18 +78,25 @@ class Outbox:
     async def push_once(
         self, marker_part: str, field: str, value: str, entry: str, *,
         done: Callable[[set[str]], bool], marker_seconds: int, attempts: int = 10,
+        legacy: Mapping[str, str] | None = None,
     ) -> bool | None:
         """Queue ``entry`` unless ``done`` says the fields of the customer's hash ``marker_part`` cover
         it, and set its ``field`` (to ``value``; the hash lives ``marker_seconds``) in the same MULTI,
         watched: True when queued, False when ``done``, None when it kept changing for ``attempts``
         tries. One hash holds what several entries marked: ``done`` sees them all (a once-marker
-        per period whose lead times the rules may change)."""
+        per period whose lead times the rules may change). ``legacy`` maps a field to the customer's
+        key that marked it before markers were hashes (set by an older version: counted as set)."""
         marker_key = self._key_of(marker_part)
+        legacy_keys = {name: self._key_of(part) for name, part in (legacy or {}).items()}
         for _attempt in range(attempts):
             async with self._client.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(marker_key)
-                    if done({_text(name) for name in await pipe.hkeys(marker_key)}):
+                    await pipe.watch(marker_key, *legacy_keys.values())
+                    fields = {_text(name) for name in await pipe.hkeys(marker_key)}
+                    for name, key in legacy_keys.items():
+                        if await pipe.get(key) is not None:  # a cluster's watching pipeline: no EXISTS
+                            fields.add(name)
+                    if done(fields):
                         await pipe.unwatch()  # type: ignore[no-untyped-call]
                         return False
                     pipe.multi()  # type: ignore[no-untyped-call]

@@ -271,6 +271,9 @@ class ReminderScheduler:
         pushed = await self.store.outbox(customer_id).push_once(
             _marker_part(reminder), str(reminder.days_before), now.isoformat(), entry,
             done=done, marker_seconds=expires,
+            # Markers of the version before (one string per lead time): an upgrade reminds no one again.
+            legacy={str(days): f"{_marker_part(reminder)}:{days}"
+                    for days in {*kind_leads, reminder.days_before}},
         )
         if pushed is None:
             raise RuntimeError(f"the reminder marker of customer {customer_id} kept changing")

@@ -299,6 +299,20 @@ async def test_changing_days_before_after_its_reminder_does_not_remind_again_in_
     assert h.poster.seen() == [("big-yearly", "cus_Y", "sub_Y", 7)]
 
 
+async def test_a_reminder_marked_by_the_version_before_hashed_markers_is_not_sent_again(
+    store: RedisStore, clock: FrozenDateTimeFactory
+) -> None:
+    h = Harness(store, clock)
+    renews = START + 5 * DAY
+    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
+                                   START))
+    old = f"reminded:subscription.renewal_upcoming:sub_Y:{_ts(renews)}:7"  # a string per lead time
+    await store.client.set(store.customer_key("cus_Y", old), START.isoformat(), ex=7 * 86400)
+    assert await h.scheduler().tick() == 0
+    await h.deliver()
+    assert h.poster.seen() == []
+
+
 async def test_a_reminder_queued_before_its_alerts_days_before_changed_is_delivered_once(
     store: RedisStore, clock: FrozenDateTimeFactory
 ) -> None:
