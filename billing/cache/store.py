@@ -844,6 +844,7 @@ class RedisStore:
         # The schedulers' queues name the customer too: nothing due for someone forgotten.
         reminders = self.reminder_state()
         touched += int(await self.client.srem(reminders.dirty_key, customer_id))
+        touched += int(await self.client.srem(reminders.taking_key, customer_id))
         touched += int(await self.client.zrem(reminders.due_key, customer_id))
         touched += int(await self.client.zrem(self.previews.due_key, customer_id))
         touched += int(await self.client.hdel(self.previews.failures_key, customer_id))
