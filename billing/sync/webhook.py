@@ -14,6 +14,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import orjson
+
 from billing.cache.connections import REDIS_ERRORS
 from billing.cache.store import RedisStore
 
@@ -78,6 +80,17 @@ def verified_timestamp(body: bytes, header: str, secret: str, tolerance: int, no
     if not any(hmac.compare_digest(expected, s) for s in signatures if s.isascii()):
         return None
     return None if tolerance and timestamp < now - tolerance else timestamp
+
+
+def _parse(body: bytes, text: str) -> object:
+    """The JSON of ``body`` (``text`` decoded): orjson, about 2.5x faster than ``json.loads`` (the parse
+    was the largest cost of an accepted webhook after HTTP itself), and on what orjson refuses,
+    ``json.loads``, so that the same bodies are accepted as before (a lone surrogate escape, NaN, a
+    number past a double: the worker parses with ``json``). Raises ValueError when neither can."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
 
 
 def _is_thin(event: dict[str, object]) -> bool:
@@ -145,7 +158,7 @@ class WebhookIngest:
         if nested_deeper_than(body, MAX_JSON_DEPTH):
             return WebhookResult(400, _TOO_DEEP, "rejected")
         try:
-            event = json.loads(text)
+            event = _parse(body, text)
         except RecursionError:  # the scan above makes this unreachable; kept as the last guard
             return WebhookResult(400, _TOO_DEEP, "rejected")
         except ValueError:
