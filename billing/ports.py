@@ -43,8 +43,11 @@ class StripeReader(Protocol):
     async def search_customers_by_email(self, email: str) -> list[StripeDict]:
         """Search API fallback, post-filtered to case-insensitive exact matches."""
 
-    async def retrieve_customer(self, customer_id: str) -> StripeDict | None:
-        """The customer, or None when it does not exist or is deleted."""
+    async def retrieve_customer(
+        self, customer_id: str, *, refuse_other_mode: bool = False
+    ) -> StripeDict | None:
+        """The customer, or None when it does not exist or is deleted; with ``refuse_other_mode``, an id
+        of the other mode (live vs test) raises BadQueryError naming the mode instead."""
 
     async def owner_of(self, kind: str, object_id: str) -> str | None:
         """The customer id of a ``subscription``, ``invoice``, ``charge`` or ``payment_intent`` (None when

@@ -370,7 +370,7 @@ class BillingService:
             if linked is not None:
                 return [linked], LINKED
         if parsed.kind == "customer_id":
-            customer = await self.gateway.retrieve_customer(parsed.value)
+            customer = await self.gateway.retrieve_customer(parsed.value, refuse_other_mode=True)
             return ([customer] if customer is not None else []), BY_ID
         if parsed.kind in OTHER_ID_KINDS:
             return await self._customers_by_other_id(parsed, owners), _by_other_id(parsed)

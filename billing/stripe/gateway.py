@@ -943,8 +943,14 @@ class StripeGateway:
         obj: StripeDict = _json_shaped(response.data)
         return None if obj.get("deleted") else id_of(obj.get("customer"))
 
-    async def retrieve_customer(self, customer_id: str) -> StripeDict | None:
-        """The customer with ``subscriptions`` expanded, or None when missing or deleted."""
+    async def retrieve_customer(
+        self, customer_id: str, *, refuse_other_mode: bool = False
+    ) -> StripeDict | None:
+        """The customer with ``subscriptions`` expanded, or None when missing or deleted.
+
+        ``refuse_other_mode`` (a lookup by the id someone typed): an id Stripe says exists under the
+        other mode's key raises BadQueryError saying so, as ``owner_of`` does for the other ids; the
+        worker keeps None, since for it the customer is simply not in this key's data."""
         try:
             obj = await self._card_fallback(lambda: self._call(
                 "retrieving a customer",
@@ -954,6 +960,8 @@ class StripeGateway:
             ))
         except stripe.InvalidRequestError as err:
             if err.http_status == 404:
+                if refuse_other_mode:
+                    _refuse_other_mode(err, "customer", customer_id)
                 return None
             raise
         except stripe.PermissionError as err:

@@ -302,7 +302,9 @@ async def test_an_id_of_the_other_mode_is_one_sentence_saying_so(
         sf.invoice(iid="in_LiveOnly", cid="cus_LiveOnly", livemode=True),
     ])
     service = BillingService(gateway, None, metadata_keys=KEYS)
-    for query, what in (("sub_LiveOnly", "subscription"), ("in_LiveOnly", "invoice")):
+    for query, what in (
+        ("cus_LiveOnly", "customer"), ("sub_LiveOnly", "subscription"), ("in_LiveOnly", "invoice"),
+    ):
         with pytest.raises(BadQueryError) as info:
             await service.lookup(query)
         message = str(info.value)
@@ -310,6 +312,20 @@ async def test_an_id_of_the_other_mode_is_one_sentence_saying_so(
             f"{query} is a live-mode {what} and STRIPE_API_KEY is a test-mode key; look it up with a "
             "live-mode key."
         )
+    # The sentence rests on Stripe's own 404 for a customer of the other mode; the worker's read of
+    # it stays "no such customer in this key's data" (None), not an error.
+    import httpx
+
+    async with httpx.AsyncClient(
+        base_url=sandbox.url, headers={"Authorization": f"Bearer {sandbox.api_key}"}
+    ) as http:
+        answer = await http.get("/v1/customers/cus_LiveOnly")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["message"] == (
+        "No such customer: 'cus_LiveOnly'; a similar object exists in live mode, but a test mode key "
+        "was used to make this request."
+    )
+    assert await gateway.retrieve_customer("cus_LiveOnly") is None
 
 
 async def test_sandbox_answers_unknown_ids_as_stripe_does(sandbox: SandboxHandle) -> None:
