@@ -241,11 +241,12 @@ class WebhookIngest:
 
     async def _write(self, bodies: list[bytes]) -> None:
         now = time.time()
+        if now - self._last_health_write < _HEALTH_WRITE_INTERVAL:
+            await self.store.stream.append_all(bodies)
+            return
+        # At most once a second per process, the health record rides along in the same round trip.
         pipe = self.store.pipeline(transaction=False)
         self.store.stream.queue_append_all(pipe, bodies)
-        health = now - self._last_health_write >= _HEALTH_WRITE_INTERVAL
-        if health:  # at most once a second per process, riding along in the same round trip
-            self.store.queue_record(pipe, last_webhook_at=now)
+        self.store.queue_record(pipe, last_webhook_at=now)
         await pipe.execute()
-        if health:
-            self._last_health_write = now
+        self._last_health_write = now
