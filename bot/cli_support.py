@@ -137,6 +137,11 @@ def handles_errors(command: Callable[P, T]) -> Callable[P, T]:
             fail(str(err), err.exit_code)
         except (RedisError, RedisClusterException) as err:
             fail(f"Redis is unavailable ({type(err).__name__}); check REDIS_URL.", EXIT_UNAVAILABLE)
+        except BrokenPipeError:
+            # Whoever read stdout stopped (`billing audit | head`): the rest is unwanted, not a
+            # failure. stdout goes to /dev/null so the interpreter's last flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_OK) from None
         except OSError as err:  # e.g. a port already in use
             fail(f"{err.strerror or type(err).__name__} ({type(err).__name__}).", EXIT_UNAVAILABLE)
         except KeyboardInterrupt:

@@ -94,3 +94,17 @@ def test_a_cached_lookup_imports_nothing_only_other_commands_use(
     loaded = set(json.loads(loaded_line))
     assert "redis" in loaded and "typer" in loaded  # the figure is of the command that ran
     assert sorted(loaded.intersection(ONLY_OTHER_COMMANDS)) == []
+
+
+def test_a_reader_closing_the_pipe_early_is_not_an_error() -> None:
+    # `billing audit | head`: once head has its lines, the rest is unwanted, not a failure
+    # ("Broken pipe (BrokenPipeError)." and exit 3 before). The pipe is closed before the child
+    # has even started, so its first write meets a closed pipe.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARIABLES)}
+    child = subprocess.Popen([str(BILLING), "rules", "validate"], env=base, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=300) == 0
+    assert stderr == ""
