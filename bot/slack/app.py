@@ -26,6 +26,17 @@ from bot.slack.credentials import bot_token, signing_secret
 
 log = logging.getLogger("billing.slack")
 
+
+class _OurClientCarriesTheToken(logging.Filter):
+    """Drops bolt's "As you gave `client` as well, `token` will be unused.": bolt reads SLACK_BOT_TOKEN
+    from the environment and warns whenever a client is passed too, but our client is built from that
+    very token, so the line only made operators wonder at each start whether their token was used."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
+
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
 # A cached card answers in milliseconds; past this budget the ack says "looking" and the card
 # follows through response_url, well inside Slack's 3 s.
 ACK_BUDGET_SECONDS = 1.5
@@ -111,6 +122,9 @@ def build_slack_app(
     secret = None if socket_mode else signing_secret(settings)
     client = client or slack_web_client(settings)
     deps = deps or build_deps(runtime, client)
+    bolt_log = logging.getLogger("slack_bolt.AsyncApp")
+    if not any(isinstance(f, _OurClientCarriesTheToken) for f in bolt_log.filters):
+        bolt_log.addFilter(_OurClientCarriesTheToken())
     app = AsyncApp(
         client=client,
         signing_secret=secret,
