@@ -54,7 +54,9 @@ def audit(
             typer.echo(json.dumps(entry.to_dict(), ensure_ascii=False))
         return
     if not entries:
-        typer.echo("No lookups recorded yet.")
+        # With a filter, "recorded yet" would say the trail is empty when only the filter matched none.
+        given = [f"{flag} {value}" for flag, value in (("--user", user), ("--customer", customer)) if value]
+        typer.echo(f"No lookups match {' '.join(given)}." if given else "No lookups recorded yet.")
         return
     for entry in entries:
         row = entry.to_dict()
@@ -79,6 +81,8 @@ async def _forget(settings: Settings, query: str) -> list[tuple[str, int]]:
             linked = await store.linked_customer(parsed.value.lower())
             ids += [linked] if linked and linked not in ids else []
         forgotten = [(customer_id, await store.forget_customer(customer_id)) for customer_id in ids]
+        # A cus_… id with nothing cached is "Nothing cached", as an email is, not a forget that found.
+        forgotten = [(customer_id, keys) for customer_id, keys in forgotten if keys > 0]
         for customer_id, _ in forgotten:
             await runtime.default.record(user=cli_user(), surface="cli", query=f"forget {query}",
                                          outcome="found", customer_id=customer_id)

@@ -53,6 +53,8 @@ def test_cli_lookups_are_audited_and_listed(env: dict[str, str | None]) -> None:
     jane = entries[1]["customer_id"]
     only_jane = run(["audit", "--json", "--customer", jane], **env)
     assert [json.loads(line)["query"] for line in only_jane.stdout.splitlines()] == ["jane@acme.com"]
+    nobody = run(["audit", "--user", "U0NOBODY"], **env)  # "No lookups recorded yet." before
+    assert nobody.exit_code == 0 and nobody.stdout == "No lookups match --user U0NOBODY.\n"
     bad = run(["audit", "--customer", "jane@acme.com"], **env)
     assert bad.exit_code == 2 and "cus_" in bad.stderr
 
@@ -76,3 +78,11 @@ async def test_forget_removes_every_cached_trace_and_is_recorded(
 
     again = await asyncio.to_thread(run, ["forget", "jane@acme.com"], **env)
     assert again.exit_code == 1 and "Nothing cached" in again.stdout
+    # By id too: nothing left is "Nothing cached" and exit 1 ("Forgot cus_… (0 keys)." and exit 0
+    # before), and the audit trail gets no second "found" forget.
+    by_id = await asyncio.to_thread(run, ["forget", customer_id], **env)
+    assert by_id.exit_code == 1 and by_id.stdout == f"Nothing cached for {customer_id}.\n"
+    audit = await asyncio.to_thread(run, ["audit", "--json", "--customer", customer_id], **env)
+    assert [json.loads(line)["query"] for line in audit.stdout.splitlines()][:1] == [
+        "forget jane@acme.com"
+    ]
