@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from rich.console import Group, RenderableType
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -207,10 +206,13 @@ def render_context(
         f"matched by {context.match.method}/{context.match.confidence}" if context.match else "matched by —"
     )
     as_of = context.as_of.strftime("%Y-%m-%d %H:%M:%SZ") if context.as_of else "—"
-    subtitle = escape(f"{customer.id} · {match} · {context.source} as of {as_of}")
+    provenance = f"{customer.id} · {match} · {context.source} as of {as_of}"
     if context.stale:
-        subtitle += " · STALE (Stripe unreachable)"
-    return Panel(Group(*parts), title=title, subtitle=subtitle, title_align="left", subtitle_align="left")
+        provenance += " · STALE (Stripe unreachable)"
+    # The last line of the card, not its bottom border: a border title is cut to the terminal's width
+    # (at 80 columns a real cus_ id left "cache as of 20"), a line wraps.
+    parts.append(Text(provenance, style="dim"))
+    return Panel(Group(*parts), title=title, title_align="left")
 
 
 def render_not_found(query: str) -> RenderableType:

@@ -82,6 +82,17 @@ def test_a_stale_card_says_so_in_its_header_at_80_columns() -> None:
     assert "STALE" in header and "cached 3 h ago" in header, header
 
 
+def test_where_the_card_came_from_is_whole_at_80_columns() -> None:
+    # The provenance line (id, how it matched, source and time) sat in the bottom border, which an
+    # 80-column terminal cut to "cache as of 20─": the time, the point of the line, was lost.
+    base = _context("Pro", "INV-1")
+    assert base.customer is not None
+    real_length = base.customer.model_copy(update={"id": "cus_1DemoMF7RvwVs2qEKbQ"})  # as Stripe's are
+    card = base.model_copy(update={"customer": real_length})
+    text = " ".join(line.strip("│ ") for line in _lines(card))
+    assert "matched by" in text and f"as of {AS_OF.strftime('%Y-%m-%d %H:%M:%SZ')}" in text, text
+
+
 def test_a_fresh_card_has_no_stale_marker() -> None:
     assert not any("STALE" in line for line in _lines(_context("Pro", "INV-1")))
 
