@@ -110,6 +110,11 @@ async def _work(settings: Settings) -> None:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
         scheduler = build_scheduler(runtime.store, runtime.rules)
+        # A worker has no port to probe: this line is how an operator knows it started, and where.
+        said = logging.getLogger("billing.worker")
+        said.info("Worker applying queued Stripe events of %s (Ctrl-C stops).", runtime.default.tenant.key)
+        if not slack_on:
+            said.warning("Slack is off: SLACK_BOT_TOKEN is not set. Alerts are written to this log.")
         await EventWorker(runtime.store, runtime.gateway, notifier, scheduler=scheduler).run(stop)
 
 

@@ -240,6 +240,10 @@ def test_worker_applies_a_queued_event_then_stops_cleanly(
     assert code == 0, output
     assert "Traceback" not in output
     assert shared_redis.xlen(f"{tenant_prefix}:events") == 0  # applied and acknowledged
+    # It says it started, for which account, and that without SLACK_BOT_TOKEN its alerts go to this
+    # log, as serve does (it said nothing at all before).
+    assert f"Worker applying queued Stripe events of {account}:test" in output, output
+    assert output.count("Slack is off") == 1, output
 
 
 @pytest.mark.parametrize("blank", ["", "  "], ids=["empty", "spaces"])
