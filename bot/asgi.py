@@ -134,7 +134,12 @@ class _Deadlines:
 
     def watch(self) -> asyncio.Task[Any]:
         """Start the current task's deadline; call ``done`` with the task once its read ends."""
-        task = asyncio.current_task()
+        # The loop of the last read first: asking asyncio for the running loop costs a getpid() system
+        # call on Python 3.11. Another loop's current task is only set while that loop runs a step, so
+        # this finds the calling task or nothing (then the running loop is asked).
+        task = asyncio.current_task(self._loop) if self._loop is not None else None
+        if task is None:
+            task = asyncio.current_task()
         if task is None:
             raise RuntimeError("a body read outside a task")
         loop = task.get_loop()

@@ -209,10 +209,16 @@ class WebhookIngest:
         """Returns once ``body`` is in the stream (Stripe is answered 200 only then). Bodies that
         arrive while a write is in flight go out together in the next one: one round trip for many
         concurrent webhooks (redis-py's per-command work was about a third of a request's CPU)."""
-        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        writer = self._writer
+        if writer is None or writer.done():
+            loop = asyncio.get_running_loop()
+            self._writer = loop.create_task(self._write_pending())
+        else:
+            # The writer's loop is the running one; asking asyncio for it costs a getpid() system call
+            # on Python 3.11, per request.
+            loop = writer.get_loop()
+        written: asyncio.Future[None] = loop.create_future()
         self._pending.append((body, written))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_pending())
         await written
 
     async def _write_pending(self) -> None:
