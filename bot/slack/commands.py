@@ -108,7 +108,11 @@ async def _link(tenant: TenantRuntime, args: str, *, user: str, team: str | None
         return cards.notice(NO_CACHE.format(what="link"))
     customer_id = parts[1]
     try:
-        exists = await tenant.service.gateway.retrieve_customer(customer_id) is not None
+        exists = await tenant.service.gateway.retrieve_customer(
+            customer_id, refuse_other_mode=True
+        ) is not None
+    except BadQueryError as err:  # the id is the other mode's (live vs test): say so, link nothing
+        return cards.notice(f"{err} Nothing was linked.")
     except StripeUnavailableError:
         return cards.notice("Stripe did not answer, so the customer was not checked; try again in a minute.")
     if not exists:

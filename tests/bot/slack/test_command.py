@@ -196,6 +196,18 @@ async def test_link_refuses_a_customer_stripe_does_not_have(harness: SlackHarnes
     assert "has no customer cus_doesnotexist" in all_text(body)
 
 
+async def test_link_to_a_customer_of_the_other_mode_says_so(harness: SlackHarness) -> None:
+    # "Stripe has no customer" would have the admin hunt for a customer that is there, in live mode.
+    from tests.billing import stripe_factory as sf
+
+    harness.sandbox.control.load([sf.customer(cid="cus_LiveLink", email="live@acme.com", livemode=True)])
+    body = ack_body(await harness.post(command(harness, "link jane@acme.com cus_LiveLink", user=USER_ADMIN,
+                                               name="live")))
+    if "Checking" in all_text(body):
+        body = (await harness.slack.wait_for_response_async("live"))[-1].payload
+    assert "cus_LiveLink is a live-mode customer and STRIPE_API_KEY is a test-mode key" in all_text(body)
+
+
 async def test_resync_is_for_admins_and_reports_when_done(harness: SlackHarness) -> None:
     assert "admins" in all_text(ack_body(await harness.post(command(harness, "resync"))))
     started = all_text(ack_body(await harness.post(command(harness, "resync", user=USER_ADMIN, name="rs"))))
