@@ -117,15 +117,25 @@ class ProgressDisplay:
         self.progress.update(self.build_task, objects=done, rate=self._rate(done))
 
 
-def _summary(report: BackfillReport, sync: ReconcileReport) -> str:
-    fetched = ", ".join(f"{report.fetched.get(r, 0):,} {r.replace('_', ' ')}" for r in RESOURCES)
-    how = (f"resumed, {report.windows_skipped} of {report.windows_total} windows already done"
-           if report.resumed else f"{report.windows_total} windows")
+def _count(number: int, plural: str) -> str:
+    """``1 dispute``, ``2 disputes``, ``1 credit note`` (every noun here is plural with an s)."""
+    return f"{number:,} {plural[:-1] if number == 1 else plural}"
+
+
+def _reconciled(sync: ReconcileReport) -> str:
     return (
-        f"Backfilled {report.contexts_built:,} customers in {report.seconds:.1f} s ({how}); "
-        f"fetched {fetched}.\n"
-        f"Reconciled {sync.listed:,} events since {_iso(sync.since)}: {sync.applied:,} applied, "
+        f"Reconciled {_count(sync.listed, 'events')} since {_iso(sync.since)}: {sync.applied:,} applied, "
         f"{sync.already_applied:,} already applied."
+    )
+
+
+def _summary(report: BackfillReport, sync: ReconcileReport) -> str:
+    fetched = ", ".join(_count(report.fetched.get(r, 0), r.replace("_", " ")) for r in RESOURCES)
+    how = (f"resumed, {report.windows_skipped} of {_count(report.windows_total, 'windows')} already done"
+           if report.resumed else _count(report.windows_total, "windows"))
+    return (
+        f"Backfilled {_count(report.contexts_built, 'customers')} in {report.seconds:.1f} s ({how}); "
+        f"fetched {fetched}.\n{_reconciled(sync)}"
     )
 
 
@@ -151,10 +161,7 @@ async def _backfill(
 async def _reconcile(settings: Settings, since: int | None) -> str:
     async with _connected(settings) as (gateway, store, notifier):
         sync = await reconcile(gateway, store, EventWorker(store, gateway, notifier, block_ms=1), since=since)
-    return (
-        f"Reconciled {sync.listed:,} events since {_iso(sync.since)}: {sync.applied:,} applied, "
-        f"{sync.already_applied:,} already applied."
-    )
+    return _reconciled(sync)
 
 
 SinceOption = Annotated[

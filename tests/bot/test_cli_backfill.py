@@ -125,3 +125,22 @@ def test_parse_since() -> None:
     assert parse_since(None) is None
     assert parse_since("1700000000") == 1_700_000_000
     assert parse_since("2024-01-02") == 1_704_153_600
+
+
+def test_the_summary_counts_one_of_a_kind_in_the_singular() -> None:
+    # "1 events", "1 disputes, 1 credit notes" before.
+    from billing.sync.backfill import BackfillReport, Plan
+    from billing.sync.reconcile import ReconcileReport
+    from bot.cli_backfill import _summary
+
+    report = BackfillReport(
+        resumed=False, plan=Plan(start=0, end=1, parts=1, started_at=0.0), windows_total=1,
+        windows_skipped=0, contexts_built=1, seconds=0.5,
+        fetched={"customers": 1, "subscriptions": 2, "disputes": 1, "credit_notes": 1},
+    )
+    text = _summary(report, ReconcileReport(since=0, listed=1, queued=0, already_applied=1))
+    assert text == (
+        "Backfilled 1 customer in 0.5 s (1 window); fetched 1 customer, 2 subscriptions, 0 invoices, "
+        "0 charges, 1 dispute, 1 credit note.\n"
+        "Reconciled 1 event since 1970-01-01T00:00:00Z: 0 applied, 1 already applied."
+    )
