@@ -105,6 +105,13 @@ def _parse(body: bytes, text: str) -> object:
         return json.loads(text)
 
 
+def _is_stripe_id(value: str) -> bool:
+    """Stripe's ids are short printable ASCII (``evt_1Nq...``). json.loads also reads ids with a lone
+    surrogate escape (which redis-py cannot encode: the worker's dedup lookup raised for its whole
+    batch, every retry) or control characters; such an id is no event of Stripe's."""
+    return 0 < len(value) <= 255 and value.isascii() and value.isprintable() and " " not in value
+
+
 def _is_thin(event: dict[str, object]) -> bool:
     """A v2 thin event: ``v2.core.event``, or an event naming a ``related_object`` without carrying it."""
     if event.get("object") == "v2.core.event":
@@ -184,6 +191,9 @@ class WebhookIngest:
                 400, "The body is not a Stripe event (a JSON object with id and type).", "rejected"
             )
         event_id: str = event["id"]
+        if not _is_stripe_id(event_id):
+            return WebhookResult(400, "The body is not a Stripe event: its id is not a Stripe id.",
+                                 "rejected")
         if _is_thin(event):
             log.warning("refused thin (v2) event %s of type %s: this endpoint takes snapshot events",
                         event_id, event["type"])

@@ -58,6 +58,19 @@ async def test_json_that_only_the_standard_parser_reads_is_still_queued_as_sent(
     assert [e[1][b"e"] for e in entries] == bodies
 
 
+async def test_an_event_id_that_is_not_plain_text_is_refused_and_nothing_is_queued(store: RedisStore) -> None:
+    # json.loads reads "evt_\ud800" as an id with a lone surrogate; redis-py cannot encode it, so the
+    # worker's dedup lookup raised for the whole batch it sat in, every retry (a poisoned stream).
+    ingest = _ingest(store)
+    for eid in ("evt_\\ud800", "evt_\\u0000", "evt 1", ""):
+        event = sf.event("customer.created", sf.customer(), sf.T0)
+        body = sf.body_of(event).replace(json.dumps(event["id"]).encode(), b'"' + eid.encode() + b'"')
+        result = await ingest.handle(body, sf.sign(body))
+        assert (result.status, result.outcome) == (400, "rejected"), eid
+        assert result.message == "The body is not a Stripe event: its id is not a Stripe id.", eid
+    assert await store.client.exists(store.stream_key) == 0
+
+
 async def test_the_signature_tolerance_is_300_seconds(store: RedisStore) -> None:
     body = sf.body_of(sf.event("customer.created", sf.customer(), sf.T0))
     header = sf.sign(body, timestamp=sf.T0)
