@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from billing.cache.connections import RedisClient
+from billing.cache.connections import RedisClient, as_text
 
 
 class BackfillState:
@@ -37,7 +37,7 @@ class BackfillState:
     async def windows(self) -> dict[str, Any]:
         """Window key -> its stored state (raw JSON)."""
         raw = await self._client.hgetall(self.windows_key)
-        return {_text(k): v for k, v in raw.items()}
+        return {as_text(k): v for k, v in raw.items()}
 
     async def save_window(self, window: str, state: str) -> None:
         await self._client.hset(self.windows_key, window, state)
@@ -53,18 +53,14 @@ class BackfillState:
 
     async def customers(self) -> AsyncIterator[str]:
         async for member in self._client.sscan_iter(self.customers_key, count=1000):
-            yield _text(member)
+            yield as_text(member)
 
     async def staged(self) -> AsyncIterator[str]:
         async for member in self._client.sscan_iter(self.staged_key, count=1000):
-            yield _text(member)
+            yield as_text(member)
 
     async def forget_staged(self) -> None:
         await self._client.delete(self.staged_key)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 __all__ = ["BackfillState"]

@@ -37,6 +37,11 @@ RedisClient = Redis | RedisCluster
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, RedisClusterException, OSError)
 """What an unreachable Redis raises: the cluster client's "cannot be connected" is no RedisError."""
 
+
+def as_text(value: Any) -> str:
+    """A Redis reply as text: clients without ``decode_responses`` give bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
 # One in-process server per name, so the webhook endpoint and an in-process worker share data.
 _MEMORY_SERVERS: dict[str, Any] = {}
 

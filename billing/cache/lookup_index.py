@@ -36,6 +36,7 @@ import hashlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from billing.cache.connections import as_text
 from billing.domain.snapshot import StripeDict, id_of
 
 SUBSCRIPTIONS = 3
@@ -111,10 +112,6 @@ def _digest(index_key: str) -> bytes:
     return hashlib.blake2b(index_key.encode(), digest_size=8).digest()
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class LookupIndex:
     """The index of one tenant; ``key_of(part)`` is the store's tenant key."""
 
@@ -136,10 +133,10 @@ class LookupIndex:
         invoice number, those of its prefix (the caller checks the number itself)."""
         if kind == "metadata":
             members = await self.client.smembers(self.key(_METADATA + text))
-            return sorted(_text(m) for m in members)
+            return sorted(as_text(m) for m in members)
         index_key = _PREFIX + number_prefix(text) if kind == "invoice_number" else text
         found = await self.client.hget(self.key(index_key), _digest(index_key))
-        return [_text(found)] if found is not None else []
+        return [as_text(found)] if found is not None else []
 
     def _queue(self, pipe: Any, customer_id: str, add: Iterable[str], remove: Iterable[str]) -> None:
         for index_key in sorted(remove):

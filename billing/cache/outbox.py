@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
-from billing.cache.connections import RedisClient
+from billing.cache.connections import RedisClient, as_text
 from billing.cache.dedupe import DEDUP_TTL_SECONDS
 
 
@@ -58,7 +58,7 @@ class Outbox:
         async with self._client.pipeline(transaction=True) as pipe:
             try:
                 await pipe.watch(self.lock_key)
-                if _text(await pipe.get(self.lock_key) or b"") != token:
+                if as_text(await pipe.get(self.lock_key) or b"") != token:
                     await pipe.unwatch()  # type: ignore[no-untyped-call]
                     return
                 pipe.multi()  # type: ignore[no-untyped-call]
@@ -92,7 +92,7 @@ class Outbox:
             async with self._client.pipeline(transaction=True) as pipe:
                 try:
                     await pipe.watch(marker_key, *legacy_keys.values())
-                    fields = {_text(name) for name in await pipe.hkeys(marker_key)}
+                    fields = {as_text(name) for name in await pipe.hkeys(marker_key)}
                     for name, key in legacy_keys.items():
                         if await pipe.get(key) is not None:  # a cluster's watching pipeline: no EXISTS
                             fields.add(name)
@@ -113,7 +113,7 @@ class Outbox:
         """Mark a transition notified and drop its entry ``raw`` from the outbox (one round trip)."""
         pipe = self._client.pipeline(transaction=False)
         pipe.set(self.sent_key(dedup_key), 1, ex=DEDUP_TTL_SECONDS)
-        pipe.lrem(self.key, 1, _text(raw))
+        pipe.lrem(self.key, 1, as_text(raw))
         await pipe.execute()
 
 
@@ -142,11 +142,7 @@ class Outboxes:
     async def due(self, limit: int) -> list[str]:
         """Customers whose retry time has come, soonest first, at most ``limit``."""
         raws = await self._client.zrangebyscore(self.pending_key, "-inf", time.time(), start=0, num=limit)
-        return [_text(raw) for raw in raws]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return [as_text(raw) for raw in raws]
 
 
 __all__ = ["Outbox", "Outboxes"]

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.exceptions import WatchError
 
-from billing.cache.connections import RedisClient
+from billing.cache.connections import RedisClient, as_text
 
 _MAX_ABORTS = 100
 
@@ -43,7 +43,7 @@ class PreviewState:
         (customer, lease score). Two refreshers racing may take one customer twice: both fetches are
         applied version-checked, so that costs a request, never a wrong preview."""
         raw = await self._client.zrangebyscore(self.due_key, "-inf", now_ms, start=0, num=limit)
-        ids = [_text(i) for i in raw]
+        ids = [as_text(i) for i in raw]
         if not ids:
             return []
         lease = now_ms + lease_ms
@@ -107,10 +107,6 @@ class PreviewState:
 
     async def due_count(self) -> int:
         return int(await self._client.zcard(self.due_key))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = ["PreviewState"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from billing.cache.connections import RedisClient
+from billing.cache.connections import RedisClient, as_text
 
 TICKED_AT = "ticked_at"
 """The field of ``p:reminders:index`` holding when a scheduler last ticked (unix seconds)."""
@@ -39,7 +39,7 @@ class ReminderState:
 
     async def unlock(self, token: str) -> None:
         """Release the lock if ``token`` still holds it."""
-        if _text(await self._client.get(self.lock_key) or b"") == token:
+        if as_text(await self._client.get(self.lock_key) or b"") == token:
             await self._client.delete(self.lock_key)
 
     async def record_tick(self, at: float) -> None:
@@ -48,7 +48,7 @@ class ReminderState:
     # ---- the walk -----------------------------------------------------------------------------------
     async def walk_state(self) -> dict[str, str]:
         raw = await self._client.hgetall(self.index_key)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {as_text(k): as_text(v) for k, v in raw.items()}
 
     async def save_walk_state(self, state: Mapping[str, str]) -> None:
         await self._client.hset(self.index_key, mapping=dict(state))  # type: ignore[arg-type]
@@ -56,7 +56,7 @@ class ReminderState:
     async def scan_customers(self, cursor: int, count: int) -> tuple[int, list[str]]:
         """One ``SSCAN`` step over the tenant's cached customers: (next cursor, 0 at the end; ids)."""
         cursor, members = await self._client.sscan(self._customers_key, cursor, count=count)
-        return int(cursor), [_text(m) for m in members]
+        return int(cursor), [as_text(m) for m in members]
 
     async def mark_dirty(self, customer_ids: Sequence[str]) -> None:
         if customer_ids:
@@ -77,7 +77,7 @@ class ReminderState:
                 return []
             await self._client.sadd(self.taking_key, *raw_ids)
             await self._client.srem(self.dirty_key, *raw_ids)
-        return [_text(i) for i in raw_ids]
+        return [as_text(i) for i in raw_ids]
 
     async def computed(self, customer_ids: Sequence[str]) -> None:
         """Their moments are stored: out of ``taking``."""
@@ -108,11 +108,7 @@ class ReminderState:
     async def due(self, until: float, limit: int) -> list[str]:
         """Customers whose moment is at or before ``until``, soonest first, at most ``limit``."""
         raw_ids = await self._client.zrangebyscore(self.due_key, "-inf", until, start=0, num=limit)
-        return [_text(i) for i in raw_ids]
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return [as_text(i) for i in raw_ids]
 
 
 __all__ = ["TICKED_AT", "ReminderState"]

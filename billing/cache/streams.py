@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from billing.cache.connections import RedisClient
+from billing.cache.connections import RedisClient, as_text
 
 # Adds every ARGV as one entry, in order: one command for a batch of webhooks (see queue_append_all).
 _APPEND_ALL = "for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end return #ARGV"
@@ -87,7 +87,7 @@ class EventStream:
         result = await self._client.xautoclaim(
             self.key, self.group, consumer, min_idle_time=min_idle_ms, start_id=start, count=count,
         )
-        return _text(result[0]), [e for e in result[1] if e and e[1]]
+        return as_text(result[0]), [e for e in result[1] if e and e[1]]
 
     async def deliveries(self, entry_id: str) -> int | None:
         """How many times the group was handed ``entry_id``; None when it is not pending."""
@@ -121,10 +121,10 @@ class EventStream:
         bounds: dict[str, tuple[int, int]] = {}
         for group in groups:
             ms, seq = _stream_id(group.get("last-delivered-id") or "0-0")
-            bounds[_text(group["name"])] = (ms, seq + 1)
+            bounds[as_text(group["name"])] = (ms, seq + 1)
         # ... or, while it has entries pending, its oldest pending one. One acknowledged between the
         # two reads has no oldest any more: its bound above still holds.
-        pending = [_text(g["name"]) for g in groups if int(g.get("pending") or 0) > 0]
+        pending = [as_text(g["name"]) for g in groups if int(g.get("pending") or 0) > 0]
         if pending:
             pipe = self._client.pipeline(transaction=False)
             for name in pending:
@@ -146,12 +146,8 @@ class EventStream:
         return int(await self._client.xtrim(self.key, minid=minid, approximate=False))
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _stream_id(raw: bytes | str) -> tuple[int, int]:
-    ms, _, seq = (_text(raw) or "0-0").partition("-")
+    ms, _, seq = (as_text(raw) or "0-0").partition("-")
     return int(ms), int(seq or 0)
 
 

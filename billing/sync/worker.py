@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import stripe
 from redis.exceptions import WatchError
 
-from billing.cache.connections import REDIS_ERRORS
+from billing.cache.connections import REDIS_ERRORS, as_text
 from billing.cache.event_timeline import TIMELINE_PART, decode_entries, encode_entries, with_new_entries
 from billing.cache.lookup_index import index_changed
 from billing.cache.store import (
@@ -154,10 +154,6 @@ class _Entry:
     entry_id: str
     raw: bytes
     event: StripeDict
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _event_object(event: Mapping[str, Any]) -> StripeDict:
@@ -299,10 +295,10 @@ class EventWorker:
                 if not isinstance(event, dict) or not isinstance(event.get("id"), str):
                     raise ValueError("not a Stripe event")
             except (TypeError, ValueError) as exc:
-                await self._dead_letter(_text(entry_id), raw or b"", f"unreadable entry: {exc}")
+                await self._dead_letter(as_text(entry_id), raw or b"", f"unreadable entry: {exc}")
                 continue
             body = raw if isinstance(raw, bytes) else str(raw).encode()
-            parsed.append(_Entry(_text(entry_id), body, event))
+            parsed.append(_Entry(as_text(entry_id), body, event))
         if not parsed:
             return
         already = await self.store.dedupe.done([e.event["id"] for e in parsed])
@@ -996,7 +992,7 @@ class EventWorker:
             await self._schedule(customer_id, delay=self.retry_base)
             return False
         try:
-            checked = [_text(raw) for raw in queued] == list(fresh)
+            checked = [as_text(raw) for raw in queued] == list(fresh)
             while queued:
                 if not await self._notify_in_order(customer_id, queued, checked=checked):
                     return False

@@ -52,6 +52,7 @@ from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
+from billing.cache.connections import as_text
 from billing.cache.store import Namespace
 from billing.ports import NotifyLater, Transition
 from bot.alerts import transition_alerts
@@ -99,10 +100,6 @@ class PlannedMessage:
 def idempotency_key(transition: Transition, channel: str, kind: Kind) -> str:
     """The identity of one message about one transition: the same whatever delivered the transition."""
     return f"{transition.dedup_key}|{channel}|{kind}"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _lease_parts(value: str) -> tuple[float, str]:
@@ -294,16 +291,18 @@ class SlackAlertPoster:
                 )
                 pipe.set(incident_key(self.namespace, transition.customer_id), incident.to_json(), nx=True)
 
-        return await self._compare_and_set(record, lambda raw: _text(raw) == expected, write)
+        return await self._compare_and_set(record, lambda raw: as_text(raw) == expected, write)
 
     async def _replace(self, record: str, expected: str, new: str) -> bool:
         """Compare-and-set: ``record`` becomes ``new`` if it still holds ``expected``."""
-        return await self._compare_and_set(record, lambda raw: _text(raw) == expected,
+        return await self._compare_and_set(record, lambda raw: as_text(raw) == expected,
                                            lambda pipe: pipe.set(record, new, ex=MESSAGE_KEY_TTL_SECONDS))
 
     async def _release(self, record: str, lease: str) -> None:
         """Drop our lease (nothing was posted): the next attempt posts at once."""
-        await self._compare_and_set(record, lambda raw: _text(raw) == lease, lambda pipe: pipe.delete(record))
+        await self._compare_and_set(
+            record, lambda raw: as_text(raw) == lease, lambda pipe: pipe.delete(record)
+        )
 
     async def _compare_and_set(
         self, key: str, holds: Callable[[Any], bool], write: Callable[[Any], object]
