@@ -84,3 +84,30 @@ async def test_a_head_over_the_bound_is_a_400_and_the_connection_closed(store: R
             writer.close()
     assert status == 400
     assert await store.client.xrange(store.stream_key) == []
+
+
+async def test_a_complete_head_one_byte_over_the_bound_is_refused_and_one_at_the_bound_served(
+    store: RedisStore,
+) -> None:
+    # Sent whole in one write: the slices only bound what is buffered (up to a slice and more past the
+    # bound); the complete head is measured exactly. Before, heads up to 24 KiB were served.
+    body = event_body(3)
+    answers: dict[int, tuple[int, bytes]] = {}
+    async with serve(store) as client:
+        port = client.base_url.port
+        assert port is not None
+        for size in (MAX_HEAD_BYTES, MAX_HEAD_BYTES + 1, MAX_HEAD_BYTES + 6000):
+            raw = raw_webhook(port, body, padding=size)
+            assert raw.index(b"\r\n\r\n") + 4 == size
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(raw)
+                await writer.drain()
+                async with asyncio.timeout(30):
+                    answers[size] = await read_response(reader)
+            finally:
+                writer.close()
+    assert answers[MAX_HEAD_BYTES][0] == 200
+    for size in (MAX_HEAD_BYTES + 1, MAX_HEAD_BYTES + 6000):
+        assert answers[size] == (400, f"The request line and headers pass {MAX_HEAD_BYTES} bytes.".encode())
+    assert len(await store.client.xrange(store.stream_key)) == 1
