@@ -56,6 +56,15 @@ async def gateway(empty_sandbox: SandboxHandle) -> AsyncIterator[StripeGateway]:
         yield gw
 
 
+def frozen_subscriber(control: SandboxControl) -> int:
+    """Jane subscribed an hour ago, on a sandbox clock held still there (events then carry set times);
+    returns that time."""
+    now = int(time.time()) - 3600
+    control.set_clock(now, frozen=True)
+    sandbox_subscriber(control, now)
+    return now
+
+
 def sandbox_subscriber(control: SandboxControl, now: int) -> list[dict[str, Any]]:
     """Jane subscribes to Pro Monthly with an open first invoice; returns the ``*.created`` events."""
     sub = sf.subscription(created=now)
@@ -76,9 +85,7 @@ def sandbox_scenario(control: SandboxControl) -> None:
     The failure is recorded as two events a second apart so that its intermediate state is
     well-defined; the payment's three invoice events share one second (a tie, settled by re-fetching).
     """
-    now = int(time.time()) - 3600
-    control.set_clock(now, frozen=True)
-    sandbox_subscriber(control, now)
+    now = frozen_subscriber(control)
     steps: list[Callable[[], object]] = [
         lambda: control.update("in_A", {"attempt_count": 1, "attempted": True,
                                         "next_payment_attempt": now + 3 * DAY}),
@@ -206,9 +213,7 @@ async def test_an_older_state_delivered_after_a_newer_one_is_ignored(
     store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
 ) -> None:
     control = empty_sandbox.control
-    now = int(time.time()) - 3600
-    control.set_clock(now, frozen=True)
-    sandbox_subscriber(control, now)
+    frozen_subscriber(control)
     control.advance_clock(5)
     control.set_subscription_status("sub_A", "past_due")
     control.advance_clock(5)

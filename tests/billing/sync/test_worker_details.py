@@ -16,7 +16,7 @@ from billing.domain.models import BillingContext
 from billing.stripe.gateway import RetryPolicy, StripeGateway
 from billing.sync.worker import EventWorker
 from sandbox.control import SandboxControl
-from tests.billing.sync.test_worker import drain, enqueue, recorded_events, sandbox_subscriber
+from tests.billing.sync.test_worker import drain, enqueue, frozen_subscriber, recorded_events
 from tests.fakes.notifier import RecordingNotifier
 from tests.fixtures_sandbox import SandboxHandle
 
@@ -92,13 +92,26 @@ def _set_quantity(control: SandboxControl, quantity: int) -> None:
     control.update("sub_A", {"items": items})
 
 
+async def _subscriber_whose_next_preview_hangs(
+    store: RedisStore, control: SandboxControl, gateway: StripeGateway
+) -> Delivery:
+    """Jane's card shows her preview (2900); then Stripe stops answering previews and she goes to a
+    quantity of 2, an event recorded but not yet delivered."""
+    frozen_subscriber(control)
+    delivery = Delivery(store, gateway)
+    await delivery.new_events()
+    assert await _amount_due(store) == 2900
+    _preview_hangs(control)
+    control.advance_clock(1)
+    _set_quantity(control, 2)
+    return delivery
+
+
 async def test_next_invoice_previews_follow_subscription_events_and_survive_a_stripe_failure(
     store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
 ) -> None:
     control = empty_sandbox.control
-    now = int(time.time()) - 3600
-    control.set_clock(now, frozen=True)
-    sandbox_subscriber(control, now)
+    frozen_subscriber(control)
     delivery = Delivery(store, gateway)
     await delivery.new_events()
     first = (await _context(store)).subscriptions[0].next_invoice
@@ -136,16 +149,7 @@ async def test_a_past_due_event_is_saved_and_alerted_while_its_preview_is_still_
     store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
 ) -> None:
     control = empty_sandbox.control
-    now = int(time.time()) - 3600
-    control.set_clock(now, frozen=True)
-    sandbox_subscriber(control, now)
-    delivery = Delivery(store, gateway)
-    await delivery.new_events()
-    assert await _amount_due(store) == 2900
-
-    _preview_hangs(control)
-    control.advance_clock(1)
-    _set_quantity(control, 2)
+    delivery = await _subscriber_whose_next_preview_hangs(store, control, gateway)
     control.advance_clock(1)
     control.set_subscription_status("sub_A", "past_due")
     notifier = RecordingNotifier()
@@ -180,16 +184,7 @@ async def test_a_restarted_worker_finishes_a_refresh_the_stopped_one_left_in_fli
     store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
 ) -> None:
     control = empty_sandbox.control
-    now = int(time.time()) - 3600
-    control.set_clock(now, frozen=True)
-    sandbox_subscriber(control, now)
-    delivery = Delivery(store, gateway)
-    await delivery.new_events()
-    assert await _amount_due(store) == 2900
-
-    _preview_hangs(control)
-    control.advance_clock(1)
-    _set_quantity(control, 2)
+    delivery = await _subscriber_whose_next_preview_hangs(store, control, gateway)
     await enqueue(store, [e for e in await recorded_events(gateway) if e["id"] not in delivery.sent])
     first = EventWorker(store, gateway, RecordingNotifier(), block_ms=10, preview_timeout=30.0)
     assert first.previews is not None
@@ -223,9 +218,7 @@ async def test_a_preview_never_goes_onto_a_newer_subscription_version(
     store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
 ) -> None:
     control = empty_sandbox.control
-    now = int(time.time()) - 3600
-    control.set_clock(now, frozen=True)
-    sandbox_subscriber(control, now)
+    frozen_subscriber(control)
     delivery = Delivery(store, gateway)
     await delivery.new_events()
     worker = delivery.worker
@@ -248,9 +241,7 @@ async def test_a_customer_event_naming_the_card_by_id_keeps_or_fetches_its_detai
     store: RedisStore, empty_sandbox: SandboxHandle, gateway: StripeGateway
 ) -> None:
     control = empty_sandbox.control
-    now = int(time.time()) - 3600
-    control.set_clock(now, frozen=True)
-    sandbox_subscriber(control, now)
+    frozen_subscriber(control)
     _card(control, "pm_one", "4242")
     control.advance_clock(1)
     control.update("cus_A", {"invoice_settings": {"default_payment_method": "pm_one", "footer": None}})
