@@ -156,13 +156,21 @@ class LookupIndex:
         """Index the customer under what its ``current`` stored objects answer to, and no longer under
         what only its ``previous`` ones did. One round trip; every current entry is written again, so
         a customer cached before the index existed is indexed by its next save."""
+        pipe = self.client.pipeline(transaction=False)
+        if self.queue_sync(pipe, customer_id, previous, current):
+            await pipe.execute()
+
+    def queue_sync(
+        self, pipe: Any, customer_id: str, previous: Iterable[StripeDict], current: Iterable[StripeDict]
+    ) -> bool:
+        """``sync`` queued in the caller's ``pipe`` (a save's, saving its round trip); False when there
+        was nothing to queue."""
         before = index_keys(previous, self.metadata_keys)
         after = index_keys(current, self.metadata_keys)
         if not before and not after:
-            return
-        pipe = self.client.pipeline(transaction=False)
+            return False
         self._queue(pipe, customer_id, after, before - after)
-        await pipe.execute()
+        return True
 
     async def forget(self, customer_id: str, objects: Iterable[StripeDict]) -> int:
         """Take the customer out of what its stored ``objects`` are indexed under; how many it left."""

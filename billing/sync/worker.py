@@ -590,6 +590,12 @@ class EventWorker:
                     if history is not None:
                         pipe.set(timeline_key, encode_entries(history))
                     marked = self.store.queue_saved(pipe, [customer_id], preview_due=due, transaction=True)
+                    changed = {**updates, **merged} if from_stripe else updates
+                    if marked and self._index_due(stored, changed, first_build=old is None):
+                        # A single server: the lookup index rides in the save (same rule as above).
+                        self.store.lookup.queue_sync(
+                            pipe, customer_id, stored.values(), trim_invoices({**stored, **changed}).values()
+                        )
                     await pipe.execute()
                 except WatchError:
                     continue
@@ -601,8 +607,9 @@ class EventWorker:
                 # Notified first (people wait for it; the indexes below do not). A crash before the
                 # event is acked redelivers it, and its redelivery finishes this outbox.
                 await self._flush_outbox(customer_id, fresh=queued)
-            changed = {**updates, **merged} if from_stripe else updates
-            await self._after_save(customer_id, stored, changed, data, first_build=old is None)
+            await self._after_save(
+                customer_id, stored, changed, data, first_build=old is None, indexed=marked
+            )
             return
         raise RuntimeError(f"customer {customer_id} kept changing under the worker")
 
@@ -912,9 +919,10 @@ class EventWorker:
 
     async def _after_save(
         self, customer_id: str, stored: Mapping[str, StripeDict], updates: Mapping[str, StripeDict],
-        data: CustomerData | None, *, first_build: bool,
+        data: CustomerData | None, *, first_build: bool, indexed: bool = False,
     ) -> None:
-        """Index writes in other slots: email index, customers set, price/coupon references.
+        """Index writes in other slots: email index, customers set, price/coupon references, and the
+        lookup index unless ``indexed`` (queued in the save already).
 
         Skipped when nothing they index changed (the common case: one more invoice or status, or a
         subscription renewed on the same prices: every writer of a customer's objects keeps its
@@ -923,8 +931,7 @@ class EventWorker:
         """
         if data is None:
             return
-        if first_build or index_changed(stored, updates, self.store.lookup.metadata_keys):
-            # A new invoice, charge or subscription, a number given at finalization, a new metadata value.
+        if not indexed and self._index_due(stored, updates, first_build=first_build):
             await self.store.lookup.sync(
                 customer_id, stored.values(), trim_invoices({**stored, **updates}).values()
             )
@@ -942,6 +949,13 @@ class EventWorker:
         await self.store.index_customer(customer_id, new_email, old_email)
         if referring:
             await self.store.update_refs(customer_id, stored.values())
+
+    def _index_due(
+        self, stored: Mapping[str, StripeDict], updates: Mapping[str, StripeDict], *, first_build: bool
+    ) -> bool:
+        """The lookup index needs a sync: a new invoice, charge or subscription, a number given at
+        finalization, a new metadata value (or the first build, indexing every stored object)."""
+        return first_build or index_changed(stored, updates, self.store.lookup.metadata_keys)
 
     async def _store_prices(self, subscription: StripeDict, writes: PriceWrites) -> None:
         """Prices carried by a subscription event, stored per tenant before the rebuild needs them.
