@@ -3,7 +3,6 @@ every case variant among the candidates, whatever was looked up before, from Str
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,20 +10,12 @@ import pytest
 from billing.cache.store import RedisStore
 from billing.domain.models import BillingContext
 from billing.service import BillingService
-from billing.stripe.gateway import RetryPolicy, StripeGateway
+from billing.stripe.gateway import StripeGateway
 from tests.billing import stripe_factory as sf
 from tests.fixtures_sandbox import SandboxHandle
 
 DAY = 86400
 QUERIES = ("Mixed.Case@x.io", "mixed.case@x.io", "MIXED.CASE@X.IO")
-
-
-@pytest.fixture
-async def gateway(empty_sandbox: SandboxHandle) -> AsyncIterator[StripeGateway]:
-    retry = RetryPolicy(attempts=3, base_seconds=0.001, cap_seconds=0.01)
-    async with StripeGateway(empty_sandbox.api_key, api_base=empty_sandbox.url, retry=retry,
-                             rate_limit=1000) as gw:
-        yield gw
 
 
 def _load(control: Any) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,21 +12,12 @@ import stripe
 
 from billing.cache.store import RedisStore
 from billing.errors import BadQueryError
-from billing.stripe.gateway import RetryPolicy, StripeGateway
+from billing.stripe.gateway import StripeGateway
 from billing.sync.webhook import WebhookIngest
 from billing.sync.worker import EventWorker
 from tests.billing import stripe_factory as sf
 from tests.billing.sync.test_worker import NoStripeNeeded, drain, enqueue, worker
 from tests.fakes.notifier import RecordingNotifier
-from tests.fixtures_sandbox import SandboxHandle
-
-
-@pytest.fixture
-async def gateway(empty_sandbox: SandboxHandle) -> AsyncIterator[StripeGateway]:
-    retry = RetryPolicy(attempts=3, base_seconds=0.001, cap_seconds=0.01)
-    async with StripeGateway(empty_sandbox.api_key, api_base=empty_sandbox.url, retry=retry,
-                             rate_limit=1000) as gw:
-        yield gw
 
 
 # ---- (b) v2 thin events ------------------------------------------------------------------------

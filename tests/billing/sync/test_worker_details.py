@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from billing.cache.store import RedisStore
 from billing.domain.models import BillingContext
-from billing.stripe.gateway import RetryPolicy, StripeGateway
+from billing.stripe.gateway import StripeGateway
 from billing.sync.worker import EventWorker
 from sandbox.control import SandboxControl
 from tests.billing.sync.test_worker import drain, enqueue, frozen_subscriber, recorded_events
@@ -22,11 +22,8 @@ from tests.fixtures_sandbox import SandboxHandle
 
 
 @pytest.fixture
-async def gateway(empty_sandbox: SandboxHandle) -> AsyncIterator[StripeGateway]:
-    retry = RetryPolicy(attempts=2, base_seconds=0.001, cap_seconds=0.01)
-    async with StripeGateway(empty_sandbox.api_key, api_base=empty_sandbox.url, retry=retry,
-                             rate_limit=1000) as gw:
-        yield gw
+def gateway_attempts() -> int:
+    return 2
 
 
 async def _context(store: RedisStore) -> BillingContext:
