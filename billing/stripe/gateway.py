@@ -182,6 +182,11 @@ def _missing_permission(err: stripe.PermissionError, resource: ListableResource)
     return found.group(0) if found else PERMISSIONS[resource]
 
 
+def _refused(err: stripe.PermissionError, resource: ListableResource) -> ConfigurationError:
+    """A 403 on one resource as the one sentence naming the permission the key lacks."""
+    return ConfigurationError(_permission_sentence([_missing_permission(err, resource)], [resource]))
+
+
 # --- rate limiting and caching -------------------------------------------------------------------
 
 
@@ -735,9 +740,7 @@ class StripeGateway:
                 return None
             raise
         except stripe.PermissionError as err:
-            raise ConfigurationError(
-                _permission_sentence([_missing_permission(err, resource)], [resource])
-            ) from None
+            raise _refused(err, resource) from None
         return _to_dict(obj)
 
     # -- account and key checks ----------------------------------------------------------------
@@ -871,9 +874,7 @@ class StripeGateway:
                 search=True,
             ))
         except stripe.PermissionError as err:
-            raise ConfigurationError(
-                _permission_sentence([_missing_permission(err, "customers")], ["customers"])
-            ) from None
+            raise _refused(err, "customers") from None
         except stripe.InvalidRequestError as err:
             if err.http_status == 400 and getattr(err, "param", None) == "query":
                 # Stripe could not read the query: a malformed query is not "no match".
@@ -899,9 +900,7 @@ class StripeGateway:
                 search=True,
             )
         except stripe.PermissionError as err:
-            raise ConfigurationError(
-                _permission_sentence([_missing_permission(err, "invoices")], ["invoices"])
-            ) from None
+            raise _refused(err, "invoices") from None
         except stripe.InvalidRequestError as err:
             log.info("Stripe invoice search unavailable (HTTP %s)", err.http_status)
             return []
@@ -965,9 +964,7 @@ class StripeGateway:
                 return None
             raise
         except stripe.PermissionError as err:
-            raise ConfigurationError(
-                _permission_sentence([_missing_permission(err, "customers")], ["customers"])
-            ) from None
+            raise _refused(err, "customers") from None
         customer = _to_dict(obj)
         return None if customer.get("deleted") else customer
 
