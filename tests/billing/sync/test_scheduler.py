@@ -75,6 +75,11 @@ class Harness:
         await enqueue(self.store, list(events))
         await drain(self.worker)
 
+    async def yearly_subscriber(self, renews: datetime) -> None:
+        """cus_Y on the yearly plan (above the big-yearly rule's mrr) since START, renewing at ``renews``."""
+        await self.apply(*customer_events(
+            "cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews), START))
+
     async def deliver(self) -> None:
         """The worker's sweeper notifies what the scheduler queued: until every outbox is empty (a bounded
         number of sweeps: the frozen clock cannot bound it)."""
@@ -130,8 +135,7 @@ async def test_a_yearly_renewal_in_5_days_reminds_once_across_restarts_and_again
 ) -> None:
     h = Harness(store, clock)
     renews = START + 5 * DAY
-    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
-                                   START))
+    await h.yearly_subscriber(renews)
 
     assert await h.scheduler().tick() == 1  # due since 2 days (7 ahead): still worth sending
     await h.deliver()
@@ -174,8 +178,7 @@ async def test_a_reminder_comes_at_its_moment_from_the_schedule(
 ) -> None:
     h = Harness(store, clock)
     renews = START + 10 * DAY
-    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
-                                   START))
+    await h.yearly_subscriber(renews)
     # No re-walk for weeks: the moment stored at the first walk alone brings the reminder.
     scheduler = h.scheduler(rewalk_after=30 * 86400)
     assert await scheduler.tick() == 0
@@ -197,8 +200,7 @@ async def test_a_new_or_renewed_subscription_is_scheduled_on_the_next_tick_witho
     scheduler = h.scheduler(rewalk_after=30 * 86400)
     assert await scheduler.tick() == 0  # the walk of an empty tenant: done, none again for weeks
     renews = START + 5 * DAY
-    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
-                                   START))
+    await h.yearly_subscriber(renews)
     # The worker's save put the customer in ``reminders:dirty``: the next tick schedules it.
     assert await scheduler.tick() == 1
     assert scheduler.stats.walked == 0
@@ -259,8 +261,7 @@ async def test_lead_times_from_the_rules_and_a_change_of_them_rewalks(
 ) -> None:
     h = Harness(store, clock, RULES.replace("days_before: 7", "days_before: 3"))
     renews = START + 5 * DAY
-    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
-                                   START))
+    await h.yearly_subscriber(renews)
     scheduler = h.scheduler(rewalk_after=30 * 86400)
     assert await scheduler.tick() == 0  # 3 days ahead: in 2 days
     # The rules file now says 7 days: the new lead time applies at the next tick, without a restart.
@@ -304,8 +305,7 @@ async def test_a_reminder_marked_by_the_version_before_hashed_markers_is_not_sen
 ) -> None:
     h = Harness(store, clock)
     renews = START + 5 * DAY
-    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
-                                   START))
+    await h.yearly_subscriber(renews)
     old = f"reminded:subscription.renewal_upcoming:sub_Y:{_ts(renews)}:7"  # a string per lead time
     await store.client.set(store.customer_key("cus_Y", old), START.isoformat(), ex=7 * 86400)
     assert await h.scheduler().tick() == 0
@@ -332,8 +332,7 @@ async def test_two_alerts_at_7_and_1_days_remind_once_each_across_restarts_and_a
 ) -> None:
     h = Harness(store, clock, RULES_7_AND_1)
     renews = START + 5 * DAY
-    await h.apply(*customer_events("cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=renews),
-                                   START))
+    await h.yearly_subscriber(renews)
     assert await h.scheduler().tick() == 1
     assert await h.scheduler().tick() == 0
     await h.deliver()
@@ -392,8 +391,7 @@ async def test_the_worker_loop_ticks_its_scheduler(store: RedisStore) -> None:
 
 async def _worker_loop_reminds(store: RedisStore, clock: FrozenDateTimeFactory) -> None:
     h = Harness(store, clock)
-    await h.apply(*customer_events(
-        "cus_Y", sub("sub_Y", "cus_Y", price=yearly_price(), period_end=START + 5 * DAY), START))
+    await h.yearly_subscriber(START + 5 * DAY)
     h.worker.scheduler = h.scheduler(interval=0.05)
     h.worker.sweep_interval = 0.05
     stop = asyncio.Event()
