@@ -54,7 +54,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 
 from billing.cache.audit import AuditLog
 from billing.cache.backfill_state import BackfillState
-from billing.cache.connections import REDIS_ERRORS, RedisClient, open_redis
+from billing.cache.connections import REDIS_ERRORS, RedisClient, as_text, open_redis
 from billing.cache.dedupe import DEDUP_TTL_SECONDS, Dedupe
 from billing.cache.event_timeline import TIMELINE_PART, decode_entries
 from billing.cache.lookup_index import LookupIndex
@@ -147,9 +147,7 @@ def _dumps(value: Any) -> str:
 
 
 def _text(value: bytes | str | None) -> str | None:
-    if value is None:
-        return None
-    return value.decode() if isinstance(value, bytes) else value
+    return None if value is None else as_text(value)
 
 
 # An email lookup's whole cache read in one round trip on a single server: the manual links in order,
