@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.core import ACCOUNT_ID
+from tests.bot.test_tenant_cache import cached_by_a_first_lookup
 from tests.fakes.stripe_servers import HangingStripe
 from tests.fixtures_redis import unlink_prefix
 from tests.fixtures_sandbox import SandboxHandle
@@ -49,13 +50,7 @@ def billing(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess
 def test_a_cached_lookup_never_asks_a_hanging_stripe(
     sandbox: SandboxHandle, redis_url: str, prefix: str, hanging_stripe: HangingStripe, account: str
 ) -> None:
-    env = {"STRIPE_API_KEY": sandbox.api_key, "STRIPE_API_BASE": sandbox.url, "REDIS_URL": redis_url,
-           "BILLING_KEY_PREFIX": prefix}
-    if account == "configured":
-        env["STRIPE_ACCOUNT_ID"] = ACCOUNT_ID
-    first = billing(["lookup", "jane@acme.com", "--json"], env)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["source"] == "stripe"
+    env = cached_by_a_first_lookup(sandbox, redis_url, prefix, account)
 
     # One attempt, short: were the hit path to ask Stripe, this test fails on what Stripe received,
     # quickly, rather than after the product's default 4 attempts × 10 s.

@@ -57,11 +57,11 @@ def billing(args: list[str], env: dict[str, str], timeout: float = 120) -> subpr
                           timeout=timeout, check=False)
 
 
-@pytest.mark.parametrize("account", ["remembered", "configured"])
-def test_a_cached_lookup_answers_at_once_while_stripe_hangs(
+def cached_by_a_first_lookup(
     sandbox: SandboxHandle, redis_url: str, prefix: str, account: str
-) -> None:
-    # The product's defaults for timeout and retries: a hung Stripe costs 4 attempts × 10 s.
+) -> dict[str, str]:
+    """The CLI's settings, with jane@acme.com cached by a first ``billing lookup`` (which asked Stripe);
+    the account is ``configured`` (STRIPE_ACCOUNT_ID) or ``remembered`` from that first run."""
     env = {"STRIPE_API_KEY": sandbox.api_key, "STRIPE_API_BASE": sandbox.url, "REDIS_URL": redis_url,
            "BILLING_KEY_PREFIX": prefix}
     if account == "configured":
@@ -69,6 +69,15 @@ def test_a_cached_lookup_answers_at_once_while_stripe_hangs(
     first = billing(["lookup", "jane@acme.com", "--json"], env)
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["source"] == "stripe"
+    return env
+
+
+@pytest.mark.parametrize("account", ["remembered", "configured"])
+def test_a_cached_lookup_answers_at_once_while_stripe_hangs(
+    sandbox: SandboxHandle, redis_url: str, prefix: str, account: str
+) -> None:
+    # The product's defaults for timeout and retries: a hung Stripe costs 4 attempts × 10 s.
+    env = cached_by_a_first_lookup(sandbox, redis_url, prefix, account)
 
     sandbox.control.set_faults(latency_ms=60_000)  # Stripe accepts connections and never answers
     started = time.monotonic()
