@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from tests.cluster import free_port
 
 START_WITHIN_SECONDS = 10.0
+SERVE_WITHIN_SECONDS = 30.0
 
 
 @asynccontextmanager
@@ -44,3 +48,25 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         if line.lower().startswith(b"content-length:"):
             length = int(line.split(b":", 1)[1])
     return status, await reader.readexactly(length)
+
+
+def serve_until_healthy(command: list[str], port: int, env: dict[str, str], log_path: Path) -> str:
+    """Run ``command`` (a server on ``port``, its output into ``log_path``) until its /healthz answers
+    200, then stop it: its output. Fails, showing that output, if it exits or is not healthy in time."""
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + SERVE_WITHIN_SECONDS
+            while True:
+                assert process.poll() is None, log_path.read_text()
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.05)
+        finally:
+            process.terminate()
+            process.wait(timeout=15)
+    return log_path.read_text()

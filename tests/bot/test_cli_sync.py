@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import redis
 from typer.testing import CliRunner
@@ -26,6 +25,7 @@ from bot.cli import build_cli
 from tests.cluster import free_port
 from tests.fakes.stripe_servers import HangingStripe
 from tests.fixtures_sandbox import SandboxHandle
+from tests.loopback import serve_until_healthy
 
 BILLING = Path(sys.executable).with_name("billing")
 SECRET_MARK = "SECRET42"
@@ -265,25 +265,8 @@ def test_serve_with_empty_slack_settings_runs_with_slack_off_said_once(
     env = env_for(sandbox, redis_url, key_prefix, STRIPE_WEBHOOK_SECRET="whsec_test",
                   SLACK_BOT_TOKEN="", SLACK_SIGNING_SECRET="", SLACK_APP_TOKEN="")
     process_env = {k: v for k, v in env.items() if v is not None}
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen([str(BILLING), "serve", "--port", str(port)],
-                                   env={**_base_env(), **process_env}, stdout=log_file,
-                                   stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            status = None
-            while time.monotonic() < deadline and status != 200:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            assert status == 200, log_path.read_text()
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
-    output = log_path.read_text()
+    output = serve_until_healthy([str(BILLING), "serve", "--port", str(port)], port,
+                                 {**_base_env(), **process_env}, tmp_path / "serve.log")
     assert "Traceback" not in output
     assert output.count("Slack is off") == 1, output
 

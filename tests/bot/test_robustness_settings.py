@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from billing.errors import ConfigurationError
 from bot.runtime import load_settings
 from tests.cluster import RedisServer, free_port
 from tests.fixtures_sandbox import SandboxHandle
+from tests.loopback import serve_until_healthy
 
 BILLING = Path(sys.executable).with_name("billing")
 OUR_VARIABLES = ("STRIPE_", "BILLING_", "REDIS_", "SLACK_")
@@ -289,21 +289,6 @@ def test_serve_runs_on_the_in_process_store_when_told_it_is_a_demo(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(OUR_VARIABLES)}
     env.update(sandbox_env(sandbox, STRIPE_WEBHOOK_SECRET="whsec_test", BILLING_DEMO="1"))
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen([str(BILLING), "serve", "--port", str(port)], env=env,
-                                   stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            status = None
-            while time.monotonic() < deadline and status != 200:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code
-                except httpx.HTTPError:
-                    time.sleep(0.05)
-            assert status == 200, log_path.read_text()
-        finally:
-            process.terminate()
-            process.wait(timeout=15)
-    assert "Traceback" not in log_path.read_text()
+    output = serve_until_healthy([str(BILLING), "serve", "--port", str(port)], port, env,
+                                 tmp_path / "serve.log")
+    assert "Traceback" not in output
